@@ -1,0 +1,35 @@
+"""netspec: declarative model specs -> validated, shape-inferred PyTorch modules.
+
+The pipeline, one module per stage, each using only the ones before it:
+
+    source (YAML text) -> spec (pydantic) -> shapes -> compiler (nn.Module)
+        -> data / train, bench
+
+The CLI (`netspec.cli`) is a thin layer over these functions.
+"""
+
+from netspec.compiler import SpecNet, build, transfer_state_dict
+from netspec.config import BenchConfig, TrainConfig
+from netspec.errors import NetspecError, SpecError
+from netspec.layers import LAYER_KINDS, LayerSpec
+from netspec.shapes import LayerInfo, NetShape, infer_shapes
+from netspec.spec import Spec, load_spec, parse_spec
+
+__all__ = [
+    "LAYER_KINDS",
+    "BenchConfig",
+    "LayerInfo",
+    "LayerSpec",
+    "NetShape",
+    "NetspecError",
+    "Spec",
+    "SpecError",
+    "SpecNet",
+    "TrainConfig",
+    "build",
+    "infer_shapes",
+    "load_spec",
+    "parse_spec",
+    "transfer_state_dict",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Errors that netspec reports to users as one clear message (never a traceback).
+
+Each error class carries the CLI exit code it maps to: 2 for an invalid spec or
+invalid arguments, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+
+class NetspecError(Exception):
+    """Base class of every error netspec reports to a user."""
+
+    exit_code = 1
+
+
+class SpecError(NetspecError):
+    """An invalid spec: says where (file:line:col, layer path and kind) and what."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        where: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        self.where = where
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        prefix = ""
+        if self.file is not None:
+            prefix = self.file
+            if self.line is not None:
+                prefix += f":{self.line}:{self.column}"
+            prefix += ": "
+        if self.where:
+            prefix += f"{self.where}: "
+        return prefix + self.message
+
+
+class UsageError(NetspecError):
+    """Invalid command-line arguments or an impossible combination of settings."""
+
+    exit_code = 2
+
+
+class DataError(NetspecError):
+    """A dataset that cannot be found or read."""
+
+
+class CheckpointError(NetspecError):
+    """A checkpoint that cannot be read, or one that is not a netspec checkpoint."""
+
+
+class TrainingDiverged(NetspecError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(NetspecError):
+    """Training was stopped by SIGINT/SIGTERM after saving a checkpoint."""
+
+    exit_code = 130

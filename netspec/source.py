@@ -1,0 +1,138 @@
+"""Stage 1: text -> plain Python data, remembering where every value came from.
+
+Specs are read with PyYAML's SafeLoader (a spec can never construct Python
+objects), and every mapping key, sequence item and scalar is recorded in a
+`SourceMap` from its path (e.g. ``("layers", 3, "conv2d", "kernel_size")``) to
+its line and column, so that later stages can point at the exact spot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from netspec.errors import SpecError
+
+YamlPath = tuple[str | int, ...]
+
+# Guards against YAML bombs: alias expansion ("billion laughs") and deep nesting.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+MAX_BYTES = 10_000_000
+
+
+@dataclass
+class SourceMap:
+    """Line and column (1-based) of every value in a loaded document."""
+
+    file: str | None = None
+    marks: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: YamlPath) -> tuple[int, int] | None:
+        """Position of `path`, or of its closest recorded ancestor."""
+        for end in range(len(path), -1, -1):
+            mark = self.marks.get(tuple(path[:end]))
+            if mark is not None:
+                return mark
+        return None
+
+    def error(self, message: str, path: YamlPath = (), where: str | None = None) -> SpecError:
+        """A SpecError pointing at `path`."""
+        mark = self.locate(path)
+        line, column = mark if mark else (None, None)
+        return SpecError(message, file=self.file, line=line, column=column, where=where)
+
+
+class _Builder:
+    def __init__(self, loader: yaml.SafeLoader, source: SourceMap) -> None:
+        self.loader = loader
+        self.source = source
+        self.count = 0
+
+    def build(self, node: Node, path: YamlPath, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES or depth > MAX_DEPTH:
+            raise self.source.error(
+                f"document too large or too deeply nested (more than {MAX_NODES:,} values "
+                f"or {MAX_DEPTH} levels, e.g. through repeated aliases)",
+                path,
+            )
+        self.source.marks.setdefault(path, _mark(node))
+        if isinstance(node, MappingNode):
+            self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+            result: dict[Any, Any] = {}
+            first_seen: dict[Any, tuple[int, int]] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    raise _error_at(self.source, key_node, "mapping keys must be plain names")
+                key = self.loader.construct_object(key_node)
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    raise _error_at(self.source, key_node, f"unsupported key {key!r}")
+                if key in result:
+                    line, _ = first_seen[key]
+                    raise _error_at(self.source, key_node, f"duplicate key '{key}' (first given on line {line})")
+                first_seen[key] = _mark(key_node)
+                self.source.marks.setdefault((*path, key), _mark(key_node))
+                result[key] = self.build(value_node, (*path, key), depth + 1)
+            return result
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node)
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _error_at(source: SourceMap, node: Node, message: str) -> SpecError:
+    line, column = _mark(node)
+    return SpecError(message, file=source.file, line=line, column=column)
+
+
+def parse_yaml(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
+    """Parse one YAML document safely; return its data and its SourceMap."""
+    source = SourceMap(file=file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, source
+        return _Builder(loader, source).build(node, (), 0), source
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            problem = f"{exc.context}: {exc.problem}"
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise SpecError(f"invalid YAML: {problem}", file=file, line=line, column=column) from None
+    except yaml.YAMLError as exc:  # reader errors: control characters and the like
+        raise SpecError(f"invalid YAML: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path) -> tuple[Any, SourceMap]:
+    """Read and parse a spec file, with clear errors for every way that can fail."""
+    name = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise SpecError("no such file", file=name)
+    if p.is_dir():
+        raise SpecError("is a directory, not a spec file", file=name)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", file=name) from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError(f"file too large for a spec ({len(raw):,} bytes)", file=name)
+    if b"\x00" in raw:
+        raise SpecError("not a text file (it contains NUL bytes)", file=name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (bad byte at offset {exc.start})", file=name) from None
+    return parse_yaml(text, name)

@@ -1,0 +1,400 @@
+"""Stage 2: plain data -> a validated `Spec` (pydantic v2).
+
+A layer entry is written as a bare name (``- relu``) or a one-key mapping
+(``- conv2d: {out_channels: 6, kernel_size: 5}``). Before validation each entry is
+normalized to ``{"kind": ..., **args}`` and validated against a discriminated
+union of the registered layer kinds, the composites `repeat` and `residual`, and
+calls of user-defined blocks. pydantic errors are translated into `SpecError`s that
+name the file, line, column, layer path and kind.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from annotated_types import Gt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from netspec.config import BenchConfig, TrainConfig
+from netspec.errors import SpecError
+from netspec.layers import LAYER_KINDS, LayerSpec, takes_no_arguments_required
+from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
+
+COMPOSITES = ("repeat", "residual")
+
+
+class BlockCall(BaseModel):
+    """Use of a block defined under `blocks:`, with its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["block"] = "block"
+    name: str
+    args: dict[str, Any] = {}
+
+
+class Repeat(BaseModel):
+    """`layers` repeated `times` times (each copy with its own weights)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["repeat"] = "repeat"
+    times: Annotated[int, Strict(), Gt(0)]
+    layers: list[LayerEntry] = Field(min_length=1)
+
+
+class Residual(BaseModel):
+    """body(x) + shortcut(x).
+
+    shortcut: `auto` (identity when shapes match, else a strided 1×1 conv),
+    `identity`, `projection` (always the 1×1 conv), or an explicit layer list.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["residual"] = "residual"
+    layers: list[LayerEntry] = Field(min_length=1)
+    shortcut: Literal["auto", "identity", "projection"] | list[LayerEntry] = "auto"
+
+
+def _entry_tag(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else "block"
+
+
+def _normalize_entry(value: Any) -> Any:
+    """`relu` -> {"kind": "relu"}; `{conv2d: {...}}` -> {"kind": "conv2d", ...}."""
+    if isinstance(value, BaseModel):
+        return value
+    if isinstance(value, str):
+        name, args = value, None
+    elif isinstance(value, dict) and len(value) == 1:
+        ((name, args),) = value.items()
+        if not isinstance(name, str):
+            raise PydanticCustomError("layer_entry", "a layer name must be text, got {name!r}", {"name": name})
+    elif isinstance(value, dict):
+        keys = ", ".join(map(str, value)) or "none"
+        raise PydanticCustomError(
+            "layer_entry",
+            "a layer is one name or a one-key mapping (conv2d: ...); "
+            "this mapping has {count} keys ({keys}): put each layer in its own list item",
+            {"count": len(value), "keys": keys},
+        )
+    else:
+        raise PydanticCustomError(
+            "layer_entry",
+            "a layer is a name like 'relu' or a one-key mapping like 'conv2d: ...', got {type}",
+            {"type": type(value).__name__},
+        )
+    if name in LAYER_KINDS or name in COMPOSITES:
+        if args is None:
+            return {"kind": name}
+        if not isinstance(args, dict):
+            raise PydanticCustomError(
+                "layer_args",
+                "the arguments of {name} must be a mapping (name: value), got {type}",
+                {"name": name, "type": type(args).__name__},
+            )
+        if "kind" in args:
+            raise PydanticCustomError("layer_args", "'kind' is not an argument of {name}", {"name": name})
+        return {"kind": name, **args}
+    if args is not None and not isinstance(args, dict):
+        raise PydanticCustomError(
+            "layer_args", "the parameters of block {name} must be a mapping", {"name": name}
+        )
+    return {"kind": "block", "name": name, "args": args or {}}
+
+
+def _layer_input_schema_type() -> Any:
+    """The YAML form of a layer entry, for the JSON Schema that editors use."""
+    entries: list[Any] = []
+    bare = [k for k, cls in LAYER_KINDS.items() if takes_no_arguments_required(cls)]
+    entries.append(Literal[tuple(bare)])  # type: ignore[misc]
+    for kind, cls in [*LAYER_KINDS.items(), ("repeat", Repeat), ("residual", Residual)]:
+        fields = {n: (f.annotation, f) for n, f in cls.model_fields.items() if n != "kind"}
+        args_model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)
+        value_type = args_model | None if takes_no_arguments_required(cls) else args_model  # type: ignore[operator]
+        entries.append(
+            create_model(f"{cls.__name__}Entry", __config__=ConfigDict(extra="forbid"), **{kind: (value_type, ...)})
+        )
+    entries.append(Annotated[dict[str, dict[str, Any] | None], Field(title="BlockCall", max_length=1)])
+    return Union[tuple(entries)]  # noqa: UP007
+
+
+LayerNode = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in LAYER_KINDS.items())],  # noqa: UP007
+    Discriminator("kind"),
+]
+
+LayerEntry = Annotated[
+    Union[  # noqa: UP007
+        Annotated[LayerNode, Tag("layer")],
+        Annotated[Repeat, Tag("repeat")],
+        Annotated[Residual, Tag("residual")],
+        Annotated[BlockCall, Tag("block")],
+    ],
+    Discriminator(lambda v: _entry_tag(v) if _entry_tag(v) in (*COMPOSITES, "block") else "layer"),
+    BeforeValidator(_normalize_entry, json_schema_input_type=_layer_input_schema_type()),
+]
+Repeat.model_rebuild()
+Residual.model_rebuild()
+
+
+class BlockDef(BaseModel):
+    """A reusable block: a layer list with `$name` parameters.
+
+    `params` maps each parameter to its default; a parameter whose default is null
+    must be given at every use.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any] = {}
+    # Validated when the block is used, after its parameters are substituted.
+    layers: Annotated[list[str | dict[str, Any]], Field(min_length=1)]
+
+
+_ENTRY_LIST = TypeAdapter(list[LayerEntry])
+
+InputShape = Annotated[tuple[Annotated[int, Strict(), Gt(0)], ...], Field(min_length=1, max_length=3)]
+
+
+class Spec(BaseModel):
+    """A network spec: one file describes one experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    input: InputShape
+    blocks: dict[str, BlockDef] = {}
+    layers: Annotated[list[LayerEntry], Field(min_length=1)]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    _source: SourceMap = PrivateAttr(default_factory=SourceMap)
+
+    @property
+    def source(self) -> SourceMap:
+        """Where each value of the spec was written (file, line, column)."""
+        return self._source
+
+    def to_data(self) -> dict[str, Any]:
+        """The spec in its YAML form (bare names and one-key mappings)."""
+        data = self.model_dump(mode="json", exclude={"layers", "blocks"})
+        if self.blocks:
+            data["blocks"] = {n: b.model_dump(mode="json") for n, b in self.blocks.items()}
+        data["layers"] = [entry_to_data(e) for e in self.layers]
+        return data
+
+
+def entry_to_data(entry: Any) -> Any:
+    """A validated layer entry back in its YAML form."""
+    if isinstance(entry, BlockCall):
+        return {entry.name: entry.args} if entry.args else entry.name
+    args = entry.model_dump(mode="json", exclude={"kind"}, exclude_defaults=True)
+    if isinstance(entry, (Repeat, Residual)):
+        args["layers"] = [entry_to_data(e) for e in entry.layers]
+        if isinstance(entry, Residual) and isinstance(entry.shortcut, list):
+            args["shortcut"] = [entry_to_data(e) for e in entry.shortcut]
+    return {entry.kind: args} if args else entry.kind
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
+    """Split a YAML path into (layer path, layer kind, remaining field path).
+
+    ("layers", 2, "repeat", "layers", 0, "conv2d", "stride") ->
+    ("layers[2].repeat.layers[0]", "conv2d", ("stride",)).
+    """
+    path, kind, rest = "", None, list(loc)
+    i = 0
+    while i + 1 < len(loc) and loc[i] in ("layers", "shortcut") and isinstance(loc[i + 1], int):
+        path += f"{'.' if path else ''}{loc[i]}[{loc[i + 1]}]"
+        kind = None
+        rest = list(loc[i + 2 :])
+        i += 2
+        if i < len(loc) and isinstance(loc[i], str):
+            kind = loc[i]
+            rest = list(loc[i + 1 :])
+            path += f".{kind}" if i + 1 < len(loc) and loc[i + 1] in ("layers", "shortcut") else ""
+            i += 1
+    if path.endswith(f".{kind}"):
+        path = path[: -len(kind) - 1] if kind else path
+    return path, kind, tuple(rest)
+
+
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> YamlPath:
+    """Map a pydantic error location onto the YAML path the user wrote.
+
+    pydantic reports discriminated-union members by tag ("layer", then the kind);
+    in YAML the kind is the entry's single key, and block arguments sit under the
+    block's name.
+    """
+    out: list[Any] = []
+    node = data
+    items = list(loc)
+    while items:
+        part = items.pop(0)
+        if isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if part < len(node) else None
+            if isinstance(node, (str, dict)) and items and items[0] in ("layer", "block", *COMPOSITES):
+                tag = items.pop(0)
+                if tag == "layer" and items:
+                    items.pop(0)  # the kind tag
+                key = node if isinstance(node, str) else next(iter(node), None)
+                out.append(key)
+                node = node.get(key) if isinstance(node, dict) else None
+                if tag == "block" and items and items[0] == "args":
+                    items.pop(0)
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(out)
+
+
+def _message(error: dict[str, Any], field: str) -> str:
+    etype, msg = error["type"], error["msg"]
+    if etype == "extra_forbidden":
+        return f"unknown argument '{field}'"
+    if etype == "missing":
+        return f"missing required argument '{field}'"
+    if etype == "union_tag_invalid":
+        return msg
+    msg = msg[0].lower() + msg[1:]
+    value = error.get("input")
+    got = f", got {value!r}" if isinstance(value, (int, float, str, bool)) or value is None else ""
+    return f"{field}: {msg}{got}" if field else msg
+
+
+def spec_error_from_validation(
+    exc: ValidationError, data: Any, source: SourceMap, prefix: YamlPath = (), extra_where: str = ""
+) -> SpecError:
+    """One SpecError (up to five problems, one per line) from a pydantic ValidationError."""
+    lines: list[SpecError] = []
+    for error in exc.errors()[:5]:
+        loc = _yaml_path(tuple(error["loc"]), data)
+        layer_path, kind, rest = describe_path((*prefix, *loc))
+        field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
+        message = _message(error, field)
+        if error["type"] == "extra_forbidden" and kind in LAYER_KINDS:
+            choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
+            message += did_you_mean(str(rest[-1]), choices)
+            message += f"; {kind} takes: {', '.join(choices)}"
+        elif error["type"] == "extra_forbidden":
+            message += did_you_mean(field.split(".")[-1], [])
+        where = f"{layer_path} {kind or ''}".strip() if layer_path else None
+        if where and extra_where:
+            where = f"{extra_where} > {where}"
+        lines.append(source.error(message, (*prefix, *loc), where))
+    first = lines[0]
+    more = len(exc.errors()) - 1
+    if more:
+        first.message += "".join(f"\n{e}" for e in lines[1:])
+        if more >= len(lines):
+            first.message += f"\n... and {more - len(lines) + 1} more problems"
+    return first
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
+    """Validate plain data (as loaded from YAML) into a Spec."""
+    source = source or SourceMap()
+    if data is None:
+        raise source.error("the spec is empty; it needs at least name, input and layers")
+    if not isinstance(data, dict):
+        raise source.error(f"a spec must be a mapping with name, input and layers, not a {type(data).__name__}")
+    unknown = [k for k in data if k not in Spec.model_fields]
+    for key in unknown:
+        raise source.error(
+            f"unknown top-level key '{key}'{did_you_mean(str(key), list(Spec.model_fields))}", (key,)
+        )
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, data, source) from None
+    spec._source = source
+    return spec
+
+
+def parse_spec(text: str, file: str | None = None) -> Spec:
+    """Parse and validate spec text."""
+    data, source = parse_yaml(text, file)
+    return validate_spec(data, source)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file."""
+    data, source = read_yaml_file(path)
+    return validate_spec(data, source)
+
+
+# --- blocks ----------------------------------------------------------------------------------
+
+
+def _substitute(value: Any, params: dict[str, Any], block: str, path: YamlPath, source: SourceMap) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        if name not in params:
+            known = ", ".join(params) or "none"
+            raise source.error(
+                f"unknown parameter ${name}{did_you_mean(name, list(params))} (block {block} takes: {known})", path
+            )
+        return params[name]
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, block, (*path, k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, params, block, (*path, i), source) for i, v in enumerate(value)]
+    return value
+
+
+def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: str) -> list[Any]:
+    """The validated layer entries of a block use, with its parameters substituted."""
+    source = spec.source
+    if call.name not in spec.blocks:
+        known = [*LAYER_KINDS, *COMPOSITES, *spec.blocks]
+        raise source.error(f"unknown layer kind '{call.name}'{did_you_mean(call.name, known)}", call_path, where)
+    block = spec.blocks[call.name]
+    for arg in call.args:
+        if arg not in block.params:
+            hint = did_you_mean(str(arg), list(block.params))
+            raise source.error(
+                f"unknown parameter '{arg}'{hint}; block {call.name} takes: {', '.join(block.params) or 'none'}",
+                (*call_path, call.name, arg),
+                f"{where} {call.name}",
+            )
+    params = {**block.params, **call.args}
+    missing = [k for k, v in params.items() if v is None]
+    if missing:
+        raise source.error(
+            f"block {call.name} needs parameter {', '.join(missing)}", call_path, f"{where} {call.name}"
+        )
+    body_path: YamlPath = ("blocks", call.name, "layers")
+    body = _substitute(block.layers, params, call.name, body_path, source)
+    try:
+        return _ENTRY_LIST.validate_python(body)
+    except ValidationError as exc:
+        raise spec_error_from_validation(
+            exc, {"layers": body}, source, prefix=("blocks", call.name), extra_where=f"{where} {call.name}"
+        ) from None
