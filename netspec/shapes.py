@@ -33,7 +33,13 @@ class LayerInfo:
 
 @dataclass
 class ShapedSeq:
-    """Children applied in order (the spec itself, a block use, a repeat copy)."""
+    """Children applied in order (the spec itself, a block use, a repeat copy).
+
+    Paths name layers as written: `layers[2]` is the third top-level entry and
+    `layers[2].basic_block[0].residual[1]` the second layer of the residual body that
+    is the first layer of the block `basic_block` used there; repeat copies are
+    `repeat#0`, `repeat#1`, ...
+    """
 
     children: list[ShapedNode]
     label: str = ""
@@ -92,7 +98,7 @@ class _Walker:
     ) -> tuple[ShapedSeq, Shape]:
         children: list[ShapedNode] = []
         for i, entry in enumerate(entries):
-            node, shape = self.entry(entry, shape, f"{path}layers[{i}]", (*yaml_path, i), stack)
+            node, shape = self.entry(entry, shape, f"{path}[{i}]", (*yaml_path, i), stack)
             children.append(node)
         return ShapedSeq(children, label), shape
 
@@ -105,7 +111,7 @@ class _Walker:
             copies: list[ShapedNode] = []
             for copy in range(entry.times):
                 node, shape = self.seq(
-                    entry.layers, shape, f"{path}.repeat[{copy}].", (*yaml_path, "repeat", "layers"), stack
+                    entry.layers, shape, f"{path}.repeat#{copy}", (*yaml_path, "repeat", "layers"), stack
                 )
                 copies.append(node)
             return ShapedSeq(copies, "repeat"), shape
@@ -118,15 +124,15 @@ class _Walker:
             raise self.error(f"block {entry.name} uses itself ({cycle})", yaml_path, where)
         body = instantiate_block(self.spec, entry, yaml_path, path)
         return self.seq(
-            body, shape, f"{path}.{entry.name}.", ("blocks", entry.name, "layers"), (*stack, entry.name), entry.name
+            body, shape, f"{path}.{entry.name}", ("blocks", entry.name, "layers"), (*stack, entry.name), entry.name
         )
 
     def leaf(self, layer: LayerSpec, shape: Shape, path: str, yaml_path: YamlPath) -> tuple[LayerInfo, Shape]:
         try:
             out = layer.output_shape(shape)
         except ShapeError as exc:
-            origin = f"after {self.last_path}" if self.last_path else "the spec's input"
-            raise self.error(f"{exc} (input {format_shape(shape)}, {origin})", yaml_path, f"{path} {layer.kind}") from None
+            origin = f"after {self.last_path}" if self.last_path else "from the spec's input"
+            raise self.error(f"{exc} (input {format_shape(shape)} {origin})", yaml_path, f"{path} {layer.kind}") from None
         if any(d < 1 for d in out):
             raise self.error(
                 f"output {format_shape(out)} is empty (input {format_shape(shape)})", yaml_path, f"{path} {layer.kind}"
@@ -149,11 +155,11 @@ class _Walker:
         self, entry: Residual, shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
     ) -> tuple[ShapedResidual, Shape]:
         where = f"{path} residual"
-        body, out = self.seq(entry.layers, shape, f"{path}.residual.", (*yaml_path, "residual", "layers"), stack)
+        body, out = self.seq(entry.layers, shape, f"{path}.residual", (*yaml_path, "residual", "layers"), stack)
         shortcut: ShapedSeq | None
         if isinstance(entry.shortcut, list):
             shortcut, short_out = self.seq(
-                entry.shortcut, shape, f"{path}.shortcut.", (*yaml_path, "residual", "shortcut"), stack
+                entry.shortcut, shape, f"{path}.shortcut", (*yaml_path, "residual", "shortcut"), stack
             )
         elif entry.shortcut == "identity" or (entry.shortcut == "auto" and out == shape):
             shortcut, short_out = None, shape
@@ -166,7 +172,7 @@ class _Walker:
                     (*yaml_path, "residual"),
                     where,
                 )
-            info, short_out = self.leaf(projection, shape, f"{path}.shortcut", (*yaml_path, "residual", "shortcut"))
+            info, short_out = self.leaf(projection, shape, f"{path}.shortcut[0]", (*yaml_path, "residual", "shortcut"))
             shortcut = ShapedSeq([info], "shortcut")
         if short_out != out:
             raise self.error(
@@ -194,5 +200,5 @@ def infer_shapes(spec: Spec | str | Path) -> NetShape:
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     walker = _Walker(spec)
-    root, out = walker.seq(spec.layers, tuple(spec.input), "", ("layers",), ())
+    root, out = walker.seq(spec.layers, tuple(spec.input), "layers", ("layers",), ())
     return NetShape(spec, root, walker.layers, tuple(spec.input), out)

@@ -23,6 +23,8 @@ YamlPath = tuple[str | int, ...]
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 MAX_BYTES = 10_000_000
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 @dataclass
@@ -30,19 +32,22 @@ class SourceMap:
     """Line and column (1-based) of every value in a loaded document."""
 
     file: str | None = None
-    marks: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)
+    marks: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)  # where each value starts
+    key_marks: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)  # where its key is written
 
-    def locate(self, path: YamlPath) -> tuple[int, int] | None:
-        """Position of `path`, or of its closest recorded ancestor."""
+    def locate(self, path: YamlPath, key: bool = False) -> tuple[int, int] | None:
+        """Position of `path` (its key with `key=True`), or of its closest recorded ancestor."""
+        if key and tuple(path) in self.key_marks:
+            return self.key_marks[tuple(path)]
         for end in range(len(path), -1, -1):
             mark = self.marks.get(tuple(path[:end]))
             if mark is not None:
                 return mark
         return None
 
-    def error(self, message: str, path: YamlPath = (), where: str | None = None) -> SpecError:
-        """A SpecError pointing at `path`."""
-        mark = self.locate(path)
+    def error(self, message: str, path: YamlPath = (), where: str | None = None, key: bool = False) -> SpecError:
+        """A SpecError pointing at `path` (at its key with `key=True`)."""
+        mark = self.locate(path, key)
         line, column = mark if mark else (None, None)
         return SpecError(message, file=self.file, line=line, column=column, where=where)
 
@@ -62,6 +67,8 @@ class _Builder:
                 path,
             )
         self.source.marks.setdefault(path, _mark(node))
+        if isinstance(node, (MappingNode, SequenceNode)) and node.tag not in (_MAP_TAG, _SEQ_TAG):
+            raise _error_at(self.source, node, f"invalid YAML: unsupported tag '{node.tag}'")
         if isinstance(node, MappingNode):
             self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
             result: dict[Any, Any] = {}
@@ -76,7 +83,7 @@ class _Builder:
                     line, _ = first_seen[key]
                     raise _error_at(self.source, key_node, f"duplicate key '{key}' (first given on line {line})")
                 first_seen[key] = _mark(key_node)
-                self.source.marks.setdefault((*path, key), _mark(key_node))
+                self.source.key_marks.setdefault((*path, key), _mark(key_node))
                 result[key] = self.build(value_node, (*path, key), depth + 1)
             return result
         if isinstance(node, SequenceNode):

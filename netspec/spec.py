@@ -223,35 +223,35 @@ def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
     """Split a YAML path into (layer path, layer kind, remaining field path).
 
     ("layers", 2, "repeat", "layers", 0, "conv2d", "stride") ->
-    ("layers[2].repeat.layers[0]", "conv2d", ("stride",)).
+    ("layers[2].repeat[0]", "conv2d", ("stride",)).
     """
-    path, kind, rest = "", None, list(loc)
-    i = 0
-    while i + 1 < len(loc) and loc[i] in ("layers", "shortcut") and isinstance(loc[i + 1], int):
-        path += f"{'.' if path else ''}{loc[i]}[{loc[i + 1]}]"
-        kind = None
-        rest = list(loc[i + 2 :])
-        i += 2
-        if i < len(loc) and isinstance(loc[i], str):
-            kind = loc[i]
-            rest = list(loc[i + 1 :])
-            path += f".{kind}" if i + 1 < len(loc) and loc[i + 1] in ("layers", "shortcut") else ""
-            i += 1
-    if path.endswith(f".{kind}"):
-        path = path[: -len(kind) - 1] if kind else path
-    return path, kind, tuple(rest)
+    if len(loc) < 2 or loc[0] != "layers" or not isinstance(loc[1], int):
+        return "", None, tuple(loc)
+    path, i = f"layers[{loc[1]}]", 2
+    kind: str | None = None
+    while i < len(loc) and isinstance(loc[i], str):
+        kind = loc[i]
+        nested = i + 2 < len(loc) and loc[i + 1] in ("layers", "shortcut") and isinstance(loc[i + 2], int)
+        if not nested:
+            return path, kind, tuple(loc[i + 1 :])
+        name = kind if loc[i + 1] == "layers" else "shortcut"
+        path += f".{name}[{loc[i + 2]}]"
+        kind, i = None, i + 3
+    return path, kind, tuple(loc[i:])
 
 
-def _yaml_path(loc: tuple[Any, ...], data: Any) -> YamlPath:
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[YamlPath, bool]:
     """Map a pydantic error location onto the YAML path the user wrote.
 
     pydantic reports discriminated-union members by tag ("layer", then the kind);
     in YAML the kind is the entry's single key, and block arguments sit under the
-    block's name.
+    block's name. Members of plain unions (`int | [h, w]`) appear in `loc` as type
+    names; they are dropped, and the second value says whether that happened.
     """
     out: list[Any] = []
     node = data
     items = list(loc)
+    dropped = False
     while items:
         part = items.pop(0)
         if isinstance(node, list) and isinstance(part, int):
@@ -267,17 +267,45 @@ def _yaml_path(loc: tuple[Any, ...], data: Any) -> YamlPath:
                 if tag == "block" and items and items[0] == "args":
                     items.pop(0)
             continue
-        out.append(part)
-        node = node.get(part) if isinstance(node, dict) else None
-    return tuple(out)
+        if isinstance(node, dict) and (part in node or not items):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, (dict, list)):
+            dropped = True  # a union member's name
+        else:
+            dropped = True
+            break
+    return tuple(out), dropped
 
 
-def _message(error: dict[str, Any], field: str) -> str:
+_TYPE_ERRORS = ("literal_error", "is_instance_of", "model_type", "dict_type", "none_required")
+
+
+def _collapse_unions(errors: list[Any], data: Any) -> list[tuple[YamlPath, dict[str, Any]]]:
+    """One error per field: of a union's member errors keep the most specific one."""
+    groups: dict[Any, list[tuple[YamlPath, dict[str, Any]]]] = {}
+    for n, error in enumerate(errors):
+        path, dropped = _yaml_path(tuple(error["loc"]), data)
+        groups.setdefault(path if dropped else n, []).append((path, error))
+    result = []
+    for items in groups.values():
+        specific = [i for i in items if not (i[1]["type"].endswith("_type") or i[1]["type"] in _TYPE_ERRORS)]
+        if specific or len(items) == 1:
+            result.append((specific or items)[0])
+            continue
+        path, first = items[0]
+        wanted = dict.fromkeys(e["msg"].removeprefix("Input should be ") for _, e in items)
+        result.append((path, {**first, "msg": "Input should be " + " or ".join(wanted)}))
+    return result
+
+
+def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
     etype, msg = error["type"], error["msg"]
+    noun = "argument" if in_layer else "key"
     if etype == "extra_forbidden":
-        return f"unknown argument '{field}'"
+        return f"unknown {noun} '{field}'"
     if etype == "missing":
-        return f"missing required argument '{field}'"
+        return f"missing required {noun} '{field}'"
     if etype == "union_tag_invalid":
         return msg
     msg = msg[0].lower() + msg[1:]
@@ -291,11 +319,11 @@ def spec_error_from_validation(
 ) -> SpecError:
     """One SpecError (up to five problems, one per line) from a pydantic ValidationError."""
     lines: list[SpecError] = []
-    for error in exc.errors()[:5]:
-        loc = _yaml_path(tuple(error["loc"]), data)
+    errors = _collapse_unions(exc.errors(), data)
+    for loc, error in errors[:5]:
         layer_path, kind, rest = describe_path((*prefix, *loc))
         field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
-        message = _message(error, field)
+        message = _message(error, field, bool(layer_path))
         if error["type"] == "extra_forbidden" and kind in LAYER_KINDS:
             choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
             message += did_you_mean(str(rest[-1]), choices)
@@ -305,9 +333,10 @@ def spec_error_from_validation(
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
         if where and extra_where:
             where = f"{extra_where} > {where}"
-        lines.append(source.error(message, (*prefix, *loc), where))
+        at_key = error["type"] in ("extra_forbidden", "missing")
+        lines.append(source.error(message, (*prefix, *loc), where, key=at_key))
     first = lines[0]
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     if more:
         first.message += "".join(f"\n{e}" for e in lines[1:])
         if more >= len(lines):
@@ -328,7 +357,7 @@ def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
     unknown = [k for k in data if k not in Spec.model_fields]
     for key in unknown:
         raise source.error(
-            f"unknown top-level key '{key}'{did_you_mean(str(key), list(Spec.model_fields))}", (key,)
+            f"unknown top-level key '{key}'{did_you_mean(str(key), list(Spec.model_fields))}", (key,), key=True
         )
     try:
         spec = Spec.model_validate(data)
@@ -383,6 +412,7 @@ def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: s
                 f"unknown parameter '{arg}'{hint}; block {call.name} takes: {', '.join(block.params) or 'none'}",
                 (*call_path, call.name, arg),
                 f"{where} {call.name}",
+                key=True,
             )
     params = {**block.params, **call.args}
     missing = [k for k, v in params.items() if v is None]

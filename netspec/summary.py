@@ -40,12 +40,12 @@ def summary_table(net: NetShape) -> Table:
         title_justify="left",
         show_footer=True,
     )
-    table.add_column("#", justify="right", footer="")
-    table.add_column("layer", footer="total")
-    table.add_column("kind")
-    table.add_column("output shape", footer=format_shape(net.output_shape))
-    table.add_column("params", justify="right", footer=f"{net.total_params:,}")
-    table.add_column("MACs", justify="right", footer=f"{net.macs:,}")
+    table.add_column("#", justify="right", footer="", no_wrap=True)
+    table.add_column("layer", footer="total", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("output shape", footer=format_shape(net.output_shape), no_wrap=True)
+    table.add_column("params", justify="right", footer=f"{net.total_params:,}", no_wrap=True)
+    table.add_column("MACs", justify="right", footer=f"{net.macs:,}", no_wrap=True)
     for info in net.layers:
         table.add_row(
             str(info.index),

@@ -1,0 +1,105 @@
+"""Every zoo spec builds, matches its hand-written textbook model, and infers real shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchinfo
+from torch import nn
+
+import netspec
+from netspec.compiler import leaf_modules
+from tests.conftest import SPECS, ZOO
+from tests.reference_models import REFERENCES
+
+EXPECTED_PARAMS = {"lenet": 61_706, "cifar_net": 18_090, "cifar_net_width": 38_386}
+
+
+def test_every_zoo_spec_has_a_reference_model():
+    assert sorted(REFERENCES) == ZOO
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_state_dict_of_textbook_model_loads_and_gives_identical_outputs(name: str):
+    torch.manual_seed(0)
+    reference = REFERENCES[name]()
+    model = netspec.build(SPECS / f"{name}.yaml")
+    ours = [tuple(p.shape) for p in model.parameters()]
+    theirs = [tuple(p.shape) for p in reference.parameters()]
+    assert ours == theirs  # same parameter shapes in the same order
+    # Randomize BN statistics too, so that eval-mode outputs depend on every buffer.
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    netspec.transfer_state_dict(reference.state_dict(), model)
+    reference.eval()
+    model.eval()
+    x = torch.randn(4, *model.net_shape.input_shape)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_inferred_shapes_equal_real_forward_shapes(name: str):
+    model = netspec.build(SPECS / f"{name}.yaml")
+    seen: dict[int, tuple[int, ...]] = {}
+    pairs = leaf_modules(model)
+    for info, module in pairs:
+        module.register_forward_hook(lambda m, i, o, idx=info.index: seen.__setitem__(idx, tuple(o.shape[1:])))
+    out = model(torch.randn(2, *model.net_shape.input_shape))
+    assert len(pairs) == len(model.net_shape.layers)
+    assert {info.index: info.output_shape for info, _ in pairs} == seen
+    assert tuple(out.shape[1:]) == model.net_shape.output_shape
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_totals_agree_with_torchinfo(name: str):
+    model = netspec.build(SPECS / f"{name}.yaml")
+    net = model.net_shape
+    stats = torchinfo.summary(model, input_size=(2, *net.input_shape), verbose=0)
+    assert stats.total_params == net.total_params == sum(p.numel() for p in model.parameters())
+    if name in EXPECTED_PARAMS:
+        assert net.total_params == EXPECTED_PARAMS[name]
+    # torchinfo also counts each bias addition and each batch-norm parameter as a MAC.
+    extra = 0
+    for info, module in leaf_modules(model):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            extra += math.prod(info.output_shape)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            extra += info.params
+    assert stats.total_mult_adds == 2 * (net.macs + extra)
+
+
+def test_lenet_summary_numbers():
+    net = netspec.infer_shapes(SPECS / "lenet.yaml")
+    assert net.output_shape == (10,)
+    assert [i.output_shape for i in net.layers][:7] == [
+        (6, 28, 28), (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 10, 10), (16, 5, 5), (400,)
+    ]  # fmt: skip
+    assert net.layers[0].macs == 6 * 28 * 28 * 25
+
+
+def test_parameters_appear_in_spec_order():
+    model = netspec.build(SPECS / "lenet.yaml")
+    assert list(model.state_dict()) == [
+        "0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
+        "9.weight", "9.bias", "11.weight", "11.bias",
+    ]  # fmt: skip
+
+
+def test_each_zoo_spec_carries_its_training_recipe():
+    lenet = netspec.load_spec(SPECS / "lenet.yaml").train
+    assert (lenet.dataset, lenet.batch_size, lenet.lr, lenet.epochs, lenet.init) == (
+        "fashion_mnist", 256, 0.9, 10, "xavier_uniform"
+    )
+    cnn = netspec.load_spec(SPECS / "mnist_cnn.yaml").train
+    assert (cnn.batch_size, cnn.lr, cnn.momentum) == (64, 0.01, 0.5)
+    assert netspec.load_spec(SPECS / "cifar_net.yaml").train.dataset == "cifar2"
+
+
+def test_compile_flag_wraps_with_torch_compile():
+    model = netspec.build(SPECS / "mlp.yaml", compile=True)
+    assert isinstance(model._orig_mod, netspec.SpecNet)
