@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from netspec.errors import NetspecError, UsageError
+from netspec.errors import NetspecError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line, traceback only on request
         if os.environ.get("NETSPEC_DEBUG"):
             raise
-        print(f"error: internal error: {type(exc).__name__}: {exc} (set NETSPEC_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc} (set NETSPEC_DEBUG=1 for a traceback)", file=sys.stderr
+        )
         return 1
 
 

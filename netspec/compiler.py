@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from netspec.errors import SpecError
-from netspec.shapes import LayerInfo, NetShape, ShapedNode, ShapedResidual, ShapedSeq, infer_shapes
+from netspec.shapes import LayerInfo, NetShape, ShapedNode, ShapedResidual, infer_shapes
 from netspec.spec import Spec
 
 
@@ -97,8 +97,6 @@ def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) ->
     mapped = {}
     for (src_key, tensor), (key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise SpecError(
-                f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}"
-            )
+            raise SpecError(f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}")
         mapped[key] = tensor
     model.load_state_dict(mapped)

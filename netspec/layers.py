@@ -108,7 +108,11 @@ def _window_out(
     """Out = floor((In + 2P − D·(K−1) − 1)/S) + 1, with torch's ceil_mode rule for pools."""
     effective = dilation * (kernel - 1) + 1
     if effective > size + 2 * padding:
-        what = f"{name} {kernel}" if dilation == 1 else f"effective {name} {effective} ({name} {kernel}, dilation {dilation})"
+        what = (
+            f"{name} {kernel}"
+            if dilation == 1
+            else f"effective {name} {effective} ({name} {kernel}, dilation {dilation})"
+        )
         raise ShapeError(f"{what} is larger than its padded input {size + 2 * padding} ({axis})")
     span = size + 2 * padding - effective
     if ceil_mode:
@@ -136,7 +140,11 @@ def _window_shape(
     except ShapeError as exc:
         if kh == kw and h == w and ph == pw and dh == dw:  # say it once for square cases
             effective = dh * (kh - 1) + 1
-            what = f"kernel_size {kh}" if dh == 1 else f"effective kernel size {effective} (kernel_size {kh}, dilation {dh})"
+            what = (
+                f"kernel_size {kh}"
+                if dh == 1
+                else f"effective kernel size {effective} (kernel_size {kh}, dilation {dh})"
+            )
             raise ShapeError(f"{what} is larger than its padded input {h + 2 * ph}×{w + 2 * pw}") from None
         raise exc
     return out_h, out_w

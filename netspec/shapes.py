@@ -132,7 +132,9 @@ class _Walker:
             out = layer.output_shape(shape)
         except ShapeError as exc:
             origin = f"after {self.last_path}" if self.last_path else "from the spec's input"
-            raise self.error(f"{exc} (input {format_shape(shape)} {origin})", yaml_path, f"{path} {layer.kind}") from None
+            raise self.error(
+                f"{exc} (input {format_shape(shape)} {origin})", yaml_path, f"{path} {layer.kind}"
+            ) from None
         if any(d < 1 for d in out):
             raise self.error(
                 f"output {format_shape(out)} is empty (input {format_shape(shape)})", yaml_path, f"{path} {layer.kind}"

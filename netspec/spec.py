@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, TrainConfig
 from netspec.errors import SpecError
-from netspec.layers import LAYER_KINDS, LayerSpec, takes_no_arguments_required
+from netspec.layers import LAYER_KINDS, takes_no_arguments_required
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
@@ -111,9 +111,7 @@ def _normalize_entry(value: Any) -> Any:
             raise PydanticCustomError("layer_args", "'kind' is not an argument of {name}", {"name": name})
         return {"kind": name, **args}
     if args is not None and not isinstance(args, dict):
-        raise PydanticCustomError(
-            "layer_args", "the parameters of block {name} must be a mapping", {"name": name}
-        )
+        raise PydanticCustomError("layer_args", "the parameters of block {name} must be a mapping", {"name": name})
     return {"kind": "block", "name": name, "args": args or {}}
 
 
@@ -129,6 +127,8 @@ def _layer_input_schema_type() -> Any:
         entries.append(
             create_model(f"{cls.__name__}Entry", __config__=ConfigDict(extra="forbid"), **{kind: (value_type, ...)})
         )
+    # A use of a block from `blocks:`; its names are the user's, so any identifier.
+    entries.append(Annotated[str, Field(title="BlockName", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")])
     entries.append(Annotated[dict[str, dict[str, Any] | None], Field(title="BlockCall", max_length=1)])
     return Union[tuple(entries)]  # noqa: UP007
 
@@ -417,9 +417,7 @@ def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: s
     params = {**block.params, **call.args}
     missing = [k for k, v in params.items() if v is None]
     if missing:
-        raise source.error(
-            f"block {call.name} needs parameter {', '.join(missing)}", call_path, f"{where} {call.name}"
-        )
+        raise source.error(f"block {call.name} needs parameter {', '.join(missing)}", call_path, f"{where} {call.name}")
     body_path: YamlPath = ("blocks", call.name, "layers")
     body = _substitute(block.layers, params, call.name, body_path, source)
     try:

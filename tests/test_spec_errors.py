@@ -58,8 +58,11 @@ CASES = [
         id="declared-in-channels-wrong",
     ),
     pytest.param("", "{f}: the spec is empty; it needs at least name, input and layers", id="empty-file"),
-    pytest.param("- relu\n- flatten\n", "{f}:1:1: a spec must be a mapping with name, input and layers, not a list",
-                 id="list-instead-of-mapping"),
+    pytest.param(
+        "- relu\n- flatten\n",
+        "{f}:1:1: a spec must be a mapping with name, input and layers, not a list",
+        id="list-instead-of-mapping",
+    ),
     pytest.param(
         "name: t\ninput: [1, 28, 28\nlayers: []\n",
         "{f}:3:7: invalid YAML: while parsing a flow sequence: expected ',' or ']', but got ':'",
@@ -70,8 +73,11 @@ CASES = [
         "{f}:4:1: duplicate key 'layers' (first given on line 3)",
         id="duplicate-key",
     ),
-    pytest.param("name: t\ninput: [1, 28, 28]\nlayrs: [relu]\n",
-                 "{f}:3:1: unknown top-level key 'layrs' (did you mean 'layers'?)", id="unknown-top-level-key"),
+    pytest.param(
+        "name: t\ninput: [1, 28, 28]\nlayrs: [relu]\n",
+        "{f}:3:1: unknown top-level key 'layrs' (did you mean 'layers'?)",
+        id="unknown-top-level-key",
+    ),
     pytest.param(
         HEADER + "  - !!python/object/apply:os.system 'echo pwned'\n",
         "{f}:4:5: invalid YAML: could not determine a constructor for the tag "

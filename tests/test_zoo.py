@@ -93,7 +93,11 @@ def test_parameters_appear_in_spec_order():
 def test_each_zoo_spec_carries_its_training_recipe():
     lenet = netspec.load_spec(SPECS / "lenet.yaml").train
     assert (lenet.dataset, lenet.batch_size, lenet.lr, lenet.epochs, lenet.init) == (
-        "fashion_mnist", 256, 0.9, 10, "xavier_uniform"
+        "fashion_mnist",
+        256,
+        0.9,
+        10,
+        "xavier_uniform",
     )
     cnn = netspec.load_spec(SPECS / "mnist_cnn.yaml").train
     assert (cnn.batch_size, cnn.lr, cnn.momentum) == (64, 0.01, 0.5)
