@@ -57,6 +57,89 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("dataset", "epochs", "batch_size", "lr", "device", "data_root", "seed", "optimizer", "scheduler",
+             "amp", "download", "compile", "channels_last")  # fmt: skip
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from netspec.train import train
+
+    if args.spec is None and args.resume is None:
+        raise UsageError("give a spec to train, or --resume RUN_DIR")
+    if args.resume is not None and (args.spec is not None or _train_overrides(args)):
+        raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
+    # With --json, stdout carries only the JSON object; the epoch lines go to stderr.
+    out = sys.stderr if args.json else sys.stdout
+    result = train(
+        args.spec,
+        _train_overrides(args),
+        out=args.out,
+        resume=args.resume,
+        report=lambda line: print(line, file=out, flush=True),
+        progress=not args.no_progress,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from netspec.train import evaluate_checkpoint
+
+    accuracy, confusion, classes = evaluate_checkpoint(args.spec, args.checkpoint, _train_overrides(args))
+    if args.json:
+        _print_json({"test_accuracy": accuracy, "classes": classes, "confusion": confusion.tolist()})
+        return 0
+    print(f"test accuracy {accuracy:.4f} on {int(confusion.sum())} images")
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("")
+    for name in classes:
+        table.add_column(name[:8], justify="right")
+    for name, row in zip(classes, confusion.tolist(), strict=True):
+        table.add_row(name, *map(str, row))
+    Console().print(table)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from netspec.config import DATASETS
+
+    g = p.add_argument_group("overrides of the spec's train section")
+    g.add_argument("--dataset", choices=DATASETS)
+    g.add_argument("--data-root", help="folder holding the dataset in torchvision's layout")
+    g.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
+    g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--seed", type=int)
+
+
 # --- argument parsing --------------------------------------------------------------------------
 
 
@@ -73,6 +156,29 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("train", help="train a spec on its dataset; writes a run folder")
+    p.add_argument("spec", nargs="?", help="path to a YAML spec (omit with --resume)")
+    _add_train_options(p)
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"))
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", help="run folder (default: runs/<name>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the final result as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy and confusion matrix of a saved checkpoint")
+    p.add_argument("spec", help="path to the YAML spec the checkpoint was trained from")
+    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt from a run folder")
+    _add_train_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

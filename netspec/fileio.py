@@ -1,0 +1,83 @@
+"""Atomic file writes and safe checkpoint loading.
+
+Every file netspec writes goes to a temporary file in the same folder first and is
+then renamed over the target, so a crash or a kill never leaves a half-written file.
+Checkpoints are loaded with `torch.load(weights_only=True)`: a checkpoint can hold
+tensors and plain data, never code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netspec.errors import CheckpointError, NetspecError
+
+CHECKPOINT_FORMAT = "netspec-checkpoint"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a netspec checkpoint safely, with one clear error for every way it can be bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).split("\n")[0] if "weights_only" not in str(exc) else "it contains Python objects or code"
+        raise CheckpointError(f"{path}: refused to load: {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or truncated: {exc})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a netspec checkpoint")
+    return checkpoint
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create `path` (and parents); fail with a clear message if it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise NetspecError(f"cannot write to {path}: {exc.strerror}") from None
+    return path

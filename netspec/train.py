@@ -1,0 +1,573 @@
+"""Stage 5: train a spec on a dataset, with checkpoints, metrics and plots in a run folder.
+
+The loop is deliberately plain (in the spirit of nanoGPT's train.py): data are
+batches from a `DeviceLoader`, one step is forward, loss, backward, optimizer and
+scheduler step. Around it: a run folder with atomic checkpoints, resumable from any
+interruption (SIGINT/SIGTERM save the exact mid-epoch state), and a stop with the
+last good checkpoint intact when the loss stops being finite.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+from torch import nn
+
+from netspec.compiler import SpecNet, build
+from netspec.config import TrainConfig
+from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
+from netspec.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
+from netspec.fileio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from netspec.layers import format_shape
+from netspec.spec import Spec, load_spec, validate_spec
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    examples_per_sec: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochMetrics]
+    device: str
+    run_dir: str
+    confusion: list[list[int]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> EpochMetrics:
+        return self.epochs[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec")
+        return {
+            "epochs": [{k: getattr(m, k) for k in keys} for m in self.epochs],
+            "test_accuracy": self.last.test_accuracy,
+            "train_loss": self.last.train_loss,
+            "train_accuracy": self.last.train_accuracy,
+            "examples_per_sec": self.last.examples_per_sec,
+            "device": self.device,
+            "run_dir": self.run_dir,
+        }
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def resolve_config(spec: Spec, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The spec's train section with command-line overrides applied and validated."""
+    data = spec.train.model_dump()
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-") if first["loc"] else "train"
+        raise UsageError(f"{name}: {first['msg'][0].lower()}{first['msg'][1:]}, got {first.get('input')!r}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; anything else is checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{name}': CUDA is not available on this machine")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"device '{name}': MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """xavier_uniform (as d2l's train_ch6), kaiming, or torch's default initialization."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if scheme == "xavier_uniform":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Schedulers step once per batch, so they follow the run exactly across resumes."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    return None
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none") -> tuple[float, torch.Tensor]:
+    """Accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
+    for x, y in loader:
+        with _autocast(loader.device, amp):
+            pred = model(x).argmax(1)
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    model.train(was_training)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    return confusion.trace().item() / max(loader.num_examples, 1), confusion
+
+
+# --- run folder --------------------------------------------------------------------------------
+
+
+def new_run_dir(name: str, out: str | Path | None) -> Path:
+    if out is not None:
+        return ensure_writable_dir(Path(out))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return ensure_writable_dir(path)
+
+
+def write_metrics(run_dir: Path, epochs: list[EpochMetrics]) -> None:
+    rows = [asdict(m) for m in epochs]
+    atomic_write_json(run_dir / "metrics.json", rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EpochMetrics.__dataclass_fields__))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def plot_curves(path: Path, epochs: list[EpochMetrics], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    xs = [m.epoch for m in epochs]
+    ax.plot(xs, [m.train_loss for m in epochs], "-o", label="train loss")
+    ax.plot(xs, [m.train_accuracy for m in epochs], "--s", label="train acc")
+    ax.plot(xs, [m.test_accuracy for m in epochs], "-.^", label="test acc")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_xlim(0.8, max(xs) + 0.2)
+    _save_figure(fig, path)
+
+
+def plot_confusion(path: Path, confusion: torch.Tensor, classes: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    normalized = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n), dpi=100)
+    im = ax.imshow(normalized.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            v = normalized[i, j].item()
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no signal handling
+        pass
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Sums of the current epoch, kept so an interrupted epoch resumes exactly."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+Reporter = Callable[[str], None]
+
+
+class Trainer:
+    """One training run: everything `train()` needs, kept together for checkpoints."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        cfg: TrainConfig,
+        run_dir: Path,
+        report: Reporter,
+        progress: bool,
+    ) -> None:
+        self.spec, self.cfg, self.run_dir, self.report, self.show_progress = spec, cfg, run_dir, report, progress
+        self.device = resolve_device(cfg.device)
+        self.info = dataset_info(cfg.dataset, tuple(spec.input))
+        check_input_shape(spec, self.info)
+        split = dict(root=cfg.data_root, download=cfg.download, input_shape=tuple(spec.input))
+        train_data = load_split(cfg.dataset, train=True, synthetic_size=cfg.synthetic_size, **split)
+        test_data = load_split(cfg.dataset, train=False, synthetic_size=cfg.synthetic_size, **split)
+        loader = dict(device=self.device, seed=cfg.seed, channels_last=cfg.channels_last)
+        self.train_loader = DeviceLoader(
+            train_data, self.info, cfg.batch_size, shuffle=True, augment=cfg.augment, **loader
+        )
+        self.test_loader = DeviceLoader(test_data, self.info, cfg.test_batch_size, **loader)
+
+        torch.manual_seed(cfg.seed)
+        model = build(spec)
+        assert isinstance(model, SpecNet)
+        init_weights(model, cfg.init)
+        self.model: SpecNet = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.epochs: list[EpochMetrics] = []
+        self.epoch = 0  # completed epochs
+        self.batch = 0  # completed batches of the current epoch
+        self.partial = _Progress()
+        self.best = -1.0
+        self.confusion = torch.zeros(len(self.info.classes), len(self.info.classes), dtype=torch.long)
+
+    # -- checkpoints --
+
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "spec": self.spec.to_data(),
+            "train_config": self.cfg.model_dump(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "partial": asdict(self.partial),
+            "metrics": [asdict(m) for m in self.epochs],
+            "best_test_accuracy": self.best,
+            "rng": rng,
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler and ckpt["scheduler"]:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+            self.partial = _Progress(**ckpt["partial"])
+            self.epochs = [EpochMetrics(**m) for m in ckpt["metrics"]]
+            self.best = float(ckpt["best_test_accuracy"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / name
+        save_checkpoint(path, self.state())
+        return path
+
+    # -- the loop --
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.model.train()
+        if self.epoch == 0 and self.batch == 0:
+            self.save()  # a run folder always holds a loadable checkpoint
+            write_metrics(self.run_dir, self.epochs)
+        with _stop_requests() as stop:
+            while self.epoch < cfg.epochs:
+                self._train_epoch(stop)
+                metrics = self._finish_epoch()
+                self.report(
+                    f"epoch {metrics.epoch}/{cfg.epochs}: loss {metrics.train_loss:.3f}, "
+                    f"train acc {metrics.train_accuracy:.3f}, test acc {metrics.test_accuracy:.3f}, "
+                    f"{metrics.examples_per_sec:.1f} examples/sec on {self.device}"
+                )
+        if not self.epochs:
+            raise UsageError("nothing to train: the run has no epochs")
+        self._write_plots()
+        return TrainResult(
+            self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes)
+        )
+
+    def _train_epoch(self, stop: list[int]) -> None:
+        cfg, loader, p = self.cfg, self.train_loader, self.partial
+        # On CUDA, reading the loss every step would synchronize; check it every few steps.
+        check_every = 1 if self.device.type == "cpu" else 20
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        start = time.perf_counter()
+        bar = self._progress_bar()
+        with bar:
+            task = bar.add_task(
+                f"epoch {self.epoch + 1}/{cfg.epochs}",
+                total=len(loader),
+                completed=self.batch,
+                loss=math.nan,
+                speed=0.0,
+            )
+            for x, y in loader.batches(self.epoch, self.batch):
+                with _autocast(self.device, cfg.amp):
+                    logits = self.forward(x)
+                    loss = self.loss_fn(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.scheduler:
+                    self.scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                self.batch += 1
+                p.seen += len(y)
+                if self.batch % check_every == 0 or self.batch == len(loader):
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f"loss became {value} at epoch {self.epoch + 1}, step {self.batch}; "
+                            f"stopped, the last good checkpoint is {self.run_dir / 'last.pt'}"
+                        )
+                    elapsed = p.seconds + time.perf_counter() - start
+                    bar.update(task, completed=self.batch, loss=value, speed=p.seen / max(elapsed, 1e-9))
+                if stop:
+                    p.loss_sum += loss_sum.item()
+                    p.correct += int(correct.item())
+                    p.seconds += time.perf_counter() - start
+                    path = self.save()
+                    raise Interrupted(
+                        f"interrupted at epoch {self.epoch + 1}, step {self.batch}; saved {path}. "
+                        f"Resume with: netspec train --resume {self.run_dir}"
+                    )
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            p.seconds += time.perf_counter() - start
+            p.loss_sum += loss_sum.item()
+            p.correct += int(correct.item())
+
+    def _finish_epoch(self) -> EpochMetrics:
+        p = self.partial
+        test_accuracy, self.confusion = evaluate(self.forward, self.test_loader, len(self.info.classes), self.cfg.amp)
+        metrics = EpochMetrics(
+            epoch=self.epoch + 1,
+            train_loss=p.loss_sum / max(p.seen, 1),
+            train_accuracy=p.correct / max(p.seen, 1),
+            test_accuracy=test_accuracy,
+            examples_per_sec=p.seen / max(p.seconds, 1e-9),
+            lr=self.optimizer.param_groups[0]["lr"],
+            seconds=p.seconds,
+        )
+        self.epochs.append(metrics)
+        self.epoch += 1
+        self.batch = 0
+        self.partial = _Progress()
+        self.save()
+        if test_accuracy > self.best:
+            self.best = test_accuracy
+            self.save("best.pt")
+        write_metrics(self.run_dir, self.epochs)
+        return metrics
+
+    def _write_plots(self) -> None:
+        title = f"{self.spec.name} on {self.cfg.dataset}"
+        plot_curves(self.run_dir / "curves.png", self.epochs, title)
+        plot_confusion(self.run_dir / "confusion.png", self.confusion, list(self.info.classes), title)
+
+    def _progress_bar(self) -> Any:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  {task.fields[speed]:,.0f} ex/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not (self.show_progress and console.is_terminal),
+        )
+
+
+def check_input_shape(spec: Spec, info: DatasetInfo) -> None:
+    if tuple(spec.input) != info.sample_shape:
+        raise UsageError(
+            f"spec {spec.name} takes input {format_shape(tuple(spec.input))} but dataset {info.name} "
+            f"has images of {format_shape(info.sample_shape)}"
+        )
+
+
+def train(
+    spec: Spec | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    report: Reporter = print,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a spec (or resume a run folder) and return its metrics.
+
+    `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        spec = validate_spec(ckpt["spec"])
+        cfg = TrainConfig.model_validate(ckpt["train_config"])
+        trainer = Trainer(spec, cfg, run_dir, report, progress)
+        trainer.load_state(ckpt)
+        if trainer.epoch >= cfg.epochs:
+            report(f"{run_dir} already finished its {cfg.epochs} epochs")
+        return trainer.run()
+    if spec is None:
+        raise UsageError("give a spec to train, or --resume RUN_DIR")
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    cfg = resolve_config(spec, overrides)
+    spec = spec.model_copy(update={"train": cfg})
+    run_dir = new_run_dir(spec.name, out)
+    atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+    return Trainer(spec, cfg, run_dir, report, progress).run()
+
+
+def evaluate_checkpoint(
+    spec: Spec | str | Path, checkpoint: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[float, torch.Tensor, list[str]]:
+    """Test accuracy and confusion matrix of a saved model."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    cfg = resolve_config(spec, overrides)
+    ckpt = load_checkpoint(checkpoint)
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset, tuple(spec.input))
+    check_input_shape(spec, info)
+    model = build(spec).to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{checkpoint}: does not fit spec {spec.name}: {str(exc).splitlines()[0]}") from None
+    data = load_split(cfg.dataset, cfg.data_root, False, cfg.download, tuple(spec.input), cfg.synthetic_size)
+    loader = DeviceLoader(data, info, cfg.test_batch_size, device)
+    accuracy, confusion = evaluate(model, loader, len(info.classes))
+    return accuracy, confusion, list(info.classes)
