@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from netspec.errors import NetspecError
+from netspec.errors import NetspecError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData
 class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR's python batches are pickles: allow numpy arrays and nothing else."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),

@@ -76,8 +76,8 @@ def ensure_writable_dir(path: Path) -> Path:
     """Create `path` (and parents); fail with a clear message if it cannot be written."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
     except OSError as exc:
         raise NetspecError(f"cannot write to {path}: {exc.strerror}") from None
     return path

@@ -411,8 +411,11 @@ class Trainer:
         cfg, loader, p = self.cfg, self.train_loader, self.partial
         # On CUDA, reading the loss every step would synchronize; check it every few steps.
         check_every = 1 if self.device.type == "cpu" else 20
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        # Running sums continue from the saved partial epoch, so a resumed epoch adds up exactly
+        # the same numbers in the same order as an uninterrupted one (float64 where supported).
+        sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        loss_sum = torch.tensor(p.loss_sum, dtype=sum_dtype, device=self.device)
+        correct = torch.tensor(p.correct, dtype=torch.long, device=self.device)
         start = time.perf_counter()
         bar = self._progress_bar()
         with bar:
@@ -450,8 +453,7 @@ class Trainer:
                     elapsed = p.seconds + time.perf_counter() - start
                     bar.update(task, completed=self.batch, loss=value, speed=p.seen / max(elapsed, 1e-9))
                 if stop:
-                    p.loss_sum += loss_sum.item()
-                    p.correct += int(correct.item())
+                    p.loss_sum, p.correct = loss_sum.item(), int(correct.item())
                     p.seconds += time.perf_counter() - start
                     path = self.save()
                     raise Interrupted(
@@ -461,8 +463,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             p.seconds += time.perf_counter() - start
-            p.loss_sum += loss_sum.item()
-            p.correct += int(correct.item())
+            p.loss_sum, p.correct = loss_sum.item(), int(correct.item())
 
     def _finish_epoch(self) -> EpochMetrics:
         p = self.partial

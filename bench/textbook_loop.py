@@ -1,0 +1,109 @@
+"""netspec train vs the textbook loop, side by side in one process.
+
+The textbook loop is what d2l and the PyTorch tutorials teach: a hand-written
+nn.Sequential, torchvision's MNIST with ToTensor + Normalize, and a DataLoader with
+2 workers. netspec trains the same model (specs/lenet.yaml, same init, optimizer,
+batch size) on the same data. Both figures are end-to-end training throughput of
+one epoch: batching, data movement and the steps, not the test pass.
+
+    python -m bench.textbook_loop --data-root ../shared/data [--epochs 1] [--batch-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def textbook_lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+def textbook_epoch(data_root: str, batch_size: int, workers: int = 2, max_batches: int | None = None) -> float:
+    """Examples/sec of one epoch of the DataLoader + ToTensor loop (d2l's train_ch6 inner loop)."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(0)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    dataset = datasets.MNIST(data_root, train=True, download=False, transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    net = textbook_lenet()
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    seen = 0
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+        if max_batches is not None and i + 1 >= max_batches:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def netspec_epoch(data_root: str, batch_size: int, out: Path) -> float:
+    """Examples/sec that `netspec train specs/lenet.yaml --dataset mnist` reports for one epoch."""
+    from netspec.train import train
+
+    result = train(
+        ROOT / "specs" / "lenet.yaml",
+        {"dataset": "mnist", "data_root": data_root, "epochs": 1, "batch_size": batch_size, "device": "cpu"},
+        out=out,
+        report=lambda line: None,
+        progress=False,
+    )
+    return result.last.examples_per_sec
+
+
+def compare(data_root: str, batch_size: int = 256, repeats: int = 1, out: Path | None = None) -> dict:
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):  # interleaved, so drift on the machine hits both alike
+            rows.append((textbook_epoch(data_root, batch_size), netspec_epoch(data_root, batch_size, Path(tmp))))
+    textbook = sorted(r[0] for r in rows)[len(rows) // 2]
+    ours = sorted(r[1] for r in rows)[len(rows) // 2]
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "batch_size": batch_size,
+        "textbook_examples_per_sec": round(textbook, 1),
+        "netspec_examples_per_sec": round(ours, 1),
+        "ratio": round(ours / textbook, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    result = compare(args.data_root, args.batch_size, args.repeats)
+    print(json.dumps(result, indent=2))
+    print(
+        f"netspec train: {result['netspec_examples_per_sec']:,.0f} examples/sec, textbook DataLoader loop: "
+        f"{result['textbook_examples_per_sec']:,.0f} examples/sec -> {result['ratio']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
