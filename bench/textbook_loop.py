@@ -6,7 +6,8 @@ nn.Sequential, torchvision's MNIST with ToTensor + Normalize, and a DataLoader w
 batch size) on the same data. Both figures are end-to-end training throughput of
 one epoch: batching, data movement and the steps, not the test pass.
 
-    python -m bench.textbook_loop --data-root ../shared/data [--epochs 1] [--batch-size 256]
+    python -m bench.textbook_loop [--data-root ../shared/data] [--batch-size 256] [--repeats 3]
+    python -m bench.textbook_loop --step [--compiled]   # train step only, same in-memory tensors
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def textbook_lenet() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
 
 
 def textbook_epoch(data_root: str, batch_size: int, workers: int = 2, max_batches: int | None = None) -> float:
@@ -72,6 +82,50 @@ def netspec_epoch(data_root: str, batch_size: int, out: Path) -> float:
     return result.last.examples_per_sec
 
 
+def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 7, compiled: bool = False) -> dict:
+    """Train-step examples/sec on the same in-memory tensors: hand-written LeNet vs specs/lenet.yaml.
+
+    The two models are timed in alternation, repeat by repeat, so machine drift hits both.
+    """
+    import statistics
+
+    from netspec.bench import Variant, prepare_step
+    from netspec.spec import load_spec
+
+    spec = load_spec(ROOT / "specs" / "lenet.yaml")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    net = textbook_lenet()
+    x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def handwritten() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+
+    ours, compile_s = prepare_step(spec, cpu, "train", batch_size, Variant(compile=compiled))
+    rates: dict[str, list[float]] = {"handwritten": [], "netspec": []}
+    for fn in (handwritten, ours):  # warm-up
+        for _ in range(5):
+            fn()
+    for _ in range(repeats):
+        for name, fn in (("handwritten", handwritten), ("netspec", ours)):
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            rates[name].append(batch_size * steps / (time.perf_counter() - start))
+    hand, mine = statistics.median(rates["handwritten"]), statistics.median(rates["netspec"])
+    return {
+        "handwritten_examples_per_sec": round(hand, 1),
+        "netspec_examples_per_sec": round(mine, 1),
+        "ratio": round(mine / hand, 3),
+        "compiled": compiled,
+        "compile_s": compile_s,
+    }
+
+
 def compare(data_root: str, batch_size: int = 256, repeats: int = 1, out: Path | None = None) -> dict:
     import tempfile
 
@@ -96,7 +150,14 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step", action="store_true", help="compare train steps on in-memory tensors instead")
+    parser.add_argument("--compiled", action="store_true", help="with --step: netspec through torch.compile")
     args = parser.parse_args()
+    if args.step:
+        result = step_rates(args.batch_size, compiled=args.compiled)
+        print(json.dumps(result, indent=2))
+        print(f"netspec {'compiled' if args.compiled else 'eager'} / hand-written eager: {result['ratio']:.3f}x")
+        return
     result = compare(args.data_root, args.batch_size, args.repeats)
     print(json.dumps(result, indent=2))
     print(

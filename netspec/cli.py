@@ -10,7 +10,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from netspec.errors import NetspecError, UsageError
@@ -58,8 +59,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("dataset", "epochs", "batch_size", "lr", "device", "data_root", "seed", "optimizer", "scheduler",
-             "amp", "download", "compile", "channels_last")  # fmt: skip
+    names = (
+        "dataset",
+        "epochs",
+        "batch_size",
+        "lr",
+        "device",
+        "data_root",
+        "seed",
+        "optimizer",
+        "scheduler",
+        "amp",
+        "download",
+        "compile",
+        "channels_last",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
 
 
@@ -106,6 +120,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(name, *map(str, row))
     Console().print(table)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from netspec.bench import bench, bench_table
+    from netspec.fileio import atomic_write_json
+
+    console = Console(stderr=args.json)
+    report = bench(
+        args.spec,
+        devices=args.device,
+        batch_sizes=args.batch_sizes,
+        modes=args.modes,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        amp=args.amp,
+        channels_last=True if args.channels_last else None,
+        warmup=args.warmup,
+        steps=args.steps,
+        repeats=args.repeats,
+        end_to_end=args.end_to_end,
+        train_overrides={k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root)) if v},
+        on_result=lambda r: console.print(
+            f"[dim]{r.device} {r.mode} batch {r.batch_size} {r.variant.label}: "
+            + (f"{r.examples_per_sec:,.0f} examples/sec" if r.examples_per_sec else r.status)
+            + "[/dim]"
+        ),
+    )
+    if args.out:
+        atomic_write_json(Path(args.out), report.to_dict())
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        console.print(bench_table(report))
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_positive_int(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of whole numbers")
+    return values
 
 
 def _positive_int(text: str) -> int:
@@ -180,12 +237,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("bench", help="measure training and inference examples/sec, eager and compiled")
+    p.add_argument("spec", help="path to a YAML spec")
+    p.add_argument("--device", action="append", help="cpu, cuda, cuda:N (repeatable; default: every available)")
+    p.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="sweep, e.g. 64,256,1024")
+    p.add_argument("--modes", type=lambda t: t.split(","), metavar="train,infer")
+    p.add_argument("--compile", choices=("off", "on", "both"))
+    p.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile mode (reduce-overhead uses CUDA graphs)",
+    )
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--steps", type=_positive_int, help="steps per timed repeat")
+    p.add_argument("--repeats", type=_positive_int)
+    p.add_argument("--end-to-end", action="store_true", help="time a real `netspec train` epoch, data path included")
+    p.add_argument("--dataset", help="dataset for --end-to-end (default: the spec's)")
+    p.add_argument("--data-root", help="dataset folder for --end-to-end")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(func=cmd_bench)
     return parser
-
-
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def _version() -> str:

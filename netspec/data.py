@@ -22,8 +22,17 @@ from netspec.errors import DataError
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -99,9 +108,11 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData
     try:
         ds = cls(str(root), train=train, download=download)
     except RuntimeError as exc:
-        raise DataError(f"{_missing(name, folder, expected)} ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {name} under {folder}: {exc}") from None
+        if "not found" in str(exc).lower():
+            raise DataError(f"{_missing(name, folder, expected)} ({exc})") from None
+        raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
+    except (OSError, ValueError, IndexError, TypeError) as exc:  # truncated or garbled idx files
+        raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
     return ImageData(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
 

@@ -63,8 +63,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).split("\n")[0] if "weights_only" not in str(exc) else "it contains Python objects or code"
-        raise CheckpointError(f"{path}: refused to load: {reason}") from None
+        # torch names the blocked global ("unsupported GLOBAL os.system"); anything else is not a pickle of ours.
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path}: refused to load: it refers to Python objects or code") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupted, truncated or another format)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or truncated: {exc})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:

@@ -116,6 +116,8 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
             problem = f"{exc.context}: {exc.problem}"
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise SpecError(f"invalid YAML: {problem}", file=file, line=line, column=column) from None
+    except RecursionError:
+        raise SpecError(f"invalid YAML: nested too deeply (more than {MAX_DEPTH} levels)", file=file) from None
     except yaml.YAMLError as exc:  # reader errors: control characters and the like
         raise SpecError(f"invalid YAML: {exc}", file=file) from None
     finally:

@@ -300,15 +300,11 @@ Reporter = Callable[[str], None]
 class Trainer:
     """One training run: everything `train()` needs, kept together for checkpoints."""
 
-    def __init__(
-        self,
-        spec: Spec,
-        cfg: TrainConfig,
-        run_dir: Path,
-        report: Reporter,
-        progress: bool,
-    ) -> None:
-        self.spec, self.cfg, self.run_dir, self.report, self.show_progress = spec, cfg, run_dir, report, progress
+    def __init__(self, spec: Spec, cfg: TrainConfig, report: Reporter, progress: bool) -> None:
+        # Everything that can fail on bad input (device, data, shapes) happens here, before
+        # any file is written: a failed start leaves no partial run folder behind.
+        self.spec, self.cfg, self.report, self.show_progress = spec, cfg, report, progress
+        self.run_dir = Path()
         self.device = resolve_device(cfg.device)
         self.info = dataset_info(cfg.dataset, tuple(spec.input))
         check_input_shape(spec, self.info)
@@ -532,24 +528,38 @@ def train(
     `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}).
     """
     if resume is not None:
-        run_dir = Path(resume)
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        spec = validate_spec(ckpt["spec"])
-        cfg = TrainConfig.model_validate(ckpt["train_config"])
-        trainer = Trainer(spec, cfg, run_dir, report, progress)
-        trainer.load_state(ckpt)
-        if trainer.epoch >= cfg.epochs:
-            report(f"{run_dir} already finished its {cfg.epochs} epochs")
-        return trainer.run()
+        return _resume(Path(resume), report, progress)
     if spec is None:
         raise UsageError("give a spec to train, or --resume RUN_DIR")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     cfg = resolve_config(spec, overrides)
     spec = spec.model_copy(update={"train": cfg})
-    run_dir = new_run_dir(spec.name, out)
-    atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
-    return Trainer(spec, cfg, run_dir, report, progress).run()
+    trainer = Trainer(spec, cfg, report, progress)
+    trainer.run_dir = new_run_dir(spec.name, out)
+    atomic_write_text(trainer.run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+    return trainer.run()
+
+
+def _resume(run_dir: Path, report: Reporter, progress: bool) -> TrainResult:
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run folder")
+    if not (run_dir / "last.pt").exists():
+        raise CheckpointError(f"--resume {run_dir}: the run folder holds no checkpoint (last.pt); start the run again")
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
+        stale.unlink(missing_ok=True)
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    try:
+        spec = validate_spec(ckpt["spec"])
+        cfg = TrainConfig.model_validate(ckpt["train_config"])
+    except (KeyError, ValidationError) as exc:
+        raise CheckpointError(f"{run_dir / 'last.pt'}: its spec or settings are unreadable ({exc})") from None
+    trainer = Trainer(spec, cfg, report, progress)
+    trainer.run_dir = run_dir
+    trainer.load_state(ckpt)
+    if trainer.epoch >= cfg.epochs:
+        report(f"{run_dir} already finished its {cfg.epochs} epochs")
+    return trainer.run()
 
 
 def evaluate_checkpoint(

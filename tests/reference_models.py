@@ -14,28 +14,41 @@ from torch import nn
 def d2l_lenet() -> nn.Module:
     # d2l.ai, "LeNet" (PyTorch, concise).
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
-    )  # fmt: skip
+    )
 
 
 def d2l_lenet_bn() -> nn.Module:
     # d2l.ai, "Batch Normalization", concise implementation.
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
-        nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.BatchNorm2d(16),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(256, 120),
+        nn.BatchNorm1d(120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
-    )  # fmt: skip
+    )
 
 
 class MnistCNN(nn.Module):
@@ -75,10 +88,16 @@ class FashionCNN(nn.Module):
         self.features = nn.Sequential(stage(1, 32), stage(32, 64), stage(64, 128))
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(128 * 3 * 3, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.4),
-            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.4),
+            nn.Linear(128 * 3 * 3, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(),
+            nn.Dropout(0.4),
+            nn.Linear(512, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(),
+            nn.Dropout(0.4),
             nn.Linear(512, 10),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -180,10 +199,13 @@ class ResNetSmall(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.blocks = nn.Sequential(
-            BasicBlock(16, 16), BasicBlock(16, 16),
-            BasicBlock(16, 32, 2), BasicBlock(32, 32),
-            BasicBlock(32, 64, 2), BasicBlock(64, 64),
-        )  # fmt: skip
+            BasicBlock(16, 16),
+            BasicBlock(16, 16),
+            BasicBlock(16, 32, 2),
+            BasicBlock(32, 32),
+            BasicBlock(32, 64, 2),
+            BasicBlock(64, 64),
+        )
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

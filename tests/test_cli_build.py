@@ -20,9 +20,13 @@ def test_build_json_for_lenet():
     assert data["output_shape"] == [10]
     assert data["input_shape"] == [1, 28, 28]
     assert data["layers"][0] == {
-        "index": 0, "path": "layers[0]", "kind": "conv2d", "output_shape": [6, 28, 28], "params": 156,
+        "index": 0,
+        "path": "layers[0]",
+        "kind": "conv2d",
+        "output_shape": [6, 28, 28],
+        "params": 156,
         "macs": 117_600,
-    }  # fmt: skip
+    }
     assert sum(layer["macs"] for layer in data["layers"]) == data["macs"]
 
 

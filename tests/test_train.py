@@ -60,9 +60,22 @@ def comparable(run_metrics: list) -> list[dict]:
 def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
     # The spec's own recipe (lr 0.01, momentum 0.5) reaches ~95.5% after one epoch; lr 0.05 reaches 97%+.
     result = run_cli(
-        "train", "specs/mnist_cnn.yaml", "--dataset", "mnist", "--data-root", str(SHARED_DATA),
-        "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--out", str(tmp_path / "run"), "--json",
-    )  # fmt: skip
+        "train",
+        "specs/mnist_cnn.yaml",
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(SHARED_DATA),
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["test_accuracy"] >= 0.97
@@ -74,8 +87,14 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
     run = tmp_path / "run"
     assert data["run_dir"] == str(run)
     assert {p.name for p in run.iterdir()} == {
-        "spec.yaml", "metrics.csv", "metrics.json", "last.pt", "best.pt", "curves.png", "confusion.png",
-    }  # fmt: skip
+        "spec.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "last.pt",
+        "best.pt",
+        "curves.png",
+        "confusion.png",
+    }
     resolved = (run / "spec.yaml").read_text()
     assert "lr: 0.05" in resolved and "epochs: 1" in resolved and "dataset: mnist" in resolved
     assert json.loads((run / "metrics.json").read_text())[0]["test_accuracy"] == data["test_accuracy"]
@@ -86,9 +105,16 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
     assert ckpt["epoch"] == 1 and ckpt["metrics"][0]["test_accuracy"] == data["test_accuracy"]
 
     evaluated = run_cli(
-        "eval", "specs/mnist_cnn.yaml", "--checkpoint", str(run / "best.pt"), "--dataset", "mnist",
-        "--data-root", str(SHARED_DATA), "--json",
-    )  # fmt: skip
+        "eval",
+        "specs/mnist_cnn.yaml",
+        "--checkpoint",
+        str(run / "best.pt"),
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(SHARED_DATA),
+        "--json",
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["test_accuracy"] == data["test_accuracy"]
@@ -98,18 +124,23 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
 @pytest.mark.slow
 @requires_mnist
 def test_mlp_two_epochs_on_real_mnist(tmp_path: Path):
+    # The spec's own recipe (lr 0.01) gives 95.7-96.5% after two epochs depending on the seed (five seeds
+    # measured, mean 96.0%); lr 0.03 gives 96.1-96.5% on seeds 0-2.
     result = train(
-        ROOT / "specs" / "mlp.yaml", {"dataset": "mnist", "data_root": str(SHARED_DATA), "epochs": 2}, out=tmp_path,
+        ROOT / "specs" / "mlp.yaml",
+        {"dataset": "mnist", "data_root": str(SHARED_DATA), "epochs": 2, "lr": 0.03},
+        out=tmp_path,
         **QUIET,
-    )  # fmt: skip
+    )
     assert result.last.test_accuracy >= 0.96
 
 
 @pytest.mark.slow
 @requires_mnist
 def test_lenet_within_ten_epochs_on_real_mnist(tmp_path: Path):
-    result = train(ROOT / "specs" / "lenet.yaml", {"dataset": "mnist", "data_root": str(SHARED_DATA)}, out=tmp_path,
-                   **QUIET)  # fmt: skip
+    result = train(
+        ROOT / "specs" / "lenet.yaml", {"dataset": "mnist", "data_root": str(SHARED_DATA)}, out=tmp_path, **QUIET
+    )
     assert len(result.epochs) == 10
     assert max(m.test_accuracy for m in result.epochs) >= 0.95
 
@@ -174,11 +205,14 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(write
 
 
 def test_missing_dataset_folder_names_folder_and_files(tmp_path: Path):
-    result = run_cli("train", "specs/mnist_cnn.yaml", "--data-root", str(tmp_path / "nowhere"), "--out",
-                     str(tmp_path / "run"))  # fmt: skip
+    result = run_cli(
+        "train", "specs/mnist_cnn.yaml", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")
+    )
     assert result.returncode == 1
-    assert f"dataset mnist not found: expected train-images-idx3-ubyte, train-labels-idx1-ubyte in " \
-           f"{tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr  # fmt: skip
+    assert (
+        f"dataset mnist not found: expected train-images-idx3-ubyte, train-labels-idx1-ubyte in "
+        f"{tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr
+    )
     assert "--download" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -226,8 +260,9 @@ def test_cifar2_keeps_airplanes_and_birds_and_relabels_them(tmp_path: Path):
     keep = (full.labels == 0) | (full.labels == 2)
     assert torch.equal(pair.images, full.images[keep])
     assert torch.equal(pair.labels, (full.labels[keep] == 2).long())
-    result = train(ROOT / "specs" / "cifar_net.yaml", {"data_root": str(tmp_path), "epochs": 1},
-                   out=tmp_path / "run", **QUIET)  # fmt: skip
+    result = train(
+        ROOT / "specs" / "cifar_net.yaml", {"data_root": str(tmp_path), "epochs": 1}, out=tmp_path / "run", **QUIET
+    )
     assert result.classes == ["airplane", "bird"] and len(result.confusion) == 2
 
 
@@ -238,7 +273,7 @@ def test_cifar_loader_refuses_pickled_code(tmp_path: Path):
     write_cifar10(tmp_path)
     evil = tmp_path / "cifar-10-batches-py" / "test_batch"
     evil.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(DataError, match="refusing to load os.system"):
+    with pytest.raises(DataError, match=r"refusing to load os\.system"):
         load_split("cifar10", tmp_path, train=False)
 
 
@@ -263,8 +298,9 @@ def test_augmentation_crops_and_flips_on_the_device():
 
 @requires_cuda
 def test_training_on_cuda_with_bf16(write_spec, tmp_path: Path):
-    result = train(small_spec(write_spec), {"device": "cuda", "amp": "bf16", "channels_last": True},
-                   out=tmp_path, **QUIET)  # fmt: skip
+    result = train(
+        small_spec(write_spec), {"device": "cuda", "amp": "bf16", "channels_last": True}, out=tmp_path, **QUIET
+    )
     assert result.device == "cuda:0" and result.last.test_accuracy > 0.3
 
 
@@ -272,8 +308,9 @@ def test_sigterm_also_saves(write_spec, tmp_path: Path):
     spec = small_spec(write_spec, size=30000, batch=16, epochs=2)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ})  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ}
+    )
     deadline = time.time() + 60
     while not (run / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.1)

@@ -77,17 +77,31 @@ def test_lenet_summary_numbers():
     net = netspec.infer_shapes(SPECS / "lenet.yaml")
     assert net.output_shape == (10,)
     assert [i.output_shape for i in net.layers][:7] == [
-        (6, 28, 28), (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 10, 10), (16, 5, 5), (400,)
-    ]  # fmt: skip
+        (6, 28, 28),
+        (6, 28, 28),
+        (6, 14, 14),
+        (16, 10, 10),
+        (16, 10, 10),
+        (16, 5, 5),
+        (400,),
+    ]
     assert net.layers[0].macs == 6 * 28 * 28 * 25
 
 
 def test_parameters_appear_in_spec_order():
     model = netspec.build(SPECS / "lenet.yaml")
     assert list(model.state_dict()) == [
-        "0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
-        "9.weight", "9.bias", "11.weight", "11.bias",
-    ]  # fmt: skip
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "7.weight",
+        "7.bias",
+        "9.weight",
+        "9.bias",
+        "11.weight",
+        "11.bias",
+    ]
 
 
 def test_each_zoo_spec_carries_its_training_recipe():

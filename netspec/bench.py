@@ -1,0 +1,434 @@
+"""Stage 5b: honest throughput figures for a spec.
+
+Method: inputs are generated once for the spec's input shape and already sit on
+the device, so a figure measures the model step itself (train: zero_grad, forward,
+loss, backward, optimizer step; infer: forward in eval mode under inference_mode).
+Each variant gets warm-up steps first (for torch.compile the first call, which
+compiles, is timed on its own as compile time and never mixed into throughput),
+then `repeats` timed runs of `steps` steps each, synchronized on CUDA; the median
+run is reported with the minimum and maximum. Peak memory is the CUDA allocator's
+maximum, or on CPU the growth of the resident set (peak RSS) during the variant.
+A batch size that does not fit in memory is reported as "oom" and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netspec.compiler import build
+from netspec.errors import UsageError
+from netspec.spec import Spec, load_spec
+from netspec.train import resolve_device
+
+
+@dataclass(frozen=True)
+class Variant:
+    compile: bool = False
+    amp: str = "none"
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = ["compiled" if self.compile else "eager"]
+        if self.amp != "none":
+            parts.append(self.amp)
+        if self.channels_last:
+            parts.append("channels_last")
+        return "+".join(parts)
+
+
+@dataclass
+class BenchResult:
+    device: str
+    mode: str
+    batch_size: int
+    compile: bool
+    amp: str
+    channels_last: bool
+    examples_per_sec: float | None = None
+    examples_per_sec_min: float | None = None
+    examples_per_sec_max: float | None = None
+    step_ms_median: float | None = None
+    compile_s: float | None = None
+    peak_mem_bytes: int | None = None
+    repeats: int = 0
+    status: str = "ok"
+    speedup: float | None = None  # over eager fp32 at the same device, mode and batch size
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.compile, self.amp, self.channels_last)
+
+
+@dataclass
+class BenchReport:
+    spec: str
+    env: dict[str, Any]
+    results: list[BenchResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "env": self.env, "results": [asdict(r) for r in self.results]}
+
+
+def environment() -> dict[str, Any]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "devices": devices,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+class _PeakMemory:
+    """CUDA: max allocated. CPU: resident-set growth, from the kernel's peak RSS (VmHWM)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = 0
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            _reset_peak_rss()
+            self.start = _rss("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    @property
+    def peak(self) -> int | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.start
+        peak = _rss("VmHWM")
+        return max(peak - self.start, 0) if peak else None
+
+
+def _rss(field_name: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):  # Linux: writing 5 resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+        or isinstance(exc, MemoryError)
+    )
+
+
+# --- one measurement ---------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_step(
+    model: nn.Module, runner: nn.Module, spec: Spec, mode: str, variant: Variant, x: torch.Tensor, device: torch.device
+) -> Callable[[], None]:
+    autocast: Any = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if variant.amp == "bf16" else torch.float16)
+        if variant.amp != "none"
+        else None
+    )
+    if mode == "infer":
+        model.eval()
+
+        def infer_step() -> None:
+            with torch.inference_mode():
+                if autocast is not None:
+                    with autocast:
+                        runner(x)
+                else:
+                    runner(x)
+
+        return infer_step
+
+    model.train()
+    out_shape = model.net_shape.output_shape  # type: ignore[attr-defined]
+    classes = out_shape[0] if len(out_shape) == 1 else 1
+    y = torch.randint(0, classes, (x.shape[0],), device=device)
+    cfg = spec.train
+    # A small learning rate: random labels with the spec's own (often large) rate can drive the
+    # weights to inf/NaN within a benchmark, and non-finite arithmetic runs at a different speed.
+    optimizer = torch.optim.SGD(model.parameters(), lr=min(cfg.lr, 1e-3), momentum=cfg.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == "fp16")
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if autocast is not None:
+            with autocast:
+                out = runner(x)
+        else:
+            out = runner(x)
+        loss = loss_fn(out.float(), y) if len(out_shape) == 1 else out.float().mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return train_step
+
+
+def prepare_step(
+    spec: Spec, device: torch.device, mode: str, batch_size: int, variant: Variant, compile_mode: str | None = None
+) -> tuple[Callable[[], None], float | None]:
+    """A ready-to-time step on inputs already on the device, and the compile time (first call)."""
+    torch.manual_seed(0)
+    model = build(spec).to(device)
+    x = torch.randn(batch_size, *spec.input, device=device)
+    if variant.channels_last and x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    runner = torch.compile(model, mode=compile_mode) if variant.compile else model
+    step = _make_step(model, runner, spec, mode, variant, x, device)
+    compile_s = None
+    if variant.compile:  # the first call compiles: timed on its own, never mixed into throughput
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        compile_s = time.perf_counter() - start
+    return step, compile_s
+
+
+def measure(
+    spec: Spec,
+    device: torch.device,
+    mode: str,
+    batch_size: int,
+    variant: Variant,
+    *,
+    warmup: int = 5,
+    steps: int = 20,
+    repeats: int = 5,
+    compile_mode: str | None = None,
+) -> BenchResult:
+    """Measure one (device, mode, batch size, variant) cell."""
+    result = BenchResult(str(device), mode, batch_size, variant.compile, variant.amp, variant.channels_last)
+    step: Callable[[], None] | None = None
+    try:
+        with _PeakMemory(device) as memory:
+            step, result.compile_s = prepare_step(spec, device, mode, batch_size, variant, compile_mode)
+            for _ in range(warmup):
+                step()
+            _sync(device)
+            rates, times = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                times.append(elapsed / steps)
+                rates.append(batch_size * steps / elapsed)
+        result.examples_per_sec = statistics.median(rates)
+        result.examples_per_sec_min, result.examples_per_sec_max = min(rates), max(rates)
+        result.step_ms_median = statistics.median(times) * 1000
+        result.peak_mem_bytes = memory.peak
+        result.repeats = repeats
+    except Exception as exc:
+        result.status = "oom" if _is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        step = None  # free the model and inputs before the next cell
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def measure_end_to_end(spec: Spec, device: torch.device, batch_size: int, overrides: dict[str, Any]) -> BenchResult:
+    """Examples/sec of one `netspec train` epoch on a real dataset: data path included."""
+    from netspec.train import train
+
+    result = BenchResult(str(device), "train-end-to-end", batch_size, False, "none", False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = train(
+                spec,
+                {**overrides, "epochs": 1, "batch_size": batch_size, "device": str(device)},
+                out=tmp,
+                report=lambda line: None,
+                progress=False,
+            )
+        result.examples_per_sec = run.last.examples_per_sec
+        result.step_ms_median = 1000 * batch_size / run.last.examples_per_sec
+        result.repeats = 1
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        result.status = "oom"
+    return result
+
+
+# --- a whole sweep -----------------------------------------------------------------------------
+
+
+def variants(compile: str, amp: str, channels_last: bool) -> list[Variant]:
+    """Eager fp32 is always measured when eager runs, as the baseline of the speedups."""
+    compiled = {"off": [False], "on": [True], "both": [False, True]}[compile]
+    options = [("none", False)] + ([(amp, channels_last)] if (amp, channels_last) != ("none", False) else [])
+    return [Variant(c, a, cl) for c in compiled for a, cl in options]
+
+
+def bench_table(report: BenchReport) -> Any:
+    """The rich table of `netspec bench`."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.spec} — {report.env['cpu']}, torch {report.env['torch']}", title_justify="left")
+    for name, justify in (
+        ("device", "left"),
+        ("mode", "left"),
+        ("batch", "right"),
+        ("variant", "left"),
+        ("examples/s (min–max)", "right"),
+        ("ms/step", "right"),
+        ("compile s", "right"),
+        ("peak mem", "right"),
+        ("speedup", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in report.results:
+        ok = r.examples_per_sec is not None
+        table.add_row(
+            r.device,
+            r.mode,
+            str(r.batch_size),
+            r.variant.label,
+            f"{r.examples_per_sec:,.0f} ({r.examples_per_sec_min:,.0f}–{r.examples_per_sec_max:,.0f})"
+            if ok and r.examples_per_sec_min is not None
+            else (f"{r.examples_per_sec:,.0f}" if ok else "-"),
+            f"{r.step_ms_median:.2f}" if r.step_ms_median else "-",
+            f"{r.compile_s:.1f}" if r.compile_s else "-",
+            _format_bytes(r.peak_mem_bytes),
+            f"{r.speedup:.2f}×" if r.speedup else "-",
+            r.status,
+        )
+    return table
+
+
+def _format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n}"
+
+
+def bench(
+    spec: Spec | str | Path,
+    *,
+    devices: list[str] | None = None,
+    batch_sizes: list[int] | None = None,
+    modes: list[str] | None = None,
+    compile: str | None = None,
+    amp: str | None = None,
+    channels_last: bool | None = None,
+    warmup: int | None = None,
+    steps: int | None = None,
+    repeats: int | None = None,
+    compile_mode: str | None = None,
+    end_to_end: bool = False,
+    train_overrides: dict[str, Any] | None = None,
+    on_result: Callable[[BenchResult], None] | None = None,
+) -> BenchReport:
+    """Benchmark a spec; arguments left None come from its `bench:` section."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    cfg = spec.bench
+    device_names = devices or cfg.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    resolved = [resolve_device(name) for name in device_names]
+    sizes = batch_sizes or cfg.batch_sizes or [spec.train.batch_size]
+    report = BenchReport(str(getattr(spec.source, "file", None) or spec.name), environment())
+    cells = variants(
+        compile or cfg.compile, amp or cfg.amp, cfg.channels_last if channels_last is None else channels_last
+    )
+    for device in resolved:
+        for batch_size in sizes:
+            if end_to_end:
+                results = [measure_end_to_end(spec, device, batch_size, train_overrides or {})]
+            else:
+                results = []
+                for mode in modes or cfg.modes:
+                    for variant in cells:
+                        results.append(
+                            measure(
+                                spec,
+                                device,
+                                mode,
+                                batch_size,
+                                variant,
+                                warmup=cfg.warmup if warmup is None else warmup,
+                                steps=steps or cfg.steps,
+                                repeats=repeats or cfg.repeats,
+                                compile_mode=compile_mode,
+                            )
+                        )
+                _add_speedups(results)
+            for r in results:
+                report.results.append(r)
+                if on_result:
+                    on_result(r)
+    if not report.results:
+        raise UsageError("nothing to measure")
+    return report
+
+
+def _add_speedups(results: list[BenchResult]) -> None:
+    for r in results:
+        base = next(
+            (b for b in results if b.mode == r.mode and b.variant == Variant() and b.examples_per_sec),
+            None,
+        )
+        if base is not None and r.examples_per_sec:
+            r.speedup = r.examples_per_sec / base.examples_per_sec  # type: ignore[operator]
