@@ -278,18 +278,31 @@ def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[YamlPath, bool]:
     return tuple(out), dropped
 
 
+def _flat(groups: dict[Any, list[tuple[YamlPath, dict[str, Any]]]]) -> list[tuple[YamlPath, dict[str, Any]]]:
+    return [item for items in groups.values() for item in items]
+
+
 _TYPE_ERRORS = ("literal_error", "is_instance_of", "model_type", "dict_type", "none_required")
 
 
-def _collapse_unions(errors: list[Any], data: Any) -> list[tuple[YamlPath, dict[str, Any]]]:
+def _collapse_unions(errors: list[Any], data: Any, loc_prefix: YamlPath = ()) -> list[tuple[YamlPath, dict[str, Any]]]:
     """One error per field: of a union's member errors keep the most specific one."""
     groups: dict[Any, list[tuple[YamlPath, dict[str, Any]]]] = {}
     for n, error in enumerate(errors):
-        path, dropped = _yaml_path(tuple(error["loc"]), data)
+        path, dropped = _yaml_path((*loc_prefix, *error["loc"]), data)
         groups.setdefault(path if dropped else n, []).append((path, error))
+
+    def type_only(items: list[tuple[YamlPath, dict[str, Any]]]) -> bool:
+        return all(e["type"].endswith("_type") or e["type"] in _TYPE_ERRORS for _, e in items)
+
     result = []
-    for items in groups.values():
-        specific = [i for i in items if not (i[1]["type"].endswith("_type") or i[1]["type"] in _TYPE_ERRORS)]
+    for key, items in groups.items():
+        # A value of the right shape for one union member (a list for `[h, w]`) gets that member's error,
+        # which points deeper into the value; the other members' type errors say nothing useful then.
+        deeper = any(p[: len(items[0][0])] == items[0][0] and len(p) > len(items[0][0]) for p, _ in _flat(groups))
+        if isinstance(key, tuple) and type_only(items) and deeper:
+            continue
+        specific = [i for i in items if not type_only([i])]
         if specific or len(items) == 1:
             result.append((specific or items)[0])
             continue
@@ -315,13 +328,24 @@ def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
 
 
 def spec_error_from_validation(
-    exc: ValidationError, data: Any, source: SourceMap, prefix: YamlPath = (), extra_where: str = ""
+    exc: ValidationError,
+    data: Any,
+    source: SourceMap,
+    prefix: YamlPath = (),
+    layers_path: str = "layers",
+    loc_prefix: YamlPath = (),
 ) -> SpecError:
-    """One SpecError (up to five problems, one per line) from a pydantic ValidationError."""
+    """One SpecError (up to five problems, one per line) from a pydantic ValidationError.
+
+    `prefix` is where `data` sits in the YAML document (a block's definition); `layers_path`
+    names its layer list in paths (a block's use, e.g. `layers[3].basic_block`).
+    """
     lines: list[SpecError] = []
-    errors = _collapse_unions(exc.errors(), data)
+    errors = _collapse_unions(exc.errors(), data, loc_prefix)
     for loc, error in errors[:5]:
-        layer_path, kind, rest = describe_path((*prefix, *loc))
+        layer_path, kind, rest = describe_path(loc)
+        if layer_path:
+            layer_path = layers_path + layer_path.removeprefix("layers")
         field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
         message = _message(error, field, bool(layer_path))
         if error["type"] == "extra_forbidden" and kind in LAYER_KINDS:
@@ -331,8 +355,6 @@ def spec_error_from_validation(
         elif error["type"] == "extra_forbidden":
             message += did_you_mean(field.split(".")[-1], [])
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
-        if where and extra_where:
-            where = f"{extra_where} > {where}"
         at_key = error["type"] in ("extra_forbidden", "missing")
         lines.append(source.error(message, (*prefix, *loc), where, key=at_key))
     first = lines[0]
@@ -424,5 +446,10 @@ def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: s
         return _ENTRY_LIST.validate_python(body)
     except ValidationError as exc:
         raise spec_error_from_validation(
-            exc, {"layers": body}, source, prefix=("blocks", call.name), extra_where=f"{where} {call.name}"
+            exc,
+            {"layers": body},
+            source,
+            prefix=("blocks", call.name),
+            layers_path=f"{where}.{call.name}",
+            loc_prefix=("layers",),
         ) from None

@@ -37,6 +37,16 @@ CASES = [
         id="zero-size",
     ),
     pytest.param(
+        HEADER + "  - maxpool2d: {kernel_size: [0, 3]}\n",
+        "{f}:4:31: layers[0] maxpool2d: kernel_size.0: input should be greater than 0, got 0",
+        id="zero-in-a-pair",
+    ),
+    pytest.param(
+        HEADER + "  - residual:\n      layers: [relu]\n      shortcut:\n        - linear: {out_features: 0}\n",
+        "{f}:7:34: layers[0].shortcut[0] linear: out_features: input should be greater than 0, got 0",
+        id="bad-layer-in-shortcut-list",
+    ),
+    pytest.param(
         HEADER + "  - conv2d: {out_channels: -6, kernel_size: 3}\n",
         "{f}:4:28: layers[0] conv2d: out_channels: input should be greater than 0, got -6",
         id="negative-size",

@@ -1,0 +1,264 @@
+"""Property tests: a generated spec either builds exactly as inferred or is rejected with a SpecError.
+
+For every generated spec (random input shapes, random stacks of every layer kind with
+random arguments, blocks, repeats and residuals, valid and invalid alike) exactly one holds:
+- it builds, a real forward pass gives layer by layer exactly the inferred shapes, and the
+  parameter count equals the sum over named_parameters();
+- it is rejected with netspec's own SpecError naming the layer's path and what is wrong.
+Anything else (a torch exception escaping, a wrong inferred shape, a crash) is a bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+from netspec.compiler import build, leaf_modules
+from netspec.errors import SpecError
+from netspec.layers import LAYER_KINDS
+from netspec.shapes import infer_shapes
+from netspec.spec import validate_spec
+
+positive = st.integers(1, 6)
+small = st.one_of(positive, positive, positive, st.integers(-1, 0))  # mostly valid, sometimes not
+kernel = st.one_of(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.just(0))
+IMAGE_KINDS = [
+    "conv2d",
+    "conv2d",
+    "maxpool2d",
+    "avgpool2d",
+    "adaptive_avgpool2d",
+    "batchnorm",
+    "batchnorm2d",
+    "dropout",
+    "dropout2d",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "elu",
+    "softmax",
+    "log_softmax",
+    "identity",
+]
+VECTOR_KINDS = [
+    "linear",
+    "linear",
+    "batchnorm",
+    "batchnorm1d",
+    "dropout",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "elu",
+    "softmax",
+    "log_softmax",
+    "identity",
+    "flatten",
+]
+
+
+def pair(values: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    return st.one_of(values, st.lists(values, min_size=2, max_size=2))
+
+
+junk = st.one_of(
+    st.text(max_size=3), st.floats(-2, 2), st.none(), st.booleans(), st.lists(st.integers(-1, 3), max_size=3)
+)
+bn = {
+    "num_features": positive, "eps": st.floats(1e-6, 1e-2), "momentum": st.floats(0, 1),
+    "affine": st.booleans(), "track_running_stats": st.booleans(),
+}  # fmt: skip
+
+KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "conv2d": st.fixed_dictionaries(
+        {"out_channels": small, "kernel_size": pair(kernel)},
+        optional={
+            "stride": pair(st.integers(0, 3)),
+            "padding": st.one_of(pair(st.integers(0, 3)), st.sampled_from(["same", "valid"])),
+            "dilation": pair(st.integers(1, 3)),
+            "groups": st.integers(1, 3),
+            "bias": st.booleans(),
+            "in_channels": positive,
+        },
+    ),
+    "maxpool2d": st.fixed_dictionaries(
+        {"kernel_size": pair(kernel)},
+        optional={
+            "stride": st.one_of(st.none(), pair(st.integers(1, 3))),
+            "padding": pair(st.integers(0, 2)),
+            "dilation": pair(st.integers(1, 2)),
+            "ceil_mode": st.booleans(),
+        },
+    ),
+    "avgpool2d": st.fixed_dictionaries(
+        {"kernel_size": pair(kernel)},
+        optional={
+            "stride": st.one_of(st.none(), pair(st.integers(1, 3))),
+            "padding": pair(st.integers(0, 2)),
+            "ceil_mode": st.booleans(),
+            "count_include_pad": st.booleans(),
+            "divisor_override": st.integers(0, 3),
+        },
+    ),
+    "adaptive_avgpool2d": st.fixed_dictionaries({}, optional={"output_size": pair(st.integers(0, 4))}),
+    "batchnorm": st.fixed_dictionaries({}, optional=bn),
+    "batchnorm1d": st.fixed_dictionaries({}, optional=bn),
+    "batchnorm2d": st.fixed_dictionaries({}, optional=bn),
+    "dropout": st.fixed_dictionaries({}, optional={"p": st.floats(-0.5, 1.5)}),
+    "dropout2d": st.fixed_dictionaries({}, optional={"p": st.floats(-0.5, 1.5)}),
+    "linear": st.fixed_dictionaries(
+        {"out_features": st.integers(-1, 12)}, optional={"in_features": st.integers(1, 64), "bias": st.booleans()}
+    ),
+    "leaky_relu": st.fixed_dictionaries({}, optional={"negative_slope": st.floats(-1, 1)}),
+    "gelu": st.fixed_dictionaries({}, optional={"approximate": st.sampled_from(["none", "tanh", "fast"])}),
+    "elu": st.fixed_dictionaries({}, optional={"alpha": st.floats(0, 2)}),
+    "softmax": st.fixed_dictionaries({}, optional={"dim": st.integers(-5, 4)}),
+    "log_softmax": st.fixed_dictionaries({}, optional={"dim": st.integers(-5, 4)}),
+}
+
+
+@st.composite
+def leaf_entry(draw: st.DrawFn, kinds: list[str]) -> Any:
+    kind = draw(st.sampled_from(kinds))
+    args = draw(KIND_ARGS.get(kind, st.just({})))
+    mutation = draw(st.sampled_from(["none"] * 30 + ["unknown_key", "junk_value"]))
+    if mutation == "unknown_key":
+        args = {**args, draw(st.sampled_from(["foo", "kernel", "out", "size"])): 1}
+    elif mutation == "junk_value" and args:
+        args = {**args, draw(st.sampled_from(sorted(args))): draw(junk)}
+    if not args and draw(st.booleans()):
+        return kind  # the bare form
+    return {kind: args}
+
+
+block_call = st.one_of(st.just("blk"), st.builds(lambda c: {"blk": {"c": c}}, small))
+
+
+def entries(kinds: list[str]) -> st.SearchStrategy[Any]:
+    leaves = st.one_of(leaf_entry(kinds), leaf_entry(kinds), leaf_entry(kinds), block_call)
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.builds(
+                lambda t, body: {"repeat": {"times": t, "layers": body}},
+                st.sampled_from([1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 0]),
+                st.lists(children, min_size=1, max_size=3),
+            ),
+            st.builds(
+                lambda body, shortcut: {"residual": {"layers": body, **shortcut}},
+                st.lists(children, min_size=1, max_size=3),
+                st.one_of(
+                    st.just({}),
+                    st.sampled_from(["auto", "identity", "projection"]).map(lambda s: {"shortcut": s}),
+                    st.lists(children, min_size=1, max_size=2).map(lambda s: {"shortcut": s}),
+                ),
+            ),
+        ),
+        max_leaves=8,
+    )
+
+
+FAMILIES = {
+    # (input shapes, layer kinds): image stacks, vector stacks, and anything at all
+    "image": (st.tuples(st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)), IMAGE_KINDS),
+    "vector": (st.tuples(st.integers(1, 32)), VECTOR_KINDS),
+    "any": (
+        st.one_of(
+            st.tuples(st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)),
+            st.tuples(st.integers(1, 32)),
+            st.tuples(st.integers(1, 4), st.integers(1, 8)),
+            st.tuples(st.integers(-1, 2), st.integers(0, 3), st.integers(1, 3)),  # sometimes invalid
+        ),
+        sorted(LAYER_KINDS),
+    ),
+}
+BLOCKS = {"blk": {"params": {"c": 4}, "layers": [{"conv2d": {"out_channels": "$c", "kernel_size": 1}}, "relu"]}}
+
+
+@st.composite
+def spec_data(draw: st.DrawFn) -> dict[str, Any]:
+    family = draw(st.sampled_from(["image", "image", "vector", "any"]))
+    shapes, kinds = FAMILIES[family]
+    layers = draw(st.lists(entries(kinds), min_size=1, max_size=6))
+    if family == "image" and draw(st.booleans()):
+        layers += ["flatten", {"linear": {"out_features": draw(positive)}}]
+    data = {"name": "generated", "input": list(draw(shapes)), "layers": layers}
+    if draw(st.booleans()):
+        data["blocks"] = BLOCKS
+    return data
+
+
+def check_spec(data: dict[str, Any], record: bool = True) -> None:
+    """Build or reject; never anything else."""
+    try:
+        net = infer_shapes(validate_spec(data))
+    except SpecError as exc:
+        assert exc.message
+        # Problems in layers name the layer; the others are about the input shape or block use.
+        assert (exc.where or "").startswith("layers[") or exc.message.startswith(("input", "unknown layer kind")), exc
+        if record:
+            event("rejected")
+        return
+    model = build(net)
+    assert net.total_params == sum(p.numel() for _, p in model.named_parameters())
+    seen: dict[int, tuple[int, ...]] = {}
+    pairs = leaf_modules(model)
+    assert [info.index for info, _ in pairs] == list(range(len(net.layers)))
+    for info, module in pairs:
+        module.register_forward_hook(lambda m, i, o, idx=info.index: seen.__setitem__(idx, tuple(o.shape[1:])))
+    with torch.no_grad():
+        out = model(torch.randn(2, *net.input_shape))
+    assert seen == {info.index: info.output_shape for info, _ in pairs}
+    assert tuple(out.shape[1:]) == net.output_shape
+    if record:
+        event("built")
+
+
+# Failing examples found while writing these tests, kept as regular regressions.
+REGRESSIONS = [
+    # maxpool with ceil_mode: the last window must start inside the input (torch drops it).
+    {"name": "g", "input": [1, 5, 5], "layers": [{"maxpool2d": {"kernel_size": 2, "stride": 2, "ceil_mode": True}}]},
+    # avgpool with ceil_mode and padding: the same rule with padding.
+    {
+        "name": "g",
+        "input": [1, 6, 6],
+        "layers": [{"avgpool2d": {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}}],
+    },
+]
+
+
+@pytest.mark.parametrize("data", REGRESSIONS)
+def test_regressions(data: dict[str, Any]):
+    check_spec(data, record=False)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec_data())
+@example(
+    {
+        "name": "g",
+        "input": [3, 8, 8],
+        "layers": [
+            {"residual": {"layers": [{"conv2d": {"out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1}}]}}
+        ],
+    }
+)
+def test_generated_specs_build_exactly_or_are_rejected(data: dict[str, Any]):
+    check_spec(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec_data())
+def test_generated_specs_many(data: dict[str, Any]):
+    check_spec(data)
