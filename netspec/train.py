@@ -446,8 +446,9 @@ class Trainer:
                             f"loss became {value} at epoch {self.epoch + 1}, step {self.batch}; "
                             f"stopped, the last good checkpoint is {self.run_dir / 'last.pt'}"
                         )
-                    elapsed = p.seconds + time.perf_counter() - start
-                    bar.update(task, completed=self.batch, loss=value, speed=p.seen / max(elapsed, 1e-9))
+                    if self.batch % 10 == 0 and not bar.disable:
+                        elapsed = p.seconds + time.perf_counter() - start
+                        bar.update(task, completed=self.batch, loss=value, speed=p.seen / max(elapsed, 1e-9))
                 if stop:
                     p.loss_sum, p.correct = loss_sum.item(), int(correct.item())
                     p.seconds += time.perf_counter() - start
