@@ -82,7 +82,7 @@ def netspec_epoch(data_root: str, batch_size: int, out: Path) -> float:
     return result.last.examples_per_sec
 
 
-def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 7, compiled: bool = False) -> dict:
+def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 15, compiled: bool = False) -> dict:
     """Train-step examples/sec on the same in-memory tensors: hand-written LeNet vs specs/lenet.yaml.
 
     The two models are timed in alternation, repeat by repeat, so machine drift hits both.
@@ -110,8 +110,9 @@ def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 7, compile
     for fn in (handwritten, ours):  # warm-up
         for _ in range(5):
             fn()
-    for _ in range(repeats):
-        for name, fn in (("handwritten", handwritten), ("netspec", ours)):
+    pairs = [("handwritten", handwritten), ("netspec", ours)]
+    for r in range(repeats):
+        for name, fn in pairs if r % 2 == 0 else pairs[::-1]:  # alternate who goes first
             start = time.perf_counter()
             for _ in range(steps):
                 fn()

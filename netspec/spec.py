@@ -327,6 +327,16 @@ def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
     return f"{field}: {msg}{got}" if field else msg
 
 
+def _suggested_field(loc: YamlPath) -> str | None:
+    """For an unknown argument of a layer kind, the argument it is a typo of, if any."""
+    _, kind, rest = describe_path(loc)
+    if kind not in LAYER_KINDS or not rest:
+        return None
+    choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
+    close = difflib.get_close_matches(str(rest[-1]), choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def spec_error_from_validation(
     exc: ValidationError,
     data: Any,
@@ -340,8 +350,15 @@ def spec_error_from_validation(
     `prefix` is where `data` sits in the YAML document (a block's definition); `layers_path`
     names its layer list in paths (a block's use, e.g. `layers[3].basic_block`).
     """
-    lines: list[SpecError] = []
     errors = _collapse_unions(exc.errors(), data, loc_prefix)
+    # A misspelt argument shows up twice: as unknown and as missing. Say it once, as the typo.
+    typos = {
+        (loc[:-1], suggestion)
+        for loc, error in errors
+        if error["type"] == "extra_forbidden" and (suggestion := _suggested_field(loc))
+    }
+    errors = [(loc, e) for loc, e in errors if not (e["type"] == "missing" and (loc[:-1], loc[-1]) in typos)]
+    lines: list[SpecError] = []
     for loc, error in errors[:5]:
         layer_path, kind, rest = describe_path(loc)
         if layer_path:
@@ -352,17 +369,14 @@ def spec_error_from_validation(
             choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
             message += did_you_mean(str(rest[-1]), choices)
             message += f"; {kind} takes: {', '.join(choices)}"
-        elif error["type"] == "extra_forbidden":
-            message += did_you_mean(field.split(".")[-1], [])
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
         at_key = error["type"] in ("extra_forbidden", "missing")
         lines.append(source.error(message, (*prefix, *loc), where, key=at_key))
     first = lines[0]
-    more = len(errors) - 1
-    if more:
-        first.message += "".join(f"\n{e}" for e in lines[1:])
-        if more >= len(lines):
-            first.message += f"\n... and {more - len(lines) + 1} more problems"
+    first.message += "".join(f"\n{e}" for e in lines[1:])
+    hidden = len(errors) - len(lines)
+    if hidden:
+        first.message += f"\n... and {hidden} more problem{'s' if hidden > 1 else ''}"
     return first
 
 

@@ -26,10 +26,24 @@ CASES = [
     ),
     pytest.param(
         HEADER + "  - conv2d: {out_channels: 6, kernel_sise: 5}\n",
-        "{f}:4:13: layers[0] conv2d: missing required argument 'kernel_size'\n"
         "{f}:4:31: layers[0] conv2d: unknown argument 'kernel_sise' (did you mean 'kernel_size'?); "
         "conv2d takes: out_channels, kernel_size, in_channels, stride, padding, dilation, groups, bias",
         id="unknown-argument",
+    ),
+    pytest.param(
+        HEADER + "  - conv2d: {out_channels: 6}\n",
+        "{f}:4:13: layers[0] conv2d: missing required argument 'kernel_size'",
+        id="missing-argument",
+    ),
+    pytest.param(
+        HEADER + "  - conv2d: {out_channels: 0, kernel_size: 0, stride: 0, dilation: 0, groups: 0, padding: -1}\n",
+        "{f}:4:28: layers[0] conv2d: out_channels: input should be greater than 0, got 0\n"
+        "{f}:4:44: layers[0] conv2d: kernel_size: input should be greater than 0, got 0\n"
+        "{f}:4:55: layers[0] conv2d: stride: input should be greater than 0, got 0\n"
+        "{f}:4:91: layers[0] conv2d: padding: input should be greater than or equal to 0, got -1\n"
+        "{f}:4:68: layers[0] conv2d: dilation: input should be greater than 0, got 0\n"
+        "... and 1 more problem",
+        id="many-problems",
     ),
     pytest.param(
         HEADER + "  - conv2d: {out_channels: 6, kernel_size: 0}\n",
