@@ -25,20 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def textbook_lenet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2),
-        nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5),
-        nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120),
-        nn.Sigmoid(),
-        nn.Linear(120, 84),
-        nn.Sigmoid(),
-        nn.Linear(84, 10),
-    )
+    """d2l's LeNet, hand-written (the same definition the parity tests use)."""
+    from tests.reference_models import d2l_lenet
+
+    return d2l_lenet()
 
 
 def textbook_epoch(data_root: str, batch_size: int, workers: int = 2, max_batches: int | None = None) -> float:

@@ -165,24 +165,23 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _positive_int(text: str) -> int:
+def _parse_number(text: str, cast: type, noun: str, minimum: float, inclusive: bool) -> Any:
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+    if value < minimum or (not inclusive and value == minimum):
+        bound = f"at least {minimum}" if inclusive else f"greater than {minimum}"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _parse_number(text, int, "a whole number", 1, inclusive=True)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
+    return _parse_number(text, float, "a number", 0, inclusive=False)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:

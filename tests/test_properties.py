@@ -79,6 +79,11 @@ bn = {
     "affine": st.booleans(), "track_running_stats": st.booleans(),
 }  # fmt: skip
 
+POOL_ARGS = {
+    "stride": st.one_of(st.none(), pair(st.integers(1, 3))),
+    "padding": pair(st.integers(0, 2)),
+    "ceil_mode": st.booleans(),
+}
 KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "conv2d": st.fixed_dictionaries(
         {"out_channels": small, "kernel_size": pair(kernel)},
@@ -93,22 +98,11 @@ KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
     "maxpool2d": st.fixed_dictionaries(
         {"kernel_size": pair(kernel)},
-        optional={
-            "stride": st.one_of(st.none(), pair(st.integers(1, 3))),
-            "padding": pair(st.integers(0, 2)),
-            "dilation": pair(st.integers(1, 2)),
-            "ceil_mode": st.booleans(),
-        },
+        optional={**POOL_ARGS, "dilation": pair(st.integers(1, 2))},
     ),
     "avgpool2d": st.fixed_dictionaries(
         {"kernel_size": pair(kernel)},
-        optional={
-            "stride": st.one_of(st.none(), pair(st.integers(1, 3))),
-            "padding": pair(st.integers(0, 2)),
-            "ceil_mode": st.booleans(),
-            "count_include_pad": st.booleans(),
-            "divisor_override": st.integers(0, 3),
-        },
+        optional={**POOL_ARGS, "count_include_pad": st.booleans(), "divisor_override": st.integers(0, 3)},
     ),
     "adaptive_avgpool2d": st.fixed_dictionaries({}, optional={"output_size": pair(st.integers(0, 4))}),
     "batchnorm": st.fixed_dictionaries({}, optional=bn),
