@@ -398,6 +398,8 @@ class Trainer:
                 )
         if not self.epochs:
             raise UsageError("nothing to train: the run has no epochs")
+        if not self.confusion.any():  # resumed a finished run: nothing was evaluated in this call
+            _, self.confusion = evaluate(self.forward, self.test_loader, len(self.info.classes), cfg.amp)
         self._write_plots()
         return TrainResult(
             self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes)

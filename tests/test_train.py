@@ -186,6 +186,16 @@ def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(writ
     assert comparable(json.loads((run / "metrics.json").read_text())) == comparable(reference.epochs)
 
 
+def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):
+    spec = small_spec(write_spec, epochs=1)
+    first = train(spec, out=tmp_path, **QUIET)
+    lines: list[str] = []
+    again = train(resume=tmp_path, report=lines.append, progress=False)
+    assert lines == [f"{tmp_path} already finished its 1 epochs"]
+    assert comparable(again.epochs) == comparable(first.epochs)
+    assert again.confusion == first.confusion and sum(map(sum, again.confusion)) == 512  # 2048 // 4 test images
+
+
 def test_resume_refuses_a_spec_or_overrides(tmp_path: Path):
     result = run_cli("train", "specs/mlp.yaml", "--resume", str(tmp_path))
     assert result.returncode == 2
