@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from netspec.compiler import build
+from netspec.device import resolve_device
 from netspec.errors import UsageError
 from netspec.spec import Spec, load_spec
-from netspec.train import resolve_device
 
 
 @dataclass(frozen=True)

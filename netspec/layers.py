@@ -92,7 +92,7 @@ def register(cls: type[LayerSpec]) -> type[LayerSpec]:
     return cls
 
 
-def takes_no_arguments_required(cls: type[LayerSpec]) -> bool:
+def can_be_bare(cls: type[LayerSpec]) -> bool:
     """True if the kind can be written as a bare name (`- relu`)."""
     return all(not f.is_required() for n, f in cls.model_fields.items() if n != "kind")
 

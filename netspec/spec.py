@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, TrainConfig
 from netspec.errors import SpecError
-from netspec.layers import LAYER_KINDS, takes_no_arguments_required
+from netspec.layers import LAYER_KINDS, can_be_bare
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
@@ -118,12 +118,12 @@ def _normalize_entry(value: Any) -> Any:
 def _layer_input_schema_type() -> Any:
     """The YAML form of a layer entry, for the JSON Schema that editors use."""
     entries: list[Any] = []
-    bare = [k for k, cls in LAYER_KINDS.items() if takes_no_arguments_required(cls)]
+    bare = [k for k, cls in LAYER_KINDS.items() if can_be_bare(cls)]
     entries.append(Literal[tuple(bare)])  # type: ignore[misc]
     for kind, cls in [*LAYER_KINDS.items(), ("repeat", Repeat), ("residual", Residual)]:
         fields = {n: (f.annotation, f) for n, f in cls.model_fields.items() if n != "kind"}
         args_model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)
-        value_type = args_model | None if takes_no_arguments_required(cls) else args_model  # type: ignore[operator]
+        value_type = args_model | None if can_be_bare(cls) else args_model  # type: ignore[operator]
         entries.append(
             create_model(f"{cls.__name__}Entry", __config__=ConfigDict(extra="forbid"), **{kind: (value_type, ...)})
         )

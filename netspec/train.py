@@ -29,6 +29,7 @@ from torch import nn
 from netspec.compiler import SpecNet, build
 from netspec.config import TrainConfig
 from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
+from netspec.device import resolve_device
 from netspec.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
 from netspec.fileio import (
     atomic_write_bytes,
@@ -91,32 +92,6 @@ def resolve_config(spec: Spec, overrides: dict[str, Any] | None = None) -> Train
         first = exc.errors()[0]
         name = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-") if first["loc"] else "train"
         raise UsageError(f"{name}: {first['msg'][0].lower()}{first['msg'][1:]}, got {first.get('input')!r}") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; anything else is checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device '{name}': CUDA is not available on this machine")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device("cuda", index)
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError(f"device '{name}': MPS is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
-    return device
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
