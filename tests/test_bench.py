@@ -162,3 +162,18 @@ def test_compiled_variant_reports_compile_time_separately():
     compiled = [r for r in rows if r["compile"]]
     assert len(compiled) == 2 and all(r["status"] == "ok" and r["compile_s"] > 0 for r in compiled)
     assert all(r["speedup"] is not None for r in compiled)
+
+
+def test_end_to_end_mode_times_a_real_training_epoch(write_spec):
+    from netspec.bench import bench
+
+    spec = write_spec(
+        "name: e2e\ninput: [1, 8, 8]\nlayers: [flatten, {linear: {out_features: 10}}]\n"
+        "train: {dataset: synthetic, synthetic_size: 512}\n"
+    )
+    report = bench(spec, devices=["cpu"], batch_sizes=[32, 64], end_to_end=True)
+    assert [(r.mode, r.batch_size, r.status) for r in report.results] == [
+        ("train-end-to-end", 32, "ok"),
+        ("train-end-to-end", 64, "ok"),
+    ]
+    assert all(r.examples_per_sec and r.examples_per_sec > 0 for r in report.results)

@@ -152,6 +152,12 @@ CASES = [
     ),
     pytest.param(
         "name: t\ninput: [1, 28, 28]\nblocks:\n  cbr:\n    params: {out: 4}\n    layers:\n"
+        "      - conv2d: {out_channels: $out, kernel_size: 3}\nlayers:\n  - cbr: {out: 0}\n",
+        "{f}:7:32: layers[0].cbr[0] conv2d: out_channels: input should be greater than 0, got 0",
+        id="bad-block-argument",
+    ),
+    pytest.param(
+        "name: t\ninput: [1, 28, 28]\nblocks:\n  cbr:\n    params: {out: 4}\n    layers:\n"
         "      - conv2d: {out_channels: $out, kernel_size: 99}\nlayers:\n  - cbr\n",
         "{f}:7:9: layers[0].cbr[0] conv2d: kernel_size 99 is larger than its padded input 28×28 "
         "(input 1×28×28 from the spec's input)",

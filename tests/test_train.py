@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -158,12 +159,22 @@ def test_same_seed_gives_identical_metrics_on_cpu(write_spec, tmp_path: Path):
     assert a.last.test_accuracy > 0.3  # the synthetic teacher is learnable (chance is 0.1)
 
 
-def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(write_spec, tmp_path: Path):
+@pytest.mark.parametrize(
+    "settings",
+    [[], ["--optimizer", "adamw", "--scheduler", "onecycle", "--lr", "0.003"]],
+    ids=["sgd-cosine", "adamw-onecycle"],
+)
+def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
+    write_spec, tmp_path: Path, settings: list[str]
+):
     spec = small_spec(write_spec, size=30000, batch=16, epochs=3)
-    reference = train(spec, out=tmp_path / "reference", **QUIET)
+    overrides = {k.lstrip("-"): v for k, v in zip(settings[::2], settings[1::2], strict=True)}
+    if "lr" in overrides:
+        overrides["lr"] = float(overrides["lr"])
+    reference = train(spec, overrides, out=tmp_path / "reference", **QUIET)
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress"]
+    cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress", *settings]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "epoch 1/3: ..." : the run is now in epoch 2
@@ -194,6 +205,23 @@ def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):
     assert lines == [f"{tmp_path} already finished its 1 epochs"]
     assert comparable(again.epochs) == comparable(first.epochs)
     assert again.confusion == first.confusion and sum(map(sum, again.confusion)) == 512  # 2048 // 4 test images
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler"), [("sgd", "step"), ("adam", "cosine"), ("adamw", "onecycle"), ("sgd", "none")]
+)
+def test_every_optimizer_and_scheduler_trains(write_spec, tmp_path: Path, optimizer: str, scheduler: str):
+    overrides = {"optimizer": optimizer, "scheduler": scheduler, "lr": 0.01, "seed": 1}
+    result = train(small_spec(write_spec, epochs=2), overrides, out=tmp_path, **QUIET)
+    assert result.last.test_accuracy > 0.2
+    saved = load_checkpoint(tmp_path / "last.pt")["scheduler"]  # loaded with weights_only=True
+    assert (saved is None) == (scheduler == "none")
+
+
+def test_bf16_autocast_and_extras_on_cpu(write_spec, tmp_path: Path):
+    overrides = {"amp": "bf16", "label_smoothing": 0.1, "grad_clip": 1.0, "init": "kaiming", "weight_decay": 1e-4}
+    result = train(small_spec(write_spec), overrides, out=tmp_path, **QUIET)
+    assert result.last.test_accuracy > 0.2 and math.isfinite(result.last.train_loss)
 
 
 def test_resume_refuses_a_spec_or_overrides(tmp_path: Path):
