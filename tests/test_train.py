@@ -357,3 +357,12 @@ def test_sigterm_also_saves(write_spec, tmp_path: Path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert load_checkpoint(run / "last.pt")["batch"] > 0
+
+
+@pytest.mark.slow
+def test_training_through_torch_compile(write_spec, tmp_path: Path):
+    eager = train(small_spec(write_spec, epochs=1), {"seed": 2}, out=tmp_path / "eager", **QUIET)
+    compiled = train(small_spec(write_spec, epochs=1), {"seed": 2, "compile": True}, out=tmp_path / "c", **QUIET)
+    assert compiled.last.test_accuracy == pytest.approx(eager.last.test_accuracy, abs=0.05)
+    # The checkpoint holds the plain module's weights, loadable without torch.compile.
+    assert all(not k.startswith("_orig_mod") for k in load_checkpoint(tmp_path / "c" / "last.pt")["model"])
