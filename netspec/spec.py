@@ -192,10 +192,15 @@ class Spec(BaseModel):
 
     def to_data(self) -> dict[str, Any]:
         """The spec in its YAML form (bare names and one-key mappings)."""
-        data = self.model_dump(mode="json", exclude={"layers", "blocks"})
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["input"] = list(self.input)
         if self.blocks:
             data["blocks"] = {n: b.model_dump(mode="json") for n, b in self.blocks.items()}
         data["layers"] = [entry_to_data(e) for e in self.layers]
+        data["train"] = self.train.model_dump(mode="json")
+        data["bench"] = self.bench.model_dump(mode="json")
         return data
 
 

@@ -121,3 +121,13 @@ def test_each_zoo_spec_carries_its_training_recipe():
 def test_compile_flag_wraps_with_torch_compile():
     model = netspec.build(SPECS / "mlp.yaml", compile=True)
     assert isinstance(model._orig_mod, netspec.SpecNet)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_resolved_spec_round_trips_through_yaml(name: str):
+    # Run folders store spec.to_data() as spec.yaml and checkpoints store it for --resume.
+    import yaml
+
+    spec = netspec.load_spec(SPECS / f"{name}.yaml")
+    again = netspec.parse_spec(yaml.safe_dump(spec.to_data(), sort_keys=False))
+    assert again.model_dump() == spec.model_dump()
