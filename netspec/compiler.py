@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from netspec.errors import SpecError
+from netspec.errors import CheckpointError
 from netspec.shapes import LayerInfo, NetShape, ShapedNode, ShapedResidual, infer_shapes
 from netspec.spec import Spec
 
@@ -93,10 +93,12 @@ def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) ->
     """
     target = model.state_dict()
     if len(source) != len(target):
-        raise SpecError(f"the source has {len(source)} tensors but the model has {len(target)}")
+        raise CheckpointError(f"the source has {len(source)} tensors but the model has {len(target)}")
     mapped = {}
     for (src_key, tensor), (key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise SpecError(f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}")
+            raise CheckpointError(
+                f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}"
+            )
         mapped[key] = tensor
     model.load_state_dict(mapped)

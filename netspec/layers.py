@@ -92,9 +92,14 @@ def register(cls: type[LayerSpec]) -> type[LayerSpec]:
     return cls
 
 
-def can_be_bare(cls: type[LayerSpec]) -> bool:
+def argument_names(cls: type[BaseModel]) -> list[str]:
+    """The arguments of a kind (or composite), in the order they are declared."""
+    return [name for name in cls.model_fields if name != "kind"]
+
+
+def can_be_bare(cls: type[BaseModel]) -> bool:
     """True if the kind can be written as a bare name (`- relu`)."""
-    return all(not f.is_required() for n, f in cls.model_fields.items() if n != "kind")
+    return all(not cls.model_fields[name].is_required() for name in argument_names(cls))
 
 
 def _check_declared(name: str, declared: int | None, inferred: int) -> None:
@@ -102,26 +107,13 @@ def _check_declared(name: str, declared: int | None, inferred: int) -> None:
         raise ShapeError(f"{name} is {declared} but the input has {inferred}")
 
 
-def _window_out(
-    name: str, size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool, axis: str
-) -> int:
+def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
     """Out = floor((In + 2P − D·(K−1) − 1)/S) + 1, with torch's ceil_mode rule for pools."""
-    effective = dilation * (kernel - 1) + 1
-    if effective > size + 2 * padding:
-        what = (
-            f"{name} {kernel}"
-            if dilation == 1
-            else f"effective {name} {effective} ({name} {kernel}, dilation {dilation})"
-        )
-        raise ShapeError(f"{what} is larger than its padded input {size + 2 * padding} ({axis})")
-    span = size + 2 * padding - effective
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + padding:  # the last window must start inside the input
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
+    span = size + 2 * padding - (dilation * (kernel - 1) + 1)
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out  # the last window must start inside
 
 
 def _window_shape(
@@ -132,22 +124,17 @@ def _window_shape(
     dilation: int | tuple[int, int] = 1,
     ceil_mode: bool = False,
 ) -> tuple[int, int]:
+    """Output height and width of a sliding window (convolution or pooling) over a C×H×W input."""
     _, h, w = shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (kernel_size, stride, padding, dilation))
-    try:
-        out_h = _window_out("kernel_size", h, kh, sh, ph, dh, ceil_mode, "height")
-        out_w = _window_out("kernel_size", w, kw, sw, pw, dw, ceil_mode, "width")
-    except ShapeError as exc:
-        if kh == kw and h == w and ph == pw and dh == dw:  # say it once for square cases
-            effective = dh * (kh - 1) + 1
-            what = (
-                f"kernel_size {kh}"
-                if dh == 1
-                else f"effective kernel size {effective} (kernel_size {kh}, dilation {dh})"
-            )
-            raise ShapeError(f"{what} is larger than its padded input {h + 2 * ph}×{w + 2 * pw}") from None
-        raise exc
-    return out_h, out_w
+    effective = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    padded = (h + 2 * ph, w + 2 * pw)
+    if effective[0] > padded[0] or effective[1] > padded[1]:
+        what = f"kernel_size {format_pair(kernel_size)}"
+        if (dh, dw) != (1, 1):
+            what = f"effective kernel size {format_pair(effective)} ({what}, dilation {format_pair(dilation)})"
+        raise ShapeError(f"{what} is larger than its padded input {padded[0]}×{padded[1]}")
+    return _window_out(h, kh, sh, ph, dh, ceil_mode), _window_out(w, kw, sw, pw, dw, ceil_mode)
 
 
 # --- convolution ---------------------------------------------------------------------------

@@ -42,7 +42,6 @@ class ShapedSeq:
     """
 
     children: list[ShapedNode]
-    label: str = ""
 
 
 @dataclass
@@ -87,20 +86,20 @@ class NetShape:
 class _Walker:
     spec: Spec
     layers: list[LayerInfo] = field(default_factory=list)
-    # Shape of the current tensor and the path of the layer that produced it.
+    # The path of the layer that produced the current tensor, for "(input ... after layers[5])".
     last_path: str = ""
 
     def error(self, message: str, yaml_path: YamlPath, where: str) -> Exception:
         return self.spec.source.error(message, yaml_path, where)
 
     def seq(
-        self, entries: list[Any], shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...], label: str = ""
+        self, entries: list[Any], shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
     ) -> tuple[ShapedSeq, Shape]:
         children: list[ShapedNode] = []
         for i, entry in enumerate(entries):
             node, shape = self.entry(entry, shape, f"{path}[{i}]", (*yaml_path, i), stack)
             children.append(node)
-        return ShapedSeq(children, label), shape
+        return ShapedSeq(children), shape
 
     def entry(
         self, entry: Any, shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
@@ -114,7 +113,7 @@ class _Walker:
                     entry.layers, shape, f"{path}.repeat#{copy}", (*yaml_path, "repeat", "layers"), stack
                 )
                 copies.append(node)
-            return ShapedSeq(copies, "repeat"), shape
+            return ShapedSeq(copies), shape
         if isinstance(entry, Residual):
             return self.residual(entry, shape, path, yaml_path, stack)
         assert isinstance(entry, BlockCall)
@@ -123,9 +122,7 @@ class _Walker:
             cycle = " → ".join((*stack[stack.index(entry.name) :], entry.name))
             raise self.error(f"block {entry.name} uses itself ({cycle})", yaml_path, where)
         body = instantiate_block(self.spec, entry, yaml_path, path)
-        return self.seq(
-            body, shape, f"{path}.{entry.name}", ("blocks", entry.name, "layers"), (*stack, entry.name), entry.name
-        )
+        return self.seq(body, shape, f"{path}.{entry.name}", ("blocks", entry.name, "layers"), (*stack, entry.name))
 
     def leaf(self, layer: LayerSpec, shape: Shape, path: str, yaml_path: YamlPath) -> tuple[LayerInfo, Shape]:
         try:
@@ -175,7 +172,7 @@ class _Walker:
                     where,
                 )
             info, short_out = self.leaf(projection, shape, f"{path}.shortcut[0]", (*yaml_path, "residual", "shortcut"))
-            shortcut = ShapedSeq([info], "shortcut")
+            shortcut = ShapedSeq([info])
         if short_out != out:
             raise self.error(
                 f"the body gives {format_shape(out)} but the shortcut gives {format_shape(short_out)}; "
@@ -191,9 +188,10 @@ def _projection(shape: Shape, out: Shape) -> Conv2d | None:
     """The strided 1×1 convolution that maps `shape` onto `out`, if one exists."""
     if len(shape) != 3 or len(out) != 3:
         return None
-    for stride in range(1, max(shape[1], shape[2]) + 1):
-        if ((shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1) == out[1:]:
-            return Conv2d(out_channels=out[0], kernel_size=1, stride=stride)
+    for stride in range(1, max(shape[1:]) + 1):
+        candidate = Conv2d(out_channels=out[0], kernel_size=1, stride=stride)
+        if candidate.output_shape(shape) == out:
+            return candidate
     return None
 
 

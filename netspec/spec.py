@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, TrainConfig
 from netspec.errors import SpecError
-from netspec.layers import LAYER_KINDS, can_be_bare
+from netspec.layers import LAYER_KINDS, argument_names, can_be_bare
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
@@ -70,8 +70,11 @@ class Residual(BaseModel):
 
 
 def _entry_tag(value: Any) -> str:
+    """Which member of LayerEntry validates `value`: a composite, a block call, or a layer kind."""
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-    return kind if isinstance(kind, str) else "block"
+    if not isinstance(kind, str):
+        return "block"
+    return kind if kind in (*COMPOSITES, "block") else "layer"
 
 
 def _normalize_entry(value: Any) -> Any:
@@ -121,7 +124,7 @@ def _layer_input_schema_type() -> Any:
     bare = [k for k, cls in LAYER_KINDS.items() if can_be_bare(cls)]
     entries.append(Literal[tuple(bare)])  # type: ignore[misc]
     for kind, cls in [*LAYER_KINDS.items(), ("repeat", Repeat), ("residual", Residual)]:
-        fields = {n: (f.annotation, f) for n, f in cls.model_fields.items() if n != "kind"}
+        fields = {n: (cls.model_fields[n].annotation, cls.model_fields[n]) for n in argument_names(cls)}
         args_model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)
         value_type = args_model | None if can_be_bare(cls) else args_model  # type: ignore[operator]
         entries.append(
@@ -145,7 +148,7 @@ LayerEntry = Annotated[
         Annotated[Residual, Tag("residual")],
         Annotated[BlockCall, Tag("block")],
     ],
-    Discriminator(lambda v: _entry_tag(v) if _entry_tag(v) in (*COMPOSITES, "block") else "layer"),
+    Discriminator(_entry_tag),
     BeforeValidator(_normalize_entry, json_schema_input_type=_layer_input_schema_type()),
 ]
 Repeat.model_rebuild()
@@ -219,9 +222,15 @@ def entry_to_data(entry: Any) -> Any:
 # --- errors ----------------------------------------------------------------------------------
 
 
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The choice `word` is most likely a misspelling of, if any is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    suggestion = closest(word, choices)
+    return f" (did you mean '{suggestion}'?)" if suggestion else ""
 
 
 def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
@@ -283,10 +292,6 @@ def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[YamlPath, bool]:
     return tuple(out), dropped
 
 
-def _flat(groups: dict[Any, list[tuple[YamlPath, dict[str, Any]]]]) -> list[tuple[YamlPath, dict[str, Any]]]:
-    return [item for items in groups.values() for item in items]
-
-
 _TYPE_ERRORS = ("literal_error", "is_instance_of", "model_type", "dict_type", "none_required")
 
 
@@ -300,11 +305,13 @@ def _collapse_unions(errors: list[Any], data: Any, loc_prefix: YamlPath = ()) ->
     def type_only(items: list[tuple[YamlPath, dict[str, Any]]]) -> bool:
         return all(e["type"].endswith("_type") or e["type"] in _TYPE_ERRORS for _, e in items)
 
+    all_paths = [path for items in groups.values() for path, _ in items]
     result = []
     for key, items in groups.items():
         # A value of the right shape for one union member (a list for `[h, w]`) gets that member's error,
         # which points deeper into the value; the other members' type errors say nothing useful then.
-        deeper = any(p[: len(items[0][0])] == items[0][0] and len(p) > len(items[0][0]) for p, _ in _flat(groups))
+        here = items[0][0]
+        deeper = any(len(p) > len(here) and p[: len(here)] == here for p in all_paths)
         if isinstance(key, tuple) and type_only(items) and deeper:
             continue
         specific = [i for i in items if not type_only([i])]
@@ -337,9 +344,7 @@ def _suggested_field(loc: YamlPath) -> str | None:
     _, kind, rest = describe_path(loc)
     if kind not in LAYER_KINDS or not rest:
         return None
-    choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
-    close = difflib.get_close_matches(str(rest[-1]), choices, n=1, cutoff=0.6)
-    return close[0] if close else None
+    return closest(str(rest[-1]), argument_names(LAYER_KINDS[kind]))
 
 
 def spec_error_from_validation(
@@ -371,7 +376,7 @@ def spec_error_from_validation(
         field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
         message = _message(error, field, bool(layer_path))
         if error["type"] == "extra_forbidden" and kind in LAYER_KINDS:
-            choices = [n for n in LAYER_KINDS[kind].model_fields if n != "kind"]
+            choices = argument_names(LAYER_KINDS[kind])
             message += did_you_mean(str(rest[-1]), choices)
             message += f"; {kind} takes: {', '.join(choices)}"
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
@@ -395,11 +400,10 @@ def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
         raise source.error("the spec is empty; it needs at least name, input and layers")
     if not isinstance(data, dict):
         raise source.error(f"a spec must be a mapping with name, input and layers, not a {type(data).__name__}")
-    unknown = [k for k in data if k not in Spec.model_fields]
-    for key in unknown:
-        raise source.error(
-            f"unknown top-level key '{key}'{did_you_mean(str(key), list(Spec.model_fields))}", (key,), key=True
-        )
+    unknown = next((k for k in data if k not in Spec.model_fields), None)
+    if unknown is not None:
+        hint = did_you_mean(str(unknown), list(Spec.model_fields))
+        raise source.error(f"unknown top-level key '{unknown}'{hint}", (unknown,), key=True)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
