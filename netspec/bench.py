@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from netspec.compiler import build
-from netspec.device import resolve_device
+from netspec.device import autocast, resolve_device
 from netspec.errors import UsageError
 from netspec.spec import Spec, load_spec
 
@@ -152,14 +152,11 @@ def _reset_peak_rss() -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text
-        or "can't allocate memory" in text
-        or "not enough memory" in text
-        or isinstance(exc, MemoryError)
+    return isinstance(exc, RuntimeError) and any(
+        phrase in text for phrase in ("out of memory", "can't allocate memory", "not enough memory")
     )
 
 
@@ -174,21 +171,12 @@ def _sync(device: torch.device) -> None:
 def _make_step(
     model: nn.Module, runner: nn.Module, spec: Spec, mode: str, variant: Variant, x: torch.Tensor, device: torch.device
 ) -> Callable[[], None]:
-    autocast: Any = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if variant.amp == "bf16" else torch.float16)
-        if variant.amp != "none"
-        else None
-    )
     if mode == "infer":
         model.eval()
 
         def infer_step() -> None:
-            with torch.inference_mode():
-                if autocast is not None:
-                    with autocast:
-                        runner(x)
-                else:
-                    runner(x)
+            with torch.inference_mode(), autocast(device, variant.amp):
+                runner(x)
 
         return infer_step
 
@@ -205,7 +193,7 @@ def _make_step(
     def loss_of(out: torch.Tensor) -> torch.Tensor:
         return loss_fn(out.float(), y) if len(out_shape) == 1 else out.float().mean()
 
-    if autocast is None:  # exactly the textbook step: nothing else in the timed region
+    if variant.amp == "none":  # exactly the textbook step: nothing else in the timed region
 
         def train_step() -> None:
             optimizer.zero_grad(set_to_none=True)
@@ -218,7 +206,7 @@ def _make_step(
 
     def amp_train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast(device, variant.amp):
             out = runner(x)
         scaler.scale(loss_of(out)).backward()
         scaler.step(optimizer)
@@ -273,18 +261,18 @@ def measure(
             for _ in range(warmup):
                 step()
             _sync(device)
-            rates, times = [], []
+            step_seconds = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 for _ in range(steps):
                     step()
                 _sync(device)
-                elapsed = time.perf_counter() - start
-                times.append(elapsed / steps)
-                rates.append(batch_size * steps / elapsed)
-        result.examples_per_sec = statistics.median(rates)
-        result.examples_per_sec_min, result.examples_per_sec_max = min(rates), max(rates)
-        result.step_ms_median = statistics.median(times) * 1000
+                step_seconds.append((time.perf_counter() - start) / steps)
+        median = statistics.median(step_seconds)
+        result.examples_per_sec = batch_size / median
+        result.examples_per_sec_min = batch_size / max(step_seconds)
+        result.examples_per_sec_max = batch_size / min(step_seconds)
+        result.step_ms_median = median * 1000
         result.peak_mem_bytes = memory.peak
         result.repeats = repeats
     except Exception as exc:
@@ -402,36 +390,30 @@ def bench(
     device_names = devices or cfg.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     resolved = [resolve_device(name) for name in device_names]
     sizes = batch_sizes or cfg.batch_sizes or [spec.train.batch_size]
-    report = BenchReport(str(getattr(spec.source, "file", None) or spec.name), environment())
+    report = BenchReport(spec.source.file or spec.name, environment())
     cells = variants(
         compile or cfg.compile, amp or cfg.amp, cfg.channels_last if channels_last is None else channels_last
     )
+    timing = {
+        "warmup": cfg.warmup if warmup is None else warmup,
+        "steps": steps or cfg.steps,
+        "repeats": repeats or cfg.repeats,
+        "compile_mode": compile_mode,
+    }
     for device in resolved:
         for batch_size in sizes:
-            if end_to_end:
-                results = [measure_end_to_end(spec, device, batch_size, train_overrides or {})]
-            else:
-                results = []
-                for mode in modes or cfg.modes:
-                    for variant in cells:
-                        results.append(
-                            measure(
-                                spec,
-                                device,
-                                mode,
-                                batch_size,
-                                variant,
-                                warmup=cfg.warmup if warmup is None else warmup,
-                                steps=steps or cfg.steps,
-                                repeats=repeats or cfg.repeats,
-                                compile_mode=compile_mode,
-                            )
-                        )
-                _add_speedups(results)
-            for r in results:
-                report.results.append(r)
-                if on_result:
-                    on_result(r)
+            jobs = [(None, None)] if end_to_end else [(m, v) for m in modes or cfg.modes for v in cells]
+            results: list[BenchResult] = []
+            for mode, variant in jobs:
+                if mode is None or variant is None:
+                    result = measure_end_to_end(spec, device, batch_size, train_overrides or {})
+                else:
+                    result = measure(spec, device, mode, batch_size, variant, **timing)
+                results.append(result)
+                if on_result:  # live progress, one line per cell as it finishes
+                    on_result(result)
+            _add_speedups(results)
+            report.results.extend(results)
     if not report.results:
         raise UsageError("nothing to measure")
     return report

@@ -39,8 +39,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from netspec.summary import summary_dict, summary_table
 
     net = infer_shapes(args.spec)
-    if args.compile:
-        build(net, compile=True)
+    if args.compile:  # torch.compile is lazy: compile for real with one forward pass, so problems show now
+        import time
+
+        import torch
+
+        model = build(net, compile=True).eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(torch.zeros(2, *net.input_shape))
+        print(f"torch.compile: compiled and ran a forward pass in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     if args.json:
         _print_json(summary_dict(net))
     else:
@@ -59,29 +67,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = (
-        "dataset",
-        "epochs",
-        "batch_size",
-        "lr",
-        "device",
-        "data_root",
-        "seed",
-        "optimizer",
-        "scheduler",
-        "amp",
-        "download",
-        "compile",
-        "channels_last",
-    )
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)}
+    """The train-section fields given on the command line (flags named after TrainConfig's fields)."""
+    from netspec.config import TrainConfig
+
+    given = {name: getattr(args, name, None) for name in TrainConfig.model_fields}
+    return {name: value for name, value in given.items() if value not in (None, False)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from netspec.train import train
 
-    if args.spec is None and args.resume is None:
-        raise UsageError("give a spec to train, or --resume RUN_DIR")
     if args.resume is not None and (args.spec is not None or _train_overrides(args)):
         raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
     # With --json, stdout carries only the JSON object; the epoch lines go to stderr.
@@ -207,7 +202,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="validate a spec and show its layers, shapes, parameters and MACs")
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--compile", action="store_true", help="also wrap the module with torch.compile")
+    p.add_argument("--compile", action="store_true", help="also compile it with torch.compile (one forward pass)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")

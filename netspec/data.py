@@ -201,7 +201,7 @@ class DeviceLoader:
         self.augment = augment
         self.seed = seed
         self.channels_last = channels_last and self.images.dim() == 4
-        view = (-1, *([1] * (self.images.dim() - 2))) if self.images.dim() > 2 else (-1,)
+        view = (-1, *([1] * (self.images.dim() - 2)))  # per channel, broadcast over the rest
         std = torch.tensor(info.std, device=device).view(view)
         mean = torch.tensor(info.mean, device=device).view(view)
         self.scale = 1.0 / (255.0 * std)  # x/255 normalized in one multiply-add
@@ -214,10 +214,13 @@ class DeviceLoader:
     def num_examples(self) -> int:
         return len(self.labels)
 
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.seed * 1_000_003 + epoch
+
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.labels), device=self.device)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch))
         return torch.randperm(len(self.labels), generator=gen).to(self.device)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -238,7 +241,7 @@ class DeviceLoader:
     def _augment(self, x: torch.Tensor, epoch: int, batch: int, pad: int = 4) -> torch.Tensor:
         """Random crop (zero padding 4) and horizontal flip of a whole batch."""
         n, c, h, w = x.shape
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + batch)
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch) * 100_003 + batch)
         dy, dx = (torch.randint(0, 2 * pad + 1, (2, n), generator=gen)).to(x.device)
         flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))

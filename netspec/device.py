@@ -1,6 +1,8 @@
-"""Which torch device a run uses: `auto` or a checked explicit choice."""
+"""Which torch device a run uses (`auto` or a checked explicit choice), and mixed precision on it."""
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -31,3 +33,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
     return device
+
+
+def autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
+    """Mixed precision for `amp` ("bf16" or "fp16") on `device`, or nothing for "none"."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -49,10 +49,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+def save_checkpoint(paths: Path | list[Path], checkpoint: dict[str, Any]) -> None:
+    """Serialize once and write atomically to each path (e.g. last.pt and best.pt)."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    for path in paths if isinstance(paths, list) else [paths]:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from torch import nn
 from netspec.compiler import SpecNet, build
 from netspec.config import TrainConfig
 from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
-from netspec.device import resolve_device
+from netspec.device import autocast, resolve_device
 from netspec.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
 from netspec.fileio import (
     atomic_write_bytes,
@@ -134,12 +134,6 @@ def make_scheduler(
 # --- evaluation --------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, amp: str) -> Any:
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none") -> tuple[float, torch.Tensor]:
     """Accuracy and confusion matrix (rows: true class, columns: predicted)."""
@@ -147,7 +141,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str 
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
     for x, y in loader:
-        with _autocast(loader.device, amp):
+        with autocast(loader.device, amp):
             pred = model(x).argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     model.train(was_training)
@@ -281,16 +275,9 @@ class Trainer:
         self.spec, self.cfg, self.report, self.show_progress = spec, cfg, report, progress
         self.run_dir = Path()
         self.device = resolve_device(cfg.device)
-        self.info = dataset_info(cfg.dataset, tuple(spec.input))
-        check_input_shape(spec, self.info)
-        split = dict(root=cfg.data_root, download=cfg.download, input_shape=tuple(spec.input))
-        train_data = load_split(cfg.dataset, train=True, synthetic_size=cfg.synthetic_size, **split)
-        test_data = load_split(cfg.dataset, train=False, synthetic_size=cfg.synthetic_size, **split)
-        loader = dict(device=self.device, seed=cfg.seed, channels_last=cfg.channels_last)
-        self.train_loader = DeviceLoader(
-            train_data, self.info, cfg.batch_size, shuffle=True, augment=cfg.augment, **loader
-        )
-        self.test_loader = DeviceLoader(test_data, self.info, cfg.test_batch_size, **loader)
+        self.info = checked_dataset(spec, cfg)
+        self.train_loader = make_loader(spec, cfg, self.info, self.device, train=True)
+        self.test_loader = make_loader(spec, cfg, self.info, self.device, train=False)
 
         torch.manual_seed(cfg.seed)
         model = build(spec)
@@ -309,7 +296,7 @@ class Trainer:
         self.batch = 0  # completed batches of the current epoch
         self.partial = _Progress()
         self.best = -1.0
-        self.confusion = torch.zeros(len(self.info.classes), len(self.info.classes), dtype=torch.long)
+        self.confusion: torch.Tensor | None = None  # of the last evaluation in this call
 
     # -- checkpoints --
 
@@ -349,9 +336,10 @@ class Trainer:
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
 
-    def save(self, name: str = "last.pt") -> Path:
-        path = self.run_dir / name
-        save_checkpoint(path, self.state())
+    def save(self, best: bool = False) -> Path:
+        """Write last.pt (and best.pt, the same bytes) from the current state."""
+        path = self.run_dir / "last.pt"
+        save_checkpoint([path, self.run_dir / "best.pt"] if best else [path], self.state())
         return path
 
     # -- the loop --
@@ -373,9 +361,9 @@ class Trainer:
                 )
         if not self.epochs:
             raise UsageError("nothing to train: the run has no epochs")
-        if not self.confusion.any():  # resumed a finished run: nothing was evaluated in this call
+        if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
             _, self.confusion = evaluate(self.forward, self.test_loader, len(self.info.classes), cfg.amp)
-        self._write_plots()
+        self._write_plots(self.confusion)
         return TrainResult(
             self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes)
         )
@@ -400,7 +388,7 @@ class Trainer:
                 speed=0.0,
             )
             for x, y in loader.batches(self.epoch, self.batch):
-                with _autocast(self.device, cfg.amp):
+                with autocast(self.device, cfg.amp):
                     logits = self.forward(x)
                     loss = self.loss_fn(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -455,17 +443,16 @@ class Trainer:
         self.epoch += 1
         self.batch = 0
         self.partial = _Progress()
-        self.save()
-        if test_accuracy > self.best:
-            self.best = test_accuracy
-            self.save("best.pt")
+        improved = test_accuracy > self.best
+        self.best = max(self.best, test_accuracy)
+        self.save(best=improved)
         write_metrics(self.run_dir, self.epochs)
         return metrics
 
-    def _write_plots(self) -> None:
+    def _write_plots(self, confusion: torch.Tensor) -> None:
         title = f"{self.spec.name} on {self.cfg.dataset}"
         plot_curves(self.run_dir / "curves.png", self.epochs, title)
-        plot_confusion(self.run_dir / "confusion.png", self.confusion, list(self.info.classes), title)
+        plot_confusion(self.run_dir / "confusion.png", confusion, list(self.info.classes), title)
 
     def _progress_bar(self) -> Any:
         from rich.console import Console
@@ -484,12 +471,31 @@ class Trainer:
         )
 
 
-def check_input_shape(spec: Spec, info: DatasetInfo) -> None:
+def checked_dataset(spec: Spec, cfg: TrainConfig) -> DatasetInfo:
+    """The dataset of `cfg`, refused before any work if its images do not fit the spec's input."""
+    info = dataset_info(cfg.dataset, tuple(spec.input))
     if tuple(spec.input) != info.sample_shape:
         raise UsageError(
             f"spec {spec.name} takes input {format_shape(tuple(spec.input))} but dataset {info.name} "
             f"has images of {format_shape(info.sample_shape)}"
         )
+    return info
+
+
+def make_loader(spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.device, train: bool) -> DeviceLoader:
+    """The training split (shuffled, maybe augmented) or the test split, on `device`."""
+    data = load_split(cfg.dataset, cfg.data_root, train, cfg.download, tuple(spec.input), cfg.synthetic_size)
+    batch_size = cfg.batch_size if train else cfg.test_batch_size
+    return DeviceLoader(
+        data,
+        info,
+        batch_size,
+        device,
+        shuffle=train,
+        augment=train and cfg.augment,
+        seed=cfg.seed,
+        channels_last=cfg.channels_last,
+    )
 
 
 def train(
@@ -549,14 +555,12 @@ def evaluate_checkpoint(
     cfg = resolve_config(spec, overrides)
     ckpt = load_checkpoint(checkpoint)
     device = resolve_device(cfg.device)
-    info = dataset_info(cfg.dataset, tuple(spec.input))
-    check_input_shape(spec, info)
+    info = checked_dataset(spec, cfg)
     model = build(spec).to(device)
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{checkpoint}: does not fit spec {spec.name}: {str(exc).splitlines()[0]}") from None
-    data = load_split(cfg.dataset, cfg.data_root, False, cfg.download, tuple(spec.input), cfg.synthetic_size)
-    loader = DeviceLoader(data, info, cfg.test_batch_size, device)
-    accuracy, confusion = evaluate(model, loader, len(info.classes))
+    loader = make_loader(spec, cfg, info, device, train=False)
+    accuracy, confusion = evaluate(model, loader, len(info.classes), cfg.amp)
     return accuracy, confusion, list(info.classes)

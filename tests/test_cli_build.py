@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import pytest
 import yaml
 
 from netspec.spec import Spec
@@ -75,3 +76,11 @@ def test_schema_is_json_schema_that_accepts_every_zoo_spec():
     for name in ZOO:
         jsonschema.validate(yaml.safe_load((SPECS / f"{name}.yaml").read_text()), schema)
     assert schema["properties"].keys() == Spec.model_fields.keys()
+
+
+@pytest.mark.slow
+def test_build_compile_really_compiles():
+    result = run_cli("build", "specs/mlp.yaml", "--compile", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total_params"] == 669_706
+    assert "torch.compile: compiled and ran a forward pass in" in result.stderr

@@ -160,21 +160,19 @@ def test_same_seed_gives_identical_metrics_on_cpu(write_spec, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [[], ["--optimizer", "adamw", "--scheduler", "onecycle", "--lr", "0.003"]],
+    "overrides",
+    [{}, {"optimizer": "adamw", "scheduler": "onecycle", "lr": 0.003}],
     ids=["sgd-cosine", "adamw-onecycle"],
 )
 def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
-    write_spec, tmp_path: Path, settings: list[str]
+    write_spec, tmp_path: Path, overrides: dict
 ):
     spec = small_spec(write_spec, size=30000, batch=16, epochs=3)
-    overrides = {k.lstrip("-"): v for k, v in zip(settings[::2], settings[1::2], strict=True)}
-    if "lr" in overrides:
-        overrides["lr"] = float(overrides["lr"])
+    flags = [arg for name, value in overrides.items() for arg in (f"--{name}", str(value))]
     reference = train(spec, overrides, out=tmp_path / "reference", **QUIET)
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress", *settings]
+    cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress", *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "epoch 1/3: ..." : the run is now in epoch 2
@@ -195,6 +193,10 @@ def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
         [{k: v for k, v in asdict(m).items() if k != "lr"} for m in reference.epochs]
     )
     assert comparable(json.loads((run / "metrics.json").read_text())) == comparable(reference.epochs)
+    # best.pt is the best epoch's model, and last.pt knows that best even across the resume.
+    best = max(m.test_accuracy for m in reference.epochs)
+    assert load_checkpoint(run / "last.pt")["best_test_accuracy"] == best
+    assert max(m["test_accuracy"] for m in load_checkpoint(run / "best.pt")["metrics"]) == best
 
 
 def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):
