@@ -189,6 +189,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--resize", action="store_true", help="resize images to the spec's input size on the fly (as d2l's resize=)"
+    )
 
 
 # --- argument parsing --------------------------------------------------------------------------

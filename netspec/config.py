@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     compile: bool = False
     grad_clip: Annotated[float, Gt(0.0)] | None = None
     augment: bool = False  # random crop (padding 4) and horizontal flip, on the device
+    # Resize each batch (bilinear, on the device) to the spec's input size, as d2l trains AlexNet on
+    # Fashion-MNIST at 224×224; the channel count must still match.
+    resize: bool = False
     seed: int = 0
     device: str = "auto"
     synthetic_size: PositiveInt = 4096  # training examples of the synthetic dataset

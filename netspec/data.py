@@ -192,8 +192,10 @@ class DeviceLoader:
         augment: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        resize_to: tuple[int, ...] | None = None,
     ) -> None:
         self.images = data.images.to(device)
+        self.resize_to = resize_to
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
@@ -231,6 +233,8 @@ class DeviceLoader:
             x = torch.addcmul(self.shift, self.images[idx].float(), self.scale)
             if self.augment:
                 x = self._augment(x, epoch, b)
+            if self.resize_to is not None:  # per batch: a resized dataset would not fit in memory
+                x = torch.nn.functional.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

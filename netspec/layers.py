@@ -9,18 +9,27 @@ and which knows three things about itself:
 
 Shapes never include the batch dimension. To add a kind, write one class here and
 decorate it with ``@register``; nothing else in netspec needs to change.
+
+Merges (``concat``, ``add``, ``multiply``) are the kinds that take several tensors:
+``output_shape(shapes)``, ``macs(shapes, out)`` and ``build()`` of a module whose
+forward takes the branch outputs. They are registered with ``@register_merge``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Strict
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Strict, model_validator
 from torch import nn
 
 Shape = tuple[int, ...]
+Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 
 Size = Annotated[int, Strict(), Gt(0)]
 NonNegative = Annotated[int, Strict(), Ge(0)]
@@ -193,6 +202,96 @@ class Conv2d(LayerSpec):
         )
 
 
+@register
+class ConvTranspose2d(LayerSpec):
+    """Out = (In − 1)·S − 2P + D·(K − 1) + output_padding + 1."""
+
+    kind: Literal["conv_transpose2d"] = "conv_transpose2d"
+    out_channels: Size
+    kernel_size: SizeOrPair
+    in_channels: Size | None = None
+    stride: SizeOrPair = 1
+    padding: NonNegativeOrPair = 0
+    output_padding: NonNegativeOrPair = 0
+    groups: Size = 1
+    bias: Annotated[bool, Strict()] = True
+    dilation: SizeOrPair = 1
+    ranks: ClassVar[tuple[int, ...]] = (3,)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        c, h, w = shape
+        _check_declared("in_channels", self.in_channels, c)
+        for name, value in (("input channels", c), ("out_channels", self.out_channels)):
+            if value % self.groups:
+                raise ShapeError(f"{name} {value} is not divisible by groups {self.groups}")
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow), (dh, dw) = map(
+            pair, (self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation)
+        )
+        if (oh >= sh and oh >= dh) or (ow >= sw and ow >= dw):
+            raise ShapeError(
+                f"output_padding {format_pair(self.output_padding)} must be smaller than stride "
+                f"{format_pair(self.stride)} or dilation {format_pair(self.dilation)}"
+            )
+        out_h = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oh + 1
+        out_w = (w - 1) * sw - 2 * pw + dw * (kw - 1) + ow + 1
+        return (self.out_channels, out_h, out_w)
+
+    def _weights_per_input(self) -> int:
+        kh, kw = pair(self.kernel_size)
+        return self.out_channels // self.groups * kh * kw
+
+    def num_params(self, shape: Shape) -> int:
+        return shape[0] * self._weights_per_input() + (self.out_channels if self.bias else 0)
+
+    def macs(self, shape: Shape, out: Shape) -> int:
+        return math.prod(shape) * self._weights_per_input()  # every input element scatters into a K×K window
+
+    def build(self, shape: Shape) -> nn.Module:
+        return nn.ConvTranspose2d(
+            shape[0],
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            groups=self.groups,
+            bias=self.bias,
+            dilation=self.dilation,
+        )
+
+
+@register
+class Upsample(LayerSpec):
+    """Resize by `scale_factor` or to `size` (exactly one of them)."""
+
+    kind: Literal["upsample"] = "upsample"
+    scale_factor: Annotated[float, Gt(0.0)] | tuple[Annotated[float, Gt(0.0)], Annotated[float, Gt(0.0)]] | None = None
+    size: SizeOrPair | None = None
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    align_corners: Annotated[bool, Strict()] | None = None
+    ranks: ClassVar[tuple[int, ...]] = (3,)
+
+    @model_validator(mode="after")
+    def _one_of_scale_or_size(self) -> Upsample:
+        if (self.scale_factor is None) == (self.size is None):
+            raise ValueError("give exactly one of scale_factor and size")
+        if self.align_corners is not None and self.mode == "nearest":
+            raise ValueError("align_corners only applies to mode bilinear")
+        return self
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        if self.size is not None:
+            return (shape[0], *pair(self.size))
+        factor = self.scale_factor
+        sh, sw = (factor, factor) if not isinstance(factor, tuple) else factor
+        return (shape[0], math.floor(shape[1] * sh), math.floor(shape[2] * sw))
+
+    def build(self, shape: Shape) -> nn.Module:
+        return nn.Upsample(self.size, self.scale_factor, self.mode, self.align_corners)
+
+
 # --- pooling -------------------------------------------------------------------------------
 
 
@@ -304,6 +403,56 @@ class BatchNorm2d(_BatchNorm):
 
 
 @register
+class GroupNorm(LayerSpec):
+    kind: Literal["groupnorm"] = "groupnorm"
+    num_groups: Size
+    num_channels: Size | None = None
+    eps: Annotated[float, Gt(0.0)] = 1e-5
+    affine: Annotated[bool, Strict()] = True
+    ranks: ClassVar[tuple[int, ...]] = (2, 3)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        _check_declared("num_channels", self.num_channels, shape[0])
+        if shape[0] % self.num_groups:
+            raise ShapeError(f"{shape[0]} channels are not divisible by num_groups {self.num_groups}")
+        return shape
+
+    def num_params(self, shape: Shape) -> int:
+        return 2 * shape[0] if self.affine else 0
+
+    def build(self, shape: Shape) -> nn.Module:
+        return nn.GroupNorm(self.num_groups, shape[0], self.eps, self.affine)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an N×C×H×W batch (as ConvNeXt and timm use it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+@register
+class LayerNorm(LayerSpec):
+    """Over the features of a vector, or over the channels at each position of an image."""
+
+    kind: Literal["layernorm"] = "layernorm"
+    eps: Annotated[float, Gt(0.0)] = 1e-5
+    elementwise_affine: Annotated[bool, Strict()] = True
+    bias: Annotated[bool, Strict()] = True
+    ranks: ClassVar[tuple[int, ...]] = (1, 3)
+
+    def num_params(self, shape: Shape) -> int:
+        return shape[0] * (int(self.elementwise_affine) + int(self.elementwise_affine and self.bias))
+
+    def build(self, shape: Shape) -> nn.Module:
+        module = LayerNorm2d if len(shape) == 3 else nn.LayerNorm
+        return module(shape[0], self.eps, self.elementwise_affine, bias=self.bias)
+
+
+@register
 class Dropout(LayerSpec):
     kind: Literal["dropout"] = "dropout"
     p: Probability = 0.5
@@ -320,6 +469,54 @@ class Dropout2d(LayerSpec):
 
     def build(self, shape: Shape) -> nn.Module:
         return nn.Dropout2d(self.p)
+
+
+@register
+class StochasticDepth(LayerSpec):
+    """Drop path: zero a whole example's branch with probability p while training (identity at eval).
+
+    Put it last in a residual body; `mode: row` drops per example, `batch` the whole batch.
+    """
+
+    kind: Literal["stochastic_depth"] = "stochastic_depth"
+    p: Probability = 0.1
+    mode: Literal["row", "batch"] = "row"
+
+    def build(self, shape: Shape) -> nn.Module:
+        from torchvision.ops import StochasticDepth as TorchvisionStochasticDepth  # imported late: slow to import
+
+        return TorchvisionStochasticDepth(self.p, self.mode)
+
+
+class ChannelShuffleModule(nn.Module):
+    """ShuffleNet's channel shuffle written with view/transpose (traceable by torch.compile and ONNX)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+@register
+class ChannelShuffle(LayerSpec):
+    kind: Literal["channel_shuffle"] = "channel_shuffle"
+    groups: Size
+    ranks: ClassVar[tuple[int, ...]] = (3,)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        if shape[0] % self.groups:
+            raise ShapeError(f"{shape[0]} channels are not divisible by groups {self.groups}")
+        return shape
+
+    def build(self, shape: Shape) -> nn.Module:
+        return ChannelShuffleModule(self.groups)
 
 
 # --- dense ---------------------------------------------------------------------------------
@@ -374,6 +571,24 @@ class _Activation(LayerSpec):
 class ReLU(_Activation):
     kind: Literal["relu"] = "relu"
     module: ClassVar[type[nn.Module]] = nn.ReLU
+
+
+@register
+class ReLU6(_Activation):
+    kind: Literal["relu6"] = "relu6"
+    module: ClassVar[type[nn.Module]] = nn.ReLU6
+
+
+@register
+class Hardswish(_Activation):
+    kind: Literal["hardswish"] = "hardswish"
+    module: ClassVar[type[nn.Module]] = nn.Hardswish
+
+
+@register
+class Hardsigmoid(_Activation):
+    kind: Literal["hardsigmoid"] = "hardsigmoid"
+    module: ClassVar[type[nn.Module]] = nn.Hardsigmoid
 
 
 @register
@@ -442,3 +657,132 @@ class LogSoftmax(_SoftmaxLike):
 class Identity(_Activation):
     kind: Literal["identity"] = "identity"
     module: ClassVar[type[nn.Module]] = nn.Identity
+
+
+# --- merges: several tensors in, one out ---------------------------------------------------
+
+
+class MergeMismatch(ShapeError):
+    """Inputs `first` and `second` of a merge cannot be combined; the walker names and shows both."""
+
+    def __init__(self, first: int, second: int, reason: str) -> None:
+        super().__init__(reason)
+        self.first, self.second, self.reason = first, second, reason
+
+
+class MergeSpec(BaseModel):
+    """Base of every merge kind: how the outputs of parallel branches become one tensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+
+    def args(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"kind"})
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        return (len(shapes) - 1) * math.prod(out)  # one add or multiply per output element and extra input
+
+    def build(self) -> Combine:
+        """The function that combines the list of branch outputs (plain, so torch.compile traces it)."""
+        raise NotImplementedError
+
+
+MERGE_KINDS: dict[str, type[MergeSpec]] = {}
+
+
+def register_merge(cls: type[MergeSpec]) -> type[MergeSpec]:
+    name = cls.model_fields["kind"].default
+    assert isinstance(name, str) and name not in MERGE_KINDS and name not in LAYER_KINDS, name
+    MERGE_KINDS[name] = cls
+    return cls
+
+
+def _same_rank(shapes: list[Shape]) -> None:
+    for i, shape in enumerate(shapes[1:], 1):
+        if len(shape) != len(shapes[0]):
+            raise MergeMismatch(0, i, "ranks differ")
+
+
+def _sum(xs: list[torch.Tensor]) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+def _product(xs: list[torch.Tensor]) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+@register_merge
+class Concat(MergeSpec):
+    kind: Literal["concat"] = "concat"
+    # Like torch, `dim` counts the batch dimension: the default 1 is the channel (or feature) axis.
+    dim: Annotated[int, Strict(), Ge(-4), Lt(4)] = 1
+
+    def _axis(self, rank: int) -> int:
+        axis = self.dim if self.dim >= 0 else self.dim + rank + 1
+        if not 1 <= axis <= rank:
+            raise ShapeError(f"dim {self.dim} is not a dimension of a batch of rank {rank + 1} (0 is the batch)")
+        return axis - 1
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        _same_rank(shapes)
+        axis = self._axis(len(shapes[0]))
+        rest = [s[:axis] + s[axis + 1 :] for s in shapes]
+        for i, other in enumerate(rest[1:], 1):
+            if other != rest[0]:
+                reason = "spatial sizes must agree" if len(shapes[0]) == 3 and axis == 0 else (
+                    f"all dimensions but dim {self.dim} must agree"
+                )
+                raise MergeMismatch(0, i, reason)
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return tuple(out)
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        return 0
+
+    def build(self) -> Combine:
+        return functools.partial(torch.cat, dim=self.dim)
+
+
+@register_merge
+class Add(MergeSpec):
+    kind: Literal["add"] = "add"
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        for i, shape in enumerate(shapes[1:], 1):
+            if shape != shapes[0]:
+                raise MergeMismatch(0, i, "shapes must agree to be added")
+        return shapes[0]
+
+    def build(self) -> Combine:
+        return _sum
+
+
+@register_merge
+class Multiply(MergeSpec):
+    """Elementwise product with torch broadcasting (a C×1×1 gate scales a C×H×W map)."""
+
+    kind: Literal["multiply"] = "multiply"
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        _same_rank(shapes)
+        out = list(shapes[0])
+        for i, shape in enumerate(shapes[1:], 1):
+            for d, (a, b) in enumerate(zip(out, shape, strict=True)):
+                if a != b and 1 not in (a, b):
+                    raise MergeMismatch(0, i, f"dimension {d + 1} differs ({a} vs {b}) and neither is 1 to broadcast")
+                out[d] = max(a, b)
+        return tuple(out)
+
+    def build(self) -> Combine:
+        return _product

@@ -1,8 +1,10 @@
 """Stage 3: a `Spec` -> every layer's shape, parameter count and MACs, without tensors.
 
-The walk expands blocks and repeats, checks residual branches agree, and produces
-a tree (`ShapedSeq`, `ShapedResidual`, `LayerInfo` leaves) that the compiler turns
-into modules one-to-one. Errors name the layer's path and kind, the numbers, and
+The walk expands blocks and repeats, resolves taps (`as`/`from`), checks that the
+branches of every merge (and residual) agree, and produces the one tree that every
+later stage reads: `ShapedSeq` (children with their input wiring), `ShapedMerge`
+(parallel branches and how they combine) and `LayerInfo` leaves. The compiler turns
+it into modules one-to-one. Errors name the layer's path and kind, the numbers, and
 where its input came from: "(input 16×4×4 after layers[5])".
 """
 
@@ -12,14 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from netspec.layers import Conv2d, LayerSpec, Shape, ShapeError, format_shape
+from netspec.layers import Add, Conv2d, LayerSpec, MergeMismatch, MergeSpec, Shape, ShapeError, format_shape
 from netspec.source import YamlPath
-from netspec.spec import BlockCall, Repeat, Residual, Spec, instantiate_block, load_spec
+from netspec.spec import (
+    INPUT_NAME,
+    BlockCall,
+    MergeEntry,
+    Repeat,
+    Residual,
+    Spec,
+    Tapped,
+    did_you_mean,
+    instantiate_block,
+    load_spec,
+)
 
 
 @dataclass
 class LayerInfo:
-    """One leaf layer with everything the summary table shows."""
+    """One row of the summary: a layer, or the merge that combines parallel branches."""
 
     index: int
     path: str
@@ -28,31 +41,53 @@ class LayerInfo:
     output_shape: Shape
     params: int
     macs: int
-    layer: LayerSpec = field(repr=False)
+    layer: LayerSpec | MergeSpec = field(repr=False)
+    depth: int = 0  # how many merges it sits inside, for the indented table
+
+    @property
+    def is_merge(self) -> bool:
+        return isinstance(self.layer, MergeSpec)
 
 
 @dataclass
 class ShapedSeq:
-    """Children applied in order (the spec itself, a block use, a repeat copy).
+    """Children applied in order (the spec itself, a block use, a repeat copy, a branch).
 
-    Paths name layers as written: `layers[2]` is the third top-level entry and
+    `sources[k]` says where child k reads its input: None for the previous child's
+    output (the sequence's input for child 0), else positions in the sequence's values,
+    where 0 is the sequence's input and j + 1 the output of child j (a tap). A merge
+    child with several sources gets one input per source.
+
+    Paths name layers as written: `layers[2]` is the third top-level entry,
     `layers[2].basic_block[0].residual[1]` the second layer of the residual body that
-    is the first layer of the block `basic_block` used there; repeat copies are
+    is the first layer of the block `basic_block` used there, `layers[4].branch[1][0]`
+    the first layer of branch 1 of the merge at layers[4]; repeat copies are
     `repeat#0`, `repeat#1`, ...
     """
 
     children: list[ShapedNode]
+    sources: list[tuple[int, ...] | None] = field(default_factory=list)
+
+    @property
+    def is_chain(self) -> bool:
+        """True when every child reads the previous one's output (a plain nn.Sequential)."""
+        return all(source is None for source in self.sources)
 
 
 @dataclass
-class ShapedResidual:
-    """body(x) + shortcut(x); shortcut None is the identity."""
+class ShapedMerge:
+    """Parallel branches combined by a merge kind (concat, add, multiply; residual is an add).
 
-    body: ShapedSeq
-    shortcut: ShapedSeq | None
+    With one input every branch reads it; with several (`from: [a, b]`) branch i reads
+    input i. An empty branch is the identity. `names` are the branches' module names.
+    """
+
+    info: LayerInfo
+    branches: list[ShapedSeq]
+    names: tuple[str, ...]
 
 
-ShapedNode = Union[LayerInfo, ShapedSeq, ShapedResidual]  # noqa: UP007
+ShapedNode = Union[LayerInfo, ShapedSeq, ShapedMerge]  # noqa: UP007
 
 
 @dataclass
@@ -61,7 +96,7 @@ class NetShape:
 
     spec: Spec
     root: ShapedSeq
-    layers: list[LayerInfo]
+    layers: list[LayerInfo]  # every row, in reading order (a merge before its branches)
     input_shape: Shape
     output_shape: Shape
 
@@ -83,11 +118,19 @@ class NetShape:
 
 
 @dataclass
+class _Tap:
+    value: int  # position in the sequence's values
+    shape: Shape
+    path: str
+
+
+@dataclass
 class _Walker:
     spec: Spec
-    layers: list[LayerInfo] = field(default_factory=list)
+    layers: list[Any] = field(default_factory=list)
     # The path of the layer that produced the current tensor, for "(input ... after layers[5])".
     last_path: str = ""
+    depth: int = 0
 
     def error(self, message: str, yaml_path: YamlPath, where: str) -> Exception:
         return self.spec.source.error(message, yaml_path, where)
@@ -95,15 +138,80 @@ class _Walker:
     def seq(
         self, entries: list[Any], shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
     ) -> tuple[ShapedSeq, Shape]:
+        taps = {INPUT_NAME: _Tap(0, shape, self.last_path)}
+        defined_at = {e.name: i for i, e in enumerate(entries) if isinstance(e, Tapped) and e.name}
         children: list[ShapedNode] = []
+        sources: list[tuple[int, ...] | None] = []
         for i, entry in enumerate(entries):
-            node, shape = self.entry(entry, shape, f"{path}[{i}]", (*yaml_path, i), stack)
+            child_path, child_yaml = f"{path}[{i}]", (*yaml_path, i)
+            name, inputs = None, None
+            if isinstance(entry, Tapped):
+                name, inputs, entry = entry.name, entry.inputs, entry.entry
+            in_shapes = [shape]
+            if inputs is not None:
+                used = [self.tap(n, taps, defined_at, i, child_path, child_yaml, entry) for n in inputs]
+                if len(used) > 1 and not isinstance(entry, MergeEntry):
+                    raise self.error(
+                        f"takes {len(used)} inputs ({', '.join(inputs)}) but only a merge (concat, add, multiply) "
+                        "combines several; give one name in from",
+                        (*child_yaml, "from"),
+                        child_path,
+                    )
+                in_shapes = [tap.shape for tap in used]
+                self.last_path = used[-1].path
+            node, shape = self.entry(entry, in_shapes, child_path, child_yaml, stack, inputs)
             children.append(node)
-        return ShapedSeq(children), shape
+            sources.append(None if inputs is None else tuple(taps[n].value for n in inputs))
+            if name is not None:
+                if name == INPUT_NAME or name in taps:
+                    why = "is reserved for the sequence's input" if name == INPUT_NAME else (
+                        f"is already the name of {taps[name].path}"
+                    )
+                    raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
+                taps[name] = _Tap(i + 1, shape, child_path)
+        return ShapedSeq(children, sources), shape
+
+    def tap(
+        self,
+        name: str,
+        taps: dict[str, _Tap],
+        defined_at: dict[str, int],
+        position: int,
+        path: str,
+        yaml_path: YamlPath,
+        entry: Any,
+    ) -> _Tap:
+        """The named output `name`, as seen from entry `position` of a sequence."""
+        if name in taps:
+            return taps[name]
+        where = f"{path} {getattr(entry, 'kind', '')}".strip()
+        if defined_at.get(name) == position:
+            message = f"takes its input from its own output '{name}' (a cycle)"
+        elif name in defined_at:
+            message = (
+                f"takes its input from '{name}', which is defined later ({path.rsplit('[', 1)[0]}[{defined_at[name]}]); "
+                "an entry can only read outputs of entries before it (a cycle otherwise)"
+            )
+        else:
+            known = list(taps)
+            message = (
+                f"unknown name '{name}' in from{did_you_mean(name, known)}; names here: {', '.join(known)} "
+                "(a name is seen by the later entries of its own sequence)"
+            )
+        raise self.error(message, (*yaml_path, "from"), where)
 
     def entry(
-        self, entry: Any, shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
+        self,
+        entry: Any,
+        in_shapes: list[Shape],
+        path: str,
+        yaml_path: YamlPath,
+        stack: tuple[str, ...],
+        input_names: list[str] | None = None,
     ) -> tuple[ShapedNode, Shape]:
+        if isinstance(entry, MergeEntry):
+            return self.merge(entry, in_shapes, path, yaml_path, stack, input_names)
+        shape = in_shapes[0]
         if isinstance(entry, LayerSpec):
             return self.leaf(entry, shape, path, yaml_path)
         if isinstance(entry, Repeat):
@@ -113,7 +221,7 @@ class _Walker:
                     entry.layers, shape, f"{path}.repeat#{copy}", (*yaml_path, "repeat", "layers"), stack
                 )
                 copies.append(node)
-            return ShapedSeq(copies), shape
+            return ShapedSeq(copies, [None] * len(copies)), shape
         if isinstance(entry, Residual):
             return self.residual(entry, shape, path, yaml_path, stack)
         assert isinstance(entry, BlockCall)
@@ -145,23 +253,105 @@ class _Walker:
             params=layer.num_params(shape),
             macs=layer.macs(shape, out),
             layer=layer,
+            depth=self.depth,
         )
         self.layers.append(info)
         self.last_path = path
         return info, out
 
+    def _reserve_row(self) -> int:
+        """A merge's row comes before its branches' rows; its numbers are known only after them."""
+        self.layers.append(None)
+        return len(self.layers) - 1
+
+    def _branches(
+        self,
+        bodies: list[tuple[list[Any], Shape, str, YamlPath]],
+        stack: tuple[str, ...],
+    ) -> list[tuple[ShapedSeq, Shape, str]]:
+        """Walk parallel branches (entries, input shape, path, YAML path); each starts from its own input."""
+        origin, results = self.last_path, []
+        self.depth += 1
+        for entries, shape, path, yaml_path in bodies:
+            self.last_path = origin
+            node, out = self.seq(entries, shape, path, yaml_path, stack)
+            results.append((node, out, path))
+        self.depth -= 1
+        return results
+
+    def merge(
+        self,
+        entry: MergeEntry,
+        in_shapes: list[Shape],
+        path: str,
+        yaml_path: YamlPath,
+        stack: tuple[str, ...],
+        input_names: list[str] | None = None,
+    ) -> tuple[ShapedMerge, Shape]:
+        op = entry.op
+        where = f"{path} {op.kind}"
+        bodies = entry.branches or [[] for _ in in_shapes]
+        if len(in_shapes) > 1 and len(bodies) != len(in_shapes):
+            raise self.error(
+                f"has {len(in_shapes)} inputs in from but {len(bodies)} branches; give one branch per input, or none",
+                yaml_path,
+                where,
+            )
+        if len(bodies) < 2:
+            raise self.error(
+                f"{op.kind} needs at least two branches (or two inputs in from) to combine, got {len(bodies)}",
+                yaml_path,
+                where,
+            )
+        index = self._reserve_row()
+        written = (*yaml_path, op.kind)
+        if (*written, "branches") in self.spec.source.marks:
+            written = (*written, "branches")  # the long form; the short form's value is the branch list itself
+        branches = self._branches(
+            [
+                (body, in_shapes[b] if len(in_shapes) > 1 else in_shapes[0], f"{path}.branch[{b}]", (*written, b))
+                for b, body in enumerate(bodies)
+            ],
+            stack,
+        )
+        outs = [out for _, out, _ in branches]
+        try:
+            out = op.output_shape(outs)
+        except MergeMismatch as exc:
+            labels = [p if not input_names or len(input_names) < 2 else f"{p} (from {n})"
+                      for (_, _, p), n in zip(branches, input_names or [""] * len(branches), strict=True)]
+            listing = ", ".join(f"{label} {format_shape(o)}" for label, o in zip(labels, outs, strict=True))
+            raise self.error(
+                f"branch {exc.first} gives {format_shape(outs[exc.first])} but branch {exc.second} gives "
+                f"{format_shape(outs[exc.second])} ({exc.reason}); branches: {listing}",
+                yaml_path,
+                where,
+            ) from None
+        except ShapeError as exc:
+            raise self.error(f"{exc} (branches give {', '.join(map(format_shape, outs))})", yaml_path, where) from None
+        self.layers[index] = LayerInfo(
+            index, path, op.kind, in_shapes[0], out, 0, op.macs(outs, out), op, self.depth
+        )
+        self.last_path = path
+        names = tuple(str(b) for b in range(len(branches)))
+        return ShapedMerge(self.layers[index], [node for node, _, _ in branches], names), out
+
     def residual(
         self, entry: Residual, shape: Shape, path: str, yaml_path: YamlPath, stack: tuple[str, ...]
-    ) -> tuple[ShapedResidual, Shape]:
-        where = f"{path} residual"
-        body, out = self.seq(entry.layers, shape, f"{path}.residual", (*yaml_path, "residual", "layers"), stack)
-        shortcut: ShapedSeq | None
+    ) -> tuple[ShapedMerge, Shape]:
+        """add(body, shortcut), with the shortcut chosen as the entry says."""
+        where, origin = f"{path} residual", self.last_path
+        index = self._reserve_row()
+        ((body, out, _),) = self._branches(
+            [(entry.layers, shape, f"{path}.residual", (*yaml_path, "residual", "layers"))], stack
+        )
+        self.last_path = origin
         if isinstance(entry.shortcut, list):
-            shortcut, short_out = self.seq(
-                entry.shortcut, shape, f"{path}.shortcut", (*yaml_path, "residual", "shortcut"), stack
+            ((shortcut, short_out, _),) = self._branches(
+                [(entry.shortcut, shape, f"{path}.shortcut", (*yaml_path, "residual", "shortcut"))], stack
             )
         elif entry.shortcut == "identity" or (entry.shortcut == "auto" and out == shape):
-            shortcut, short_out = None, shape
+            shortcut, short_out = ShapedSeq([], []), shape
         else:
             projection = _projection(shape, out)
             if projection is None:
@@ -171,8 +361,10 @@ class _Walker:
                     (*yaml_path, "residual"),
                     where,
                 )
+            self.depth += 1
             info, short_out = self.leaf(projection, shape, f"{path}.shortcut[0]", (*yaml_path, "residual", "shortcut"))
-            shortcut = ShapedSeq([info])
+            self.depth -= 1
+            shortcut = ShapedSeq([info], [None])
         if short_out != out:
             raise self.error(
                 f"the body gives {format_shape(out)} but the shortcut gives {format_shape(short_out)}; "
@@ -180,8 +372,10 @@ class _Walker:
                 (*yaml_path, "residual"),
                 where,
             )
+        add = Add()
+        self.layers[index] = LayerInfo(index, path, "residual", shape, out, 0, add.macs([out, out], out), add, self.depth)
         self.last_path = path
-        return ShapedResidual(body, shortcut), out
+        return ShapedMerge(self.layers[index], [body, shortcut], ("body", "shortcut")), out
 
 
 def _projection(shape: Shape, out: Shape) -> Conv2d | None:
@@ -201,4 +395,5 @@ def infer_shapes(spec: Spec | str | Path) -> NetShape:
         spec = load_spec(spec)
     walker = _Walker(spec)
     root, out = walker.seq(spec.layers, tuple(spec.input), "layers", ("layers",), ())
+    assert all(info is not None for info in walker.layers)
     return NetShape(spec, root, walker.layers, tuple(spec.input), out)

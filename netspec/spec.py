@@ -3,9 +3,13 @@
 A layer entry is written as a bare name (``- relu``) or a one-key mapping
 (``- conv2d: {out_channels: 6, kernel_size: 5}``). Before validation each entry is
 normalized to ``{"kind": ..., **args}`` and validated against a discriminated
-union of the registered layer kinds, the composites `repeat` and `residual`, and
-calls of user-defined blocks. pydantic errors are translated into `SpecError`s that
-name the file, line, column, layer path and kind.
+union of the registered layer kinds, the merges (``concat``/``add``/``multiply``
+with parallel branches), the composites `repeat` and `residual`, and calls of
+user-defined blocks. Any entry may also carry ``as: NAME`` (a tap: its output gets
+a name) and ``from: NAME`` or ``from: [NAME, ...]`` (its input(s) are earlier named
+outputs instead of the previous entry's); such an entry is wrapped in a `Tapped`.
+pydantic errors are translated into `SpecError`s that name the file, line, column,
+layer path and kind.
 """
 
 from __future__ import annotations
@@ -32,10 +36,15 @@ from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, TrainConfig
 from netspec.errors import SpecError
-from netspec.layers import LAYER_KINDS, argument_names, can_be_bare
+from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, can_be_bare
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
+# The keys an entry may carry beside its kind: `as` names its output, `from` picks its input(s).
+TAP_KEYS = ("as", "from")
+# A tap name that always means the input of the sequence it is used in.
+INPUT_NAME = "input"
+TapName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class BlockCall(BaseModel):
@@ -69,18 +78,61 @@ class Residual(BaseModel):
     shortcut: Literal["auto", "identity", "projection"] | list[LayerEntry] = "auto"
 
 
+def _normalize_branch(value: Any) -> Any:
+    """A branch is a list of entries; `identity`, null and [] are the input itself."""
+    if value is None or value == "identity":
+        return []
+    if not isinstance(value, list):
+        raise PydanticCustomError(
+            "branch",
+            "a branch is a list of layers (or identity), got {type}; write it as [...]",
+            {"type": type(value).__name__},
+        )
+    return value
+
+
+class Tapped(BaseModel):
+    """An entry with a named output (`as`) and/or named inputs (`from`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kind: Literal["tap"] = "tap"
+    entry: LayerEntry
+    name: TapName | None = Field(default=None, alias="as")
+    inputs: Annotated[list[TapName], Field(min_length=1)] | None = Field(default=None, alias="from")
+
+    @property
+    def is_merge(self) -> bool:
+        return isinstance(self.entry, MergeEntry)
+
+
 def _entry_tag(value: Any) -> str:
-    """Which member of LayerEntry validates `value`: a composite, a block call, or a layer kind."""
+    """Which member of LayerEntry validates `value`: a composite, a merge, a tap, a block call, or a layer kind."""
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
     if not isinstance(kind, str):
         return "block"
-    return kind if kind in (*COMPOSITES, "block") else "layer"
+    if kind in MERGE_KINDS:
+        return "merge"
+    return kind if kind in (*COMPOSITES, "block", "tap") else "layer"
+
+
+def kind_key(mapping: dict[Any, Any]) -> Any:
+    """The key of an entry mapping that names its kind (the one that is not `as` or `from`)."""
+    return next((k for k in mapping if k not in TAP_KEYS), None)
 
 
 def _normalize_entry(value: Any) -> Any:
-    """`relu` -> {"kind": "relu"}; `{conv2d: {...}}` -> {"kind": "conv2d", ...}."""
+    """`relu` -> {"kind": "relu"}; `{conv2d: {...}}` -> {"kind": "conv2d", ...}; with as/from -> a tap."""
     if isinstance(value, BaseModel):
         return value
+    if isinstance(value, dict) and any(k in value for k in TAP_KEYS) and value.get("kind") != "tap":
+        inner = {k: v for k, v in value.items() if k not in TAP_KEYS}
+        inputs = value.get("from")
+        tapped = {"kind": "tap", "entry": inner or "identity"}
+        if "as" in value:
+            tapped["as"] = value["as"]
+        if "from" in value:
+            tapped["from"] = [inputs] if isinstance(inputs, str) else inputs
+        return tapped
     if isinstance(value, str):
         name, args = value, None
     elif isinstance(value, dict) and len(value) == 1:
@@ -101,7 +153,9 @@ def _normalize_entry(value: Any) -> Any:
             "a layer is a name like 'relu' or a one-key mapping like 'conv2d: ...', got {type}",
             {"type": type(value).__name__},
         )
-    if name in LAYER_KINDS or name in COMPOSITES:
+    if name in MERGE_KINDS and isinstance(args, list):
+        return {"kind": name, "branches": args}  # the short form: one list per branch
+    if name in LAYER_KINDS or name in COMPOSITES or name in MERGE_KINDS:
         if args is None:
             return {"kind": name}
         if not isinstance(args, dict):
@@ -123,16 +177,32 @@ def _layer_input_schema_type() -> Any:
     entries: list[Any] = []
     bare = [k for k, cls in LAYER_KINDS.items() if can_be_bare(cls)]
     entries.append(Literal[tuple(bare)])  # type: ignore[misc]
-    for kind, cls in [*LAYER_KINDS.items(), ("repeat", Repeat), ("residual", Residual)]:
+    tap_keys: dict[str, Any] = {
+        "tap_as": (TapName | None, Field(None, alias="as", description="name this entry's output")),
+        "tap_from": (
+            TapName | list[TapName] | None,
+            Field(None, alias="from", description="take the input from earlier named output(s)"),
+        ),
+    }
+    kinds = [*LAYER_KINDS.items(), *MERGE_ENTRIES.items(), ("repeat", Repeat), ("residual", Residual)]
+    for kind, cls in kinds:
         fields = {n: (cls.model_fields[n].annotation, cls.model_fields[n]) for n in argument_names(cls)}
         args_model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)
         value_type = args_model | None if can_be_bare(cls) else args_model  # type: ignore[operator]
+        if kind in MERGE_ENTRIES:
+            value_type = value_type | cls.model_fields["branches"].annotation  # the short form: a list per branch
         entries.append(
-            create_model(f"{cls.__name__}Entry", __config__=ConfigDict(extra="forbid"), **{kind: (value_type, ...)})
+            create_model(
+                f"{cls.__name__}Entry",
+                __config__=ConfigDict(extra="forbid"),
+                **{kind: (value_type, ...)},
+                **tap_keys,
+            )
         )
+    entries.append(create_model("TapEntry", __config__=ConfigDict(extra="forbid"), **tap_keys))
     # A use of a block from `blocks:`; its names are the user's, so any identifier.
     entries.append(Annotated[str, Field(title="BlockName", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")])
-    entries.append(Annotated[dict[str, dict[str, Any] | None], Field(title="BlockCall", max_length=1)])
+    entries.append(Annotated[dict[str, dict[str, Any] | str | list[str] | None], Field(title="BlockCall")])
     return Union[tuple(entries)]  # noqa: UP007
 
 
@@ -141,18 +211,45 @@ LayerNode = Annotated[
     Discriminator("kind"),
 ]
 
+
+class MergeEntry(BaseModel):
+    """Mixin of the merge entries: parallel branches whose outputs the merge kind combines."""
+
+    branches: list[Branch] = []
+
+    @property
+    def op(self) -> MergeSpec:
+        """The merge kind itself, without its branches."""
+        return MERGE_KINDS[self.kind].model_validate(self.model_dump(include=set(MERGE_KINDS[self.kind].model_fields)))
+
+
+# One entry model per merge kind: its own arguments (e.g. concat's dim) plus `branches`.
+MERGE_ENTRIES: dict[str, type[BaseModel]] = {
+    kind: create_model(f"{cls.__name__}Entry", __base__=(cls, MergeEntry)) for kind, cls in MERGE_KINDS.items()
+}
+MergeNode = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in MERGE_ENTRIES.items())],  # noqa: UP007
+    Discriminator("kind"),
+]
+
 LayerEntry = Annotated[
     Union[  # noqa: UP007
         Annotated[LayerNode, Tag("layer")],
+        Annotated[MergeNode, Tag("merge")],
         Annotated[Repeat, Tag("repeat")],
         Annotated[Residual, Tag("residual")],
+        Annotated[Tapped, Tag("tap")],
         Annotated[BlockCall, Tag("block")],
     ],
     Discriminator(_entry_tag),
     BeforeValidator(_normalize_entry, json_schema_input_type=_layer_input_schema_type()),
 ]
+Branch = Annotated[list[LayerEntry], BeforeValidator(_normalize_branch)]
 Repeat.model_rebuild()
 Residual.model_rebuild()
+Tapped.model_rebuild()
+for _entry_model in MERGE_ENTRIES.values():
+    _entry_model.model_rebuild()
 
 
 class BlockDef(BaseModel):
@@ -211,11 +308,21 @@ def entry_to_data(entry: Any) -> Any:
     """A validated layer entry back in its YAML form."""
     if isinstance(entry, BlockCall):
         return {entry.name: entry.args} if entry.args else entry.name
-    args = entry.model_dump(mode="json", exclude={"kind"}, exclude_defaults=True)
+    if isinstance(entry, Tapped):
+        inner = entry_to_data(entry.entry)
+        data = {inner: None} if isinstance(inner, str) else dict(inner)
+        if entry.name is not None:
+            data["as"] = entry.name
+        if entry.inputs is not None:
+            data["from"] = entry.inputs[0] if len(entry.inputs) == 1 else list(entry.inputs)
+        return data
+    args = entry.model_dump(mode="json", exclude={"kind", "branches"}, exclude_defaults=True)
     if isinstance(entry, (Repeat, Residual)):
         args["layers"] = [entry_to_data(e) for e in entry.layers]
         if isinstance(entry, Residual) and isinstance(entry.shortcut, list):
             args["shortcut"] = [entry_to_data(e) for e in entry.shortcut]
+    if isinstance(entry, MergeEntry) and entry.branches:
+        args["branches"] = [[entry_to_data(e) for e in branch] for branch in entry.branches]
     return {entry.kind: args} if args else entry.kind
 
 
@@ -233,18 +340,32 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{suggestion}'?)" if suggestion else ""
 
 
+def entry_class(kind: str | None) -> type[BaseModel] | None:
+    """The model of a layer or merge kind, for its argument names."""
+    return LAYER_KINDS.get(kind) or MERGE_ENTRIES.get(kind)  # type: ignore[arg-type]
+
+
 def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
     """Split a YAML path into (layer path, layer kind, remaining field path).
 
     ("layers", 2, "repeat", "layers", 0, "conv2d", "stride") ->
-    ("layers[2].repeat[0]", "conv2d", ("stride",)).
+    ("layers[2].repeat[0]", "conv2d", ("stride",)); a layer in a merge's branch b is
+    `.branch[b][i]`.
     """
     if len(loc) < 2 or loc[0] != "layers" or not isinstance(loc[1], int):
         return "", None, tuple(loc)
     path, i = f"layers[{loc[1]}]", 2
     kind: str | None = None
     while i < len(loc) and isinstance(loc[i], str):
+        if loc[i] in TAP_KEYS:
+            return path, None, tuple(loc[i:])
         kind = loc[i]
+        if kind in MERGE_KINDS:
+            j = i + 1 + int(i + 1 < len(loc) and loc[i + 1] == "branches")
+            if j + 1 < len(loc) and isinstance(loc[j], int) and isinstance(loc[j + 1], int):
+                path += f".branch[{loc[j]}][{loc[j + 1]}]"
+                kind, i = None, j + 2
+                continue
         nested = i + 2 < len(loc) and loc[i + 1] in ("layers", "shortcut") and isinstance(loc[i + 2], int)
         if not nested:
             return path, kind, tuple(loc[i + 1 :])
@@ -252,6 +373,9 @@ def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
         path += f".{name}[{loc[i + 2]}]"
         kind, i = None, i + 3
     return path, kind, tuple(loc[i:])
+
+
+_ENTRY_TAGS = ("layer", "merge", "block", "tap", *COMPOSITES)
 
 
 def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[YamlPath, bool]:
@@ -271,16 +395,24 @@ def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[YamlPath, bool]:
         if isinstance(node, list) and isinstance(part, int):
             out.append(part)
             node = node[part] if part < len(node) else None
-            if isinstance(node, (str, dict)) and items and items[0] in ("layer", "block", *COMPOSITES):
+            while isinstance(node, (str, dict)) and items and items[0] in _ENTRY_TAGS:
                 tag = items.pop(0)
-                if tag == "layer" and items:
+                if tag == "tap":  # `as`/`from` sit beside the kind key; the wrapped entry is the kind key
+                    if items and items[0] == "entry":
+                        items.pop(0)
+                        continue
+                    break
+                if tag in ("layer", "merge") and items:
                     items.pop(0)  # the kind tag
-                key = node if isinstance(node, str) else next(iter(node), None)
+                key = node if isinstance(node, str) else kind_key(node)
                 out.append(key)
                 node = node.get(key) if isinstance(node, dict) else None
                 if tag == "block" and items and items[0] == "args":
                     items.pop(0)
+                break
             continue
+        if part == "branches" and isinstance(node, list):
+            continue  # a merge written in the short form: its value is the branch list itself
         if isinstance(node, dict) and (part in node or not items):
             out.append(part)
             node = node.get(part)
@@ -342,9 +474,10 @@ def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
 def _suggested_field(loc: YamlPath) -> str | None:
     """For an unknown argument of a layer kind, the argument it is a typo of, if any."""
     _, kind, rest = describe_path(loc)
-    if kind not in LAYER_KINDS or not rest:
+    cls = entry_class(kind)
+    if cls is None or not rest:
         return None
-    return closest(str(rest[-1]), argument_names(LAYER_KINDS[kind]))
+    return closest(str(rest[-1]), argument_names(cls))
 
 
 def spec_error_from_validation(
@@ -375,8 +508,8 @@ def spec_error_from_validation(
             layer_path = layers_path + layer_path.removeprefix("layers")
         field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
         message = _message(error, field, bool(layer_path))
-        if error["type"] == "extra_forbidden" and kind in LAYER_KINDS:
-            choices = argument_names(LAYER_KINDS[kind])
+        if error["type"] == "extra_forbidden" and (cls := entry_class(kind)) is not None:
+            choices = argument_names(cls)
             message += did_you_mean(str(rest[-1]), choices)
             message += f"; {kind} takes: {', '.join(choices)}"
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
@@ -447,7 +580,7 @@ def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: s
     """The validated layer entries of a block use, with its parameters substituted."""
     source = spec.source
     if call.name not in spec.blocks:
-        known = [*LAYER_KINDS, *COMPOSITES, *spec.blocks]
+        known = [*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES, *spec.blocks]
         raise source.error(f"unknown layer kind '{call.name}'{did_you_mean(call.name, known)}", call_path, where)
     block = spec.blocks[call.name]
     for arg in call.args:

@@ -24,6 +24,7 @@ def summary_dict(net: NetShape) -> dict[str, Any]:
                 "index": info.index,
                 "path": info.path,
                 "kind": info.kind,
+                "depth": info.depth,
                 "output_shape": list(info.output_shape),
                 "params": info.params,
                 "macs": info.macs,
@@ -34,7 +35,7 @@ def summary_dict(net: NetShape) -> dict[str, Any]:
 
 
 def summary_table(net: NetShape) -> Table:
-    """The table of `netspec build`: one row per layer, then the totals."""
+    """The table of `netspec build`: one row per layer or merge (branches indented under it), then the totals."""
     table = Table(
         title=f"{net.name}: input {format_shape(net.input_shape)} → output {format_shape(net.output_shape)}",
         title_justify="left",
@@ -47,10 +48,12 @@ def summary_table(net: NetShape) -> Table:
     table.add_column("params", justify="right", footer=f"{net.total_params:,}", no_wrap=True)
     table.add_column("MACs", justify="right", footer=f"{net.macs:,}", no_wrap=True)
     for info in net.layers:
+        # Rows inside a merge's branches are indented under the merge's row.
+        indent = "│ " * info.depth
         table.add_row(
             str(info.index),
-            info.path,
-            info.kind,
+            indent + info.path,
+            indent + info.kind,
             format_shape(info.output_shape),
             f"{info.params:,}" if info.params else "-",
             f"{info.macs:,}" if info.macs else "-",

@@ -474,10 +474,15 @@ class Trainer:
 def checked_dataset(spec: Spec, cfg: TrainConfig) -> DatasetInfo:
     """The dataset of `cfg`, refused before any work if its images do not fit the spec's input."""
     info = dataset_info(cfg.dataset, tuple(spec.input))
-    if tuple(spec.input) != info.sample_shape:
+    wanted = tuple(spec.input)
+    resizable = cfg.resize and len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]
+    if wanted != info.sample_shape and not resizable:
+        hint = ""
+        if len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]:
+            hint = " (add --resize, or resize: true in the train section, to resize them on the fly)"
         raise UsageError(
-            f"spec {spec.name} takes input {format_shape(tuple(spec.input))} but dataset {info.name} "
-            f"has images of {format_shape(info.sample_shape)}"
+            f"spec {spec.name} takes input {format_shape(wanted)} but dataset {info.name} "
+            f"has images of {format_shape(info.sample_shape)}{hint}"
         )
     return info
 
@@ -495,6 +500,7 @@ def make_loader(spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.d
         augment=train and cfg.augment,
         seed=cfg.seed,
         channels_last=cfg.channels_last,
+        resize_to=tuple(spec.input[1:]) if cfg.resize and tuple(spec.input) != info.sample_shape else None,
     )
 
 
