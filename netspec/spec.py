@@ -85,8 +85,8 @@ def _normalize_branch(value: Any) -> Any:
     if not isinstance(value, list):
         raise PydanticCustomError(
             "branch",
-            "a branch is a list of layers (or identity), got {type}; write it as [...]",
-            {"type": type(value).__name__},
+            "a branch is a list of layers or identity; write one layer in brackets: [relu]",
+            {},
         )
     return value
 
@@ -140,6 +140,17 @@ def _normalize_entry(value: Any) -> Any:
         if not isinstance(name, str):
             raise PydanticCustomError("layer_entry", "a layer name must be text, got {name!r}", {"name": name})
     elif isinstance(value, dict):
+        kinds = [k for k in value if k in LAYER_KINDS or k in MERGE_KINDS or k in COMPOSITES]
+        strays = [str(k) for k in value if k not in kinds]
+        if len(kinds) == 1 and all(k in _argument_names_of(kinds[0]) for k in strays):
+            # The usual YAML slip: the arguments sit beside the kind instead of under it.
+            kind, names = kinds[0], ", ".join(f"'{k}'" for k in strays)
+            what = f"{names} is an argument" if len(strays) == 1 else f"{names} are arguments"
+            raise PydanticCustomError(
+                "layer_entry",
+                "{what} of {kind}: indent under {kind}, or write {example}",
+                {"what": what, "kind": kind, "example": f"{kind}: {{{strays[0]}: ...}}"},
+            )
         keys = ", ".join(map(str, value)) or "none"
         raise PydanticCustomError(
             "layer_entry",
@@ -170,6 +181,11 @@ def _normalize_entry(value: Any) -> Any:
     if args is not None and not isinstance(args, dict):
         raise PydanticCustomError("layer_args", "the parameters of block {name} must be a mapping", {"name": name})
     return {"kind": "block", "name": name, "args": args or {}}
+
+
+def _argument_names_of(kind: str) -> list[str]:
+    cls = {"repeat": Repeat, "residual": Residual}.get(kind) or entry_class(kind)
+    return argument_names(cls) if cls is not None else []
 
 
 def _layer_input_schema_type() -> Any:
@@ -366,6 +382,8 @@ def describe_path(loc: YamlPath) -> tuple[str, str | None, YamlPath]:
                 path += f".branch[{loc[j]}][{loc[j + 1]}]"
                 kind, i = None, j + 2
                 continue
+            if j < len(loc) and isinstance(loc[j], int):  # the branch itself
+                return path, kind, (f"branch[{loc[j]}]", *loc[j + 1 :])
         nested = i + 2 < len(loc) and loc[i + 1] in ("layers", "shortcut") and isinstance(loc[i + 2], int)
         if not nested:
             return path, kind, tuple(loc[i + 1 :])
@@ -465,6 +483,7 @@ def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
         return f"missing required {noun} '{field}'"
     if etype == "union_tag_invalid":
         return msg
+    msg = msg.removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
     value = error.get("input")
     got = f", got {value!r}" if isinstance(value, (int, float, str, bool)) or value is None else ""

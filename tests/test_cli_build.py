@@ -24,6 +24,7 @@ def test_build_json_for_lenet():
         "index": 0,
         "path": "layers[0]",
         "kind": "conv2d",
+        "depth": 0,
         "output_shape": [6, 28, 28],
         "params": 156,
         "macs": 117_600,
@@ -44,6 +45,21 @@ def test_build_json_paths_into_blocks():
     paths = [layer["path"] for layer in data["layers"]]
     assert "layers[1].repeat#1[0].basic_block[0].residual[0].conv_bn_relu[0]" in paths
     assert "layers[2].basic_block[0].shortcut[0]" in paths
+    # A residual is a merge: its row (kind residual, depth 0) comes before its branches' rows (depth 1).
+    rows = {layer["path"]: layer for layer in data["layers"]}
+    assert rows["layers[2].basic_block[0]"]["kind"] == "residual"
+    assert rows["layers[2].basic_block[0]"]["depth"] == 0
+    assert rows["layers[2].basic_block[0].shortcut[0]"]["depth"] == 1
+
+
+def test_build_table_indents_branches_under_their_merge():
+    result = run_cli("build", "specs/googlenet.yaml", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    merge = next(i for i, line in enumerate(lines) if "layers[8].inception[0] " in line)
+    assert "concat" in lines[merge] and "256×12×12" in lines[merge]
+    assert "│ layers[8].inception[0].branch[0][0]" in lines[merge + 1]
+    assert "│ conv2d" in lines[merge + 1]
 
 
 def test_invalid_spec_exits_2_without_traceback(write_spec):

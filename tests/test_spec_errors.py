@@ -179,6 +179,144 @@ CASES = [
         "{f}:4:20: train.optimizer: input should be 'sgd', 'adam' or 'adamw', got 'rmsprop'",
         id="bad-train-section",
     ),
+    # --- graphs: merges, branches and taps ---
+    pytest.param(
+        HEADER + "  - concat:\n      - [conv2d: {out_channels: 8, kernel_size: 3}]\n"
+        "      - [conv2d: {out_channels: 4, kernel_size: 1}]\n",
+        "{f}:4:5: layers[0] concat: branch 0 gives 8×26×26 but branch 1 gives 4×28×28 (spatial sizes must agree); "
+        "branches: layers[0].branch[0] 8×26×26, layers[0].branch[1] 4×28×28",
+        id="concat-spatial-mismatch",
+    ),
+    pytest.param(
+        HEADER + "  - add:\n      - [conv2d: {out_channels: 4, kernel_size: 1}]\n      - identity\n",
+        "{f}:4:5: layers[0] add: branch 0 gives 4×28×28 but branch 1 gives 1×28×28 (shapes must agree to be added); "
+        "branches: layers[0].branch[0] 4×28×28, layers[0].branch[1] 1×28×28",
+        id="add-mismatch",
+    ),
+    pytest.param(
+        HEADER + "  - multiply:\n      - identity\n      - [flatten]\n",
+        "{f}:4:5: layers[0] multiply: branch 0 gives 1×28×28 but branch 1 gives 784 (ranks differ); "
+        "branches: layers[0].branch[0] 1×28×28, layers[0].branch[1] 784",
+        id="multiply-rank-mismatch",
+    ),
+    pytest.param(
+        HEADER + "  - multiply:\n      - identity\n      - [maxpool2d: {kernel_size: 2}]\n",
+        "{f}:4:5: layers[0] multiply: branch 0 gives 1×28×28 but branch 1 gives 1×14×14 (dimension 2 differs "
+        "(28 vs 14) and neither is 1 to broadcast); branches: layers[0].branch[0] 1×28×28, layers[0].branch[1] 1×14×14",
+        id="multiply-cannot-broadcast",
+    ),
+    pytest.param(
+        HEADER + "  - concat: [[relu]]\n",
+        "{f}:4:5: layers[0] concat: concat needs at least two branches (or two inputs in from) to combine, got 1",
+        id="merge-with-one-branch",
+    ),
+    pytest.param(
+        HEADER + "  - concat:\n      - relu\n      - identity\n",
+        "{f}:5:9: layers[0] concat: branch[0]: a branch is a list of layers or identity; write one layer in "
+        "brackets: [relu], got 'relu'",
+        id="branch-not-a-list",
+    ),
+    pytest.param(
+        HEADER + "  - concat: {branchs: []}\n",
+        "{f}:4:14: layers[0] concat: unknown argument 'branchs' (did you mean 'branches'?); concat takes: branches, dim",
+        id="merge-unknown-argument",
+    ),
+    pytest.param(
+        HEADER + "  - add:\n      - [conv2d: {out_channels: 0, kernel_size: 1}]\n      - identity\n",
+        "{f}:5:33: layers[0].branch[0][0] conv2d: out_channels: input should be greater than 0, got 0",
+        id="bad-layer-in-branch",
+    ),
+    pytest.param(
+        "name: t\ninput: [1, 28, 28]\nblocks:\n  two:\n    params: {c: 4}\n    layers:\n      - concat:\n"
+        "        - [conv2d: {out_channels: $c, kernel_size: 3}]\n        - identity\nlayers:\n  - two: {c: 2}\n",
+        "{f}:7:9: layers[0].two[0] concat: branch 0 gives 2×26×26 but branch 1 gives 1×28×28 (spatial sizes must "
+        "agree); branches: layers[0].two[0].branch[0] 2×26×26, layers[0].two[0].branch[1] 1×28×28",
+        id="merge-mismatch-inside-block",
+    ),
+    pytest.param(
+        HEADER + "  - concat:\n    from: [input, input]\n    dim: 0\n",
+        "{f}:4:5: layers[0]: 'dim' is an argument of concat: indent under concat, or write concat: {{dim: ...}}",
+        id="merge-argument-beside-from",
+    ),
+    pytest.param(
+        HEADER + "  - conv2d: {out_channels: 4, kernel_size: 1}\n    as: a\n  - add:\n    from: [a, b]\n",
+        "{f}:7:11: layers[1] add: unknown name 'b' in from; names here: input, a (a name is seen by the later "
+        "entries of its own sequence)",
+        id="tap-unknown-name",
+    ),
+    pytest.param(
+        HEADER + "  - conv2d: {out_channels: 4, kernel_size: 1}\n    as: enc\n  - add:\n    from: [enc, ecn]\n",
+        "{f}:7:11: layers[1] add: unknown name 'ecn' in from (did you mean 'enc'?); names here: input, enc "
+        "(a name is seen by the later entries of its own sequence)",
+        id="tap-typo",
+    ),
+    pytest.param(
+        HEADER + "  - relu: null\n    from: b\n  - relu: null\n    as: b\n",
+        "{f}:5:11: layers[0] relu: takes its input from 'b', which is defined later (layers[1]); an entry can "
+        "only read outputs of entries before it (a cycle otherwise)",
+        id="tap-defined-later",
+    ),
+    pytest.param(
+        HEADER + "  - relu: null\n    from: x\n    as: x\n",
+        "{f}:5:11: layers[0] relu: takes its input from its own output 'x' (a cycle)",
+        id="tap-cycle",
+    ),
+    pytest.param(
+        HEADER + "  - relu: null\n    as: input\n",
+        "{f}:5:9: layers[0]: the name 'input' is reserved for the sequence's input",
+        id="tap-reserved-name",
+    ),
+    pytest.param(
+        HEADER + "  - {as: a, relu: null}\n  - relu: null\n    as: a\n",
+        "{f}:6:9: layers[1]: the name 'a' is already the name of layers[0]",
+        id="tap-duplicate-name",
+    ),
+    pytest.param(
+        HEADER + "  - relu: null\n    from: [input, input]\n",
+        "{f}:5:11: layers[0]: takes 2 inputs (input, input) but only a merge (concat, add, multiply) combines "
+        "several; give one name in from",
+        id="several-inputs-to-a-layer",
+    ),
+    pytest.param(
+        HEADER + "  - relu: null\n    as: 3x\n",
+        "{f}:5:9: layers[0]: as: string should match pattern '^[A-Za-z_][A-Za-z0-9_]*$', got '3x'",
+        id="tap-bad-name",
+    ),
+    pytest.param(
+        HEADER + "  - conv2d:\n    out_channels: 6\n    kernel_size: 5\n",
+        "{f}:4:5: layers[0]: 'out_channels', 'kernel_size' are arguments of conv2d: indent under conv2d, or "
+        "write conv2d: {{out_channels: ...}}",
+        id="arguments-not-indented",
+    ),
+    # --- new layer kinds ---
+    pytest.param(
+        HEADER + "  - conv_transpose2d: {out_channels: 4, kernel_size: 3, stride: 2, output_padding: 2}\n",
+        "{f}:4:5: layers[0] conv_transpose2d: output_padding 2 must be smaller than stride 2 or dilation 1 "
+        "(input 1×28×28 from the spec's input)",
+        id="conv-transpose-output-padding",
+    ),
+    pytest.param(
+        HEADER + "  - upsample: {scale_factor: 2, size: 4}\n",
+        "{f}:4:15: layers[0] upsample: give exactly one of scale_factor and size",
+        id="upsample-both",
+    ),
+    pytest.param(
+        HEADER + "  - groupnorm: {num_groups: 3}\n",
+        "{f}:4:5: layers[0] groupnorm: 1 channels are not divisible by num_groups 3 (input 1×28×28 from the "
+        "spec's input)",
+        id="groupnorm-groups",
+    ),
+    pytest.param(
+        HEADER + "  - channel_shuffle: {groups: 2}\n",
+        "{f}:4:5: layers[0] channel_shuffle: 1 channels are not divisible by groups 2 (input 1×28×28 from the "
+        "spec's input)",
+        id="channel-shuffle-groups",
+    ),
+    pytest.param(
+        HEADER + "  - relux6\n",
+        "{f}:4:5: layers[0]: unknown layer kind 'relux6' (did you mean 'relu6'?)",
+        id="unknown-kind-near-relu6",
+    ),
 ]
 
 
