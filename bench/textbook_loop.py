@@ -8,6 +8,7 @@ one epoch: batching, data movement and the steps, not the test pass.
 
     python -m bench.textbook_loop [--data-root ../shared/data] [--batch-size 256] [--repeats 3]
     python -m bench.textbook_loop --step [--compiled]   # train step only, same in-memory tensors
+    python -m bench.textbook_loop --step --model googlenet --batch-size 32   # d2l's GoogLeNet, DenseNet, ...
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def textbook_lenet() -> nn.Module:
     """d2l's LeNet, hand-written (the same definition the parity tests use)."""
-    from tests.reference_models import d2l_lenet
+    return textbook_model("lenet")
 
-    return d2l_lenet()
+
+def textbook_model(name: str) -> nn.Module:
+    """The hand-written model that specs/<name>.yaml reproduces (the parity tests' reference)."""
+    from tests.reference_models import REFERENCES
+
+    return REFERENCES[name]()
 
 
 def textbook_epoch(data_root: str, batch_size: int, workers: int = 2, max_batches: int | None = None) -> float:
@@ -72,8 +78,10 @@ def netspec_epoch(data_root: str, batch_size: int, out: Path) -> float:
     return result.last.examples_per_sec
 
 
-def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 15, compiled: bool = False) -> dict:
-    """Train-step examples/sec on the same in-memory tensors: hand-written LeNet vs specs/lenet.yaml.
+def step_rates(
+    batch_size: int = 256, steps: int = 20, repeats: int = 15, compiled: bool = False, model: str = "lenet"
+) -> dict:
+    """Train-step examples/sec on the same in-memory tensors: the hand-written model vs specs/<model>.yaml.
 
     The two models are timed in alternation, repeat by repeat, so machine drift hits both.
     """
@@ -82,11 +90,11 @@ def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 15, compil
     from netspec.bench import Variant, prepare_step
     from netspec.spec import load_spec
 
-    spec = load_spec(ROOT / "specs" / "lenet.yaml")
+    spec = load_spec(ROOT / "specs" / f"{model}.yaml")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    net = textbook_lenet()
-    x, y = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    net = textbook_model(model).train()
+    x, y = torch.randn(batch_size, *spec.input), torch.randint(0, 10, (batch_size,))
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -109,6 +117,10 @@ def step_rates(batch_size: int = 256, steps: int = 20, repeats: int = 15, compil
             rates[name].append(batch_size * steps / (time.perf_counter() - start))
     hand, mine = statistics.median(rates["handwritten"]), statistics.median(rates["netspec"])
     return {
+        "model": model,
+        "batch_size": batch_size,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
         "handwritten_examples_per_sec": round(hand, 1),
         "netspec_examples_per_sec": round(mine, 1),
         "ratio": round(mine / hand, 3),
@@ -143,9 +155,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--step", action="store_true", help="compare train steps on in-memory tensors instead")
     parser.add_argument("--compiled", action="store_true", help="with --step: netspec through torch.compile")
+    parser.add_argument("--model", default="lenet", help="with --step: a zoo spec with a hand-written reference")
+    parser.add_argument("--steps", type=int, default=20, help="with --step: steps per timed repeat")
+    parser.add_argument("--step-repeats", type=int, default=15, help="with --step: alternating timed repeats")
     args = parser.parse_args()
     if args.step:
-        result = step_rates(args.batch_size, compiled=args.compiled)
+        result = step_rates(args.batch_size, args.steps, args.step_repeats, compiled=args.compiled, model=args.model)
         print(json.dumps(result, indent=2))
         print(f"netspec {'compiled' if args.compiled else 'eager'} / hand-written eager: {result['ratio']:.3f}x")
         return

@@ -43,6 +43,8 @@ class LayerInfo:
     macs: int
     layer: LayerSpec | MergeSpec = field(repr=False)
     depth: int = 0  # how many merges it sits inside, for the indented table
+    name: str | None = None  # the tap name (`as`) of the output this row produces
+    reads: tuple[str, ...] = ()  # the tap names (`from`) this row reads instead of the previous output
 
     @property
     def is_merge(self) -> bool:
@@ -131,6 +133,7 @@ class _Walker:
     # The path of the layer that produced the current tensor, for "(input ... after layers[5])".
     last_path: str = ""
     depth: int = 0
+    last_row: int = -1  # the row whose output is the current tensor
 
     def error(self, message: str, yaml_path: YamlPath, where: str) -> Exception:
         return self.spec.source.error(message, yaml_path, where)
@@ -159,7 +162,10 @@ class _Walker:
                     )
                 in_shapes = [tap.shape for tap in used]
                 self.last_path = used[-1].path
+            first_row = len(self.layers)
             node, shape = self.entry(entry, in_shapes, child_path, child_yaml, stack, inputs)
+            if inputs is not None and first_row < len(self.layers):
+                self.layers[first_row].reads = tuple(inputs)
             children.append(node)
             sources.append(None if inputs is None else tuple(taps[n].value for n in inputs))
             if name is not None:
@@ -169,6 +175,8 @@ class _Walker:
                     )
                     raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
                 taps[name] = _Tap(i + 1, shape, child_path)
+                if self.last_row >= 0:
+                    self.layers[self.last_row].name = name
         return ShapedSeq(children, sources), shape
 
     def tap(
@@ -256,7 +264,7 @@ class _Walker:
             depth=self.depth,
         )
         self.layers.append(info)
-        self.last_path = path
+        self.last_path, self.last_row = path, info.index
         return info, out
 
     def _reserve_row(self) -> int:
@@ -332,7 +340,7 @@ class _Walker:
         self.layers[index] = LayerInfo(
             index, path, op.kind, in_shapes[0], out, 0, op.macs(outs, out), op, self.depth
         )
-        self.last_path = path
+        self.last_path, self.last_row = path, index
         names = tuple(str(b) for b in range(len(branches)))
         return ShapedMerge(self.layers[index], [node for node, _, _ in branches], names), out
 
@@ -374,7 +382,7 @@ class _Walker:
             )
         add = Add()
         self.layers[index] = LayerInfo(index, path, "residual", shape, out, 0, add.macs([out, out], out), add, self.depth)
-        self.last_path = path
+        self.last_path, self.last_row = path, index
         return ShapedMerge(self.layers[index], [body, shortcut], ("body", "shortcut")), out
 
 

@@ -28,6 +28,8 @@ def summary_dict(net: NetShape) -> dict[str, Any]:
                 "output_shape": list(info.output_shape),
                 "params": info.params,
                 "macs": info.macs,
+                **({"as": info.name} if info.name else {}),
+                **({"from": list(info.reads)} if info.reads else {}),
             }
             for info in net.layers
         ],
@@ -52,8 +54,8 @@ def summary_table(net: NetShape) -> Table:
         indent = "│ " * info.depth
         table.add_row(
             str(info.index),
-            indent + info.path,
-            indent + info.kind,
+            indent + info.path + (f" → {info.name}" if info.name else ""),
+            indent + info.kind + (f" ← {', '.join(info.reads)}" if info.reads else ""),
             format_shape(info.output_shape),
             f"{info.params:,}" if info.params else "-",
             f"{info.macs:,}" if info.macs else "-",

@@ -1,9 +1,10 @@
 """Property tests: a generated spec either builds exactly as inferred or is rejected with a SpecError.
 
 For every generated spec (random input shapes, random stacks of every layer kind with
-random arguments, blocks, repeats and residuals, valid and invalid alike) exactly one holds:
-- it builds, a real forward pass gives layer by layer exactly the inferred shapes, and the
-  parameter count equals the sum over named_parameters();
+random arguments, blocks, repeats, residuals, merges of nested branches and named taps,
+valid and invalid alike) exactly one holds:
+- it builds, a real forward pass gives layer by layer (and merge by merge) exactly the
+  inferred shapes, and the parameter count equals the sum over named_parameters();
 - it is rejected with netspec's own SpecError naming the layer's path and what is wrong.
 Anything else (a torch exception escaping, a wrong inferred shape, a crash) is a bug.
 """
@@ -83,7 +84,31 @@ KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "elu": st.fixed_dictionaries({}, optional={"alpha": st.floats(0, 2)}),
     "softmax": st.fixed_dictionaries({}, optional={"dim": st.integers(-5, 4)}),
     "log_softmax": st.fixed_dictionaries({}, optional={"dim": st.integers(-5, 4)}),
+    "conv_transpose2d": st.fixed_dictionaries(
+        {"out_channels": small, "kernel_size": pair(kernel)},
+        optional={
+            "stride": pair(st.integers(1, 3)),
+            "padding": pair(st.integers(0, 2)),
+            "output_padding": pair(st.integers(0, 2)),
+            "dilation": pair(st.integers(1, 2)),
+            "groups": st.integers(1, 2),
+            "bias": st.booleans(),
+        },
+    ),
+    "upsample": st.one_of(
+        st.fixed_dictionaries({"scale_factor": st.one_of(st.sampled_from([0.5, 1, 1.5, 2, 3]), st.floats(-1, 3))},
+                              optional={"mode": st.sampled_from(["nearest", "bilinear"])}),
+        st.fixed_dictionaries({"size": pair(st.integers(0, 9))}, optional={"mode": st.sampled_from(["nearest"])}),
+        st.fixed_dictionaries({}),  # neither: invalid
+    ),
+    "groupnorm": st.fixed_dictionaries({"num_groups": st.integers(0, 4)}, optional={"affine": st.booleans()}),
+    "layernorm": st.fixed_dictionaries({}, optional={"elementwise_affine": st.booleans(), "bias": st.booleans()}),
+    "stochastic_depth": st.fixed_dictionaries(
+        {}, optional={"p": st.floats(-0.5, 1.5), "mode": st.sampled_from(["row", "batch", "col"])}
+    ),
+    "channel_shuffle": st.fixed_dictionaries({"groups": st.integers(0, 4)}),
 }
+MERGES = ["concat", "add", "multiply"]
 
 
 @st.composite
@@ -101,6 +126,22 @@ def leaf_entry(draw: st.DrawFn, kinds: list[str]) -> Any:
 
 
 block_call = st.one_of(st.just("blk"), st.builds(lambda c: {"blk": {"c": c}}, small))
+
+
+def merge_entry(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A merge of 1–3 branches (a branch: 1–2 entries, or the identity), in the short or the long form."""
+    branch = st.one_of(st.lists(children, min_size=1, max_size=2), st.just("identity"), st.just([]))
+    return st.builds(
+        lambda op, branches, long_form, dim: (
+            {op: {"branches": branches, **({"dim": dim} if op == "concat" and dim is not None else {})}}
+            if long_form
+            else {op: branches}
+        ),
+        st.sampled_from(MERGES),
+        st.lists(branch, min_size=1, max_size=3),
+        st.booleans(),
+        st.one_of(st.none(), st.integers(-3, 3)),
+    )
 
 
 def entries(kinds: list[str]) -> st.SearchStrategy[Any]:
@@ -122,9 +163,32 @@ def entries(kinds: list[str]) -> st.SearchStrategy[Any]:
                     st.lists(children, min_size=1, max_size=2).map(lambda s: {"shortcut": s}),
                 ),
             ),
+            merge_entry(children),
+            merge_entry(children),
         ),
         max_leaves=8,
     )
+
+
+@st.composite
+def with_taps(draw: st.DrawFn, layers: list[Any]) -> list[Any]:
+    """Name some entries (`as`) and add merges that read named outputs (`from`), now and then wrongly."""
+    out: list[Any] = []
+    names: list[str] = []
+    for entry in layers:
+        if names and draw(st.integers(0, 2)) == 0:
+            refs = draw(st.lists(st.sampled_from([*names, "input", "input", "nope", "t9"]), min_size=1, max_size=3))
+            if len(refs) == 1:
+                out.append({"identity": None, "from": refs[0]})  # the stream switches to a named output
+            else:
+                out.append({draw(st.sampled_from(MERGES)): None, "from": refs})
+        entry = {entry: None} if isinstance(entry, str) else dict(entry)
+        if draw(st.booleans()):
+            name = f"t{len(names)}" if draw(st.integers(0, 9)) else draw(st.sampled_from(["input", "t0", "bad name"]))
+            entry["as"] = name
+            names.append(name)
+        out.append(entry)
+    return out
 
 
 FAMILIES = {
@@ -149,6 +213,8 @@ def spec_data(draw: st.DrawFn) -> dict[str, Any]:
     family = draw(st.sampled_from(["image", "image", "vector", "any"]))
     shapes, kinds = FAMILIES[family]
     layers = draw(st.lists(entries(kinds), min_size=1, max_size=6))
+    if draw(st.integers(0, 2)) == 0:
+        layers = draw(with_taps(layers))
     if family == "image" and draw(st.booleans()):
         layers += ["flatten", {"linear": {"out_features": draw(positive)}}]
     data = {"name": "generated", "input": list(draw(shapes)), "layers": layers}
