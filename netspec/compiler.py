@@ -18,7 +18,7 @@ from torch import nn
 
 from netspec.errors import CheckpointError
 from netspec.layers import Combine
-from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
+from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, infer_shapes
 from netspec.spec import Spec
 
 

@@ -22,9 +22,9 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Strict, model_validator
 from torch import nn
 
@@ -739,8 +739,10 @@ class Concat(MergeSpec):
         rest = [s[:axis] + s[axis + 1 :] for s in shapes]
         for i, other in enumerate(rest[1:], 1):
             if other != rest[0]:
-                reason = "spatial sizes must agree" if len(shapes[0]) == 3 and axis == 0 else (
-                    f"all dimensions but dim {self.dim} must agree"
+                reason = (
+                    "spatial sizes must agree"
+                    if len(shapes[0]) == 3 and axis == 0
+                    else (f"all dimensions but dim {self.dim} must agree")
                 )
                 raise MergeMismatch(0, i, reason)
         out = list(shapes[0])

@@ -170,8 +170,10 @@ class _Walker:
             sources.append(None if inputs is None else tuple(taps[n].value for n in inputs))
             if name is not None:
                 if name == INPUT_NAME or name in taps:
-                    why = "is reserved for the sequence's input" if name == INPUT_NAME else (
-                        f"is already the name of {taps[name].path}"
+                    why = (
+                        "is reserved for the sequence's input"
+                        if name == INPUT_NAME
+                        else (f"is already the name of {taps[name].path}")
                     )
                     raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
                 taps[name] = _Tap(i + 1, shape, child_path)
@@ -326,8 +328,10 @@ class _Walker:
         try:
             out = op.output_shape(outs)
         except MergeMismatch as exc:
-            labels = [p if not input_names or len(input_names) < 2 else f"{p} (from {n})"
-                      for (_, _, p), n in zip(branches, input_names or [""] * len(branches), strict=True)]
+            labels = [
+                p if not input_names or len(input_names) < 2 else f"{p} (from {n})"
+                for (_, _, p), n in zip(branches, input_names or [""] * len(branches), strict=True)
+            ]
             listing = ", ".join(f"{label} {format_shape(o)}" for label, o in zip(labels, outs, strict=True))
             raise self.error(
                 f"branch {exc.first} gives {format_shape(outs[exc.first])} but branch {exc.second} gives "
@@ -337,9 +341,7 @@ class _Walker:
             ) from None
         except ShapeError as exc:
             raise self.error(f"{exc} (branches give {', '.join(map(format_shape, outs))})", yaml_path, where) from None
-        self.layers[index] = LayerInfo(
-            index, path, op.kind, in_shapes[0], out, 0, op.macs(outs, out), op, self.depth
-        )
+        self.layers[index] = LayerInfo(index, path, op.kind, in_shapes[0], out, 0, op.macs(outs, out), op, self.depth)
         self.last_path, self.last_row = path, index
         names = tuple(str(b) for b in range(len(branches)))
         return ShapedMerge(self.layers[index], [node for node, _, _ in branches], names), out
@@ -381,7 +383,9 @@ class _Walker:
                 where,
             )
         add = Add()
-        self.layers[index] = LayerInfo(index, path, "residual", shape, out, 0, add.macs([out, out], out), add, self.depth)
+        self.layers[index] = LayerInfo(
+            index, path, "residual", shape, out, 0, add.macs([out, out], out), add, self.depth
+        )
         self.last_path, self.last_row = path, index
         return ShapedMerge(self.layers[index], [body, shortcut], ("body", "shortcut")), out
 

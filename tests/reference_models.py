@@ -310,7 +310,9 @@ class Inception(nn.Module):
 
 def d2l_googlenet(num_classes: int = 10) -> nn.Module:
     b1 = nn.Sequential(
-        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3), nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
     b2 = nn.Sequential(
         nn.LazyConv2d(64, kernel_size=1), nn.ReLU(),
@@ -362,7 +364,10 @@ class DenseBlock(nn.Module):
 
 def transition_block(num_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(num_channels, kernel_size=1), nn.AvgPool2d(kernel_size=2, stride=2)
+        nn.LazyBatchNorm2d(),
+        nn.ReLU(),
+        nn.LazyConv2d(num_channels, kernel_size=1),
+        nn.AvgPool2d(kernel_size=2, stride=2),
     )
 
 
@@ -432,9 +437,7 @@ def d2l_resnet18(num_classes: int = 10) -> nn.Module:
     net = nn.Sequential(b1)
     for i, b in enumerate(arch):
         net.add_module(f"b{i + 2}", block(*b, first_block=(i == 0)))
-    net.add_module(
-        "last", nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes))
-    )
+    net.add_module("last", nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)))
     return _materialized(net, (1, 96, 96))
 
 

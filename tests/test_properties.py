@@ -96,8 +96,10 @@ KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         },
     ),
     "upsample": st.one_of(
-        st.fixed_dictionaries({"scale_factor": st.one_of(st.sampled_from([0.5, 1, 1.5, 2, 3]), st.floats(-1, 3))},
-                              optional={"mode": st.sampled_from(["nearest", "bilinear"])}),
+        st.fixed_dictionaries(
+            {"scale_factor": st.one_of(st.sampled_from([0.5, 1, 1.5, 2, 3]), st.floats(-1, 3))},
+            optional={"mode": st.sampled_from(["nearest", "bilinear"])},
+        ),
         st.fixed_dictionaries({"size": pair(st.integers(0, 9))}, optional={"mode": st.sampled_from(["nearest"])}),
         st.fixed_dictionaries({}),  # neither: invalid
     ),
