@@ -3,14 +3,16 @@
 The pipeline, one module per stage, each using only the ones before it:
 
     source (YAML text) -> spec (pydantic) -> shapes -> compiler (nn.Module)
-        -> data / train, bench
+        -> data / train, bench, exporter (ONNX, pt2, Python), diagram (PNG, SVG)
 
 The CLI (`netspec.cli`) is a thin layer over these functions.
 """
 
 from netspec.compiler import SpecNet, build, transfer_state_dict
 from netspec.config import BenchConfig, TrainConfig
+from netspec.diagram import draw
 from netspec.errors import NetspecError, SpecError
+from netspec.exporter import export
 from netspec.layers import LAYER_KINDS, LayerSpec
 from netspec.shapes import LayerInfo, NetShape, infer_shapes
 from netspec.spec import Spec, load_spec, parse_spec
@@ -27,6 +29,8 @@ __all__ = [
     "SpecNet",
     "TrainConfig",
     "build",
+    "draw",
+    "export",
     "infer_shapes",
     "load_spec",
     "parse_spec",

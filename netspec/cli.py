@@ -153,6 +153,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from netspec.exporter import export
+
+    result = export(
+        args.spec, args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"wrote {result.path} ({result.format}; {', '.join(result.notes)})")
+    if result.weights_path is not None:
+        print(f"wrote {result.weights_path} (the checkpoint's state_dict; the file's docstring shows how to load it)")
+    print(
+        f"checked: max abs difference {result.max_abs_diff:.2g} from the netspec model on a batch of {result.check_batch}"
+    )
+    return 0
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from netspec.diagram import draw
+
+    path = draw(args.spec, args.out, style=args.style, detail=args.detail)
+    print(f"wrote {path}")
+    return 0
+
+
+def _batch(text: str) -> int | str:
+    return "dynamic" if text == "dynamic" else _positive_int(text)
+
+
 def _int_list(text: str) -> list[int]:
     values = [_positive_int(part) for part in text.split(",") if part.strip()]
     if not values:
@@ -256,6 +286,40 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "export",
+        help="export a spec as ONNX, torch.export (.pt2) or a plain PyTorch file, checked against the model",
+        epilog="examples:\n  netspec export specs/lenet.yaml --format onnx\n"
+        "  netspec export specs/lenet.yaml --format python --checkpoint runs/lenet-.../best.pt --out lenet.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="path to a YAML spec")
+    p.add_argument("--format", required=True, choices=("onnx", "pt2", "python"), help="what to write")
+    p.add_argument("--checkpoint", help="a run's best.pt or last.pt: export its trained weights")
+    p.add_argument("--out", help="file or folder to write (default: <name>.onnx / .pt2 / .py here)")
+    p.add_argument(
+        "--batch", type=_batch, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
+    )
+    p.add_argument("--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "draw",
+        help="draw the network as a PNG or SVG diagram (shapes on the edges, branches side by side)",
+        epilog="examples:\n  netspec draw specs/lenet.yaml --out lenet.png\n"
+        "  netspec draw specs/resnet_small.yaml --out resnet.svg --detail",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="path to a YAML spec")
+    p.add_argument("--out", required=True, help="the picture to write: a .png or .svg file")
+    p.add_argument(
+        "--style", choices=("graph", "blocks"), default="graph",
+        help="graph: a box per layer (default); blocks: a box per top-level entry",
+    )  # fmt: skip
+    p.add_argument("--detail", action="store_true", help="expand block uses and repeats into their layers")
+    p.set_defaults(func=cmd_draw)
     return parser
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from netspec.errors import CheckpointError
+from netspec.fileio import load_checkpoint
 from netspec.layers import Combine
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, infer_shapes
 from netspec.spec import Spec
@@ -144,3 +145,14 @@ def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) ->
             )
         mapped[key] = tensor
     model.load_state_dict(mapped)
+
+
+def load_weights(model: nn.Module, checkpoint: str | Path) -> None:
+    """Load the model weights of a netspec checkpoint (a run's last.pt or best.pt) into `model`."""
+    ckpt = load_checkpoint(checkpoint)
+    name = getattr(model, "spec", None)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        what = f"spec {name.name}" if name is not None else "the model"
+        raise CheckpointError(f"{checkpoint}: does not fit {what}: {str(exc).splitlines()[0]}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -55,6 +56,22 @@ def format_pair(value: int | tuple[int, int]) -> str:
     return str(h) if h == w else f"{h}×{w}"
 
 
+@dataclass(frozen=True)
+class ModuleCall:
+    """`cls(*args, **kwargs)`: how a kind makes its module, kept as data so that it can also be written as code."""
+
+    cls: type[nn.Module]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        return self.cls(*self.args, **self.kwargs)
+
+
+def call(cls: type[nn.Module], *args: Any, **kwargs: Any) -> ModuleCall:
+    return ModuleCall(cls, args, kwargs)
+
+
 class LayerSpec(BaseModel):
     """Base of every layer kind. Subclasses set `kind` to a Literal default."""
 
@@ -84,8 +101,12 @@ class LayerSpec(BaseModel):
     def macs(self, shape: Shape, out: Shape) -> int:
         return 0
 
-    def build(self, shape: Shape) -> nn.Module:
+    def module_call(self, shape: Shape) -> ModuleCall:
+        """The torch module for an input of `shape`, as a constructor call (export prints it as code)."""
         raise NotImplementedError
+
+    def build(self, shape: Shape) -> nn.Module:
+        return self.module_call(shape).build()
 
 
 _RANK_NAMES = {1: "a flat (features)", 2: "a channels×length", 3: "an image (channels×height×width)"}
@@ -189,8 +210,9 @@ class Conv2d(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         return math.prod(out) * self._weights_per_output(shape)
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Conv2d(
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(
+            nn.Conv2d,
             shape[0],
             self.out_channels,
             self.kernel_size,
@@ -247,8 +269,9 @@ class ConvTranspose2d(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         return math.prod(shape) * self._weights_per_input()  # every input element scatters into a K×K window
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.ConvTranspose2d(
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(
+            nn.ConvTranspose2d,
             shape[0],
             self.out_channels,
             self.kernel_size,
@@ -288,8 +311,8 @@ class Upsample(LayerSpec):
         sh, sw = (factor, factor) if not isinstance(factor, tuple) else factor
         return (shape[0], math.floor(shape[1] * sh), math.floor(shape[2] * sw))
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Upsample(self.size, self.scale_factor, self.mode, self.align_corners)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.Upsample, self.size, self.scale_factor, self.mode, self.align_corners)
 
 
 # --- pooling -------------------------------------------------------------------------------
@@ -325,8 +348,8 @@ class MaxPool2d(_Pool2d):
     def _dilation(self) -> int | tuple[int, int]:
         return self.dilation
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.MaxPool2d, self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
 
 
 @register
@@ -335,8 +358,9 @@ class AvgPool2d(_Pool2d):
     count_include_pad: Annotated[bool, Strict()] = True
     divisor_override: Size | None = None
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.AvgPool2d(
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(
+            nn.AvgPool2d,
             self.kernel_size,
             self.stride,
             self.padding,
@@ -356,8 +380,8 @@ class AdaptiveAvgPool2d(LayerSpec):
         self.check_rank(shape)
         return (shape[0], *pair(self.output_size))
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.AdaptiveAvgPool2d(self.output_size)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.AdaptiveAvgPool2d, self.output_size)
 
 
 # --- normalization and regularization -----------------------------------------------------
@@ -378,9 +402,9 @@ class _BatchNorm(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return 2 * shape[0] if self.affine else 0
 
-    def build(self, shape: Shape) -> nn.Module:
+    def module_call(self, shape: Shape) -> ModuleCall:
         module = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-        return module(shape[0], self.eps, self.momentum, self.affine, self.track_running_stats)
+        return call(module, shape[0], self.eps, self.momentum, self.affine, self.track_running_stats)
 
 
 @register
@@ -421,8 +445,8 @@ class GroupNorm(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return 2 * shape[0] if self.affine else 0
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.GroupNorm(self.num_groups, shape[0], self.eps, self.affine)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.GroupNorm, self.num_groups, shape[0], self.eps, self.affine)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -447,9 +471,9 @@ class LayerNorm(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return shape[0] * (int(self.elementwise_affine) + int(self.elementwise_affine and self.bias))
 
-    def build(self, shape: Shape) -> nn.Module:
+    def module_call(self, shape: Shape) -> ModuleCall:
         module = LayerNorm2d if len(shape) == 3 else nn.LayerNorm
-        return module(shape[0], self.eps, self.elementwise_affine, bias=self.bias)
+        return call(module, shape[0], self.eps, self.elementwise_affine, bias=self.bias)
 
 
 @register
@@ -457,8 +481,8 @@ class Dropout(LayerSpec):
     kind: Literal["dropout"] = "dropout"
     p: Probability = 0.5
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Dropout(self.p)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.Dropout, self.p)
 
 
 @register
@@ -467,8 +491,29 @@ class Dropout2d(LayerSpec):
     p: Probability = 0.5
     ranks: ClassVar[tuple[int, ...]] = (3,)
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Dropout2d(self.p)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.Dropout2d, self.p)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016), as torchvision.ops.StochasticDepth computes it."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.dim() - 1) if self.mode == "row" else [1] * x.dim()
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}"
 
 
 @register
@@ -482,10 +527,8 @@ class StochasticDepth(LayerSpec):
     p: Probability = 0.1
     mode: Literal["row", "batch"] = "row"
 
-    def build(self, shape: Shape) -> nn.Module:
-        from torchvision.ops import StochasticDepth as TorchvisionStochasticDepth  # imported late: slow to import
-
-        return TorchvisionStochasticDepth(self.p, self.mode)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(DropPath, self.p, self.mode)
 
 
 class ChannelShuffleModule(nn.Module):
@@ -515,8 +558,8 @@ class ChannelShuffle(LayerSpec):
             raise ShapeError(f"{shape[0]} channels are not divisible by groups {self.groups}")
         return shape
 
-    def build(self, shape: Shape) -> nn.Module:
-        return ChannelShuffleModule(self.groups)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(ChannelShuffleModule, self.groups)
 
 
 # --- dense ---------------------------------------------------------------------------------
@@ -542,8 +585,8 @@ class Linear(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         return shape[0] * self.out_features
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Linear(shape[0], self.out_features, bias=self.bias)
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.Linear, shape[0], self.out_features, bias=self.bias)
 
 
 @register
@@ -553,8 +596,8 @@ class Flatten(LayerSpec):
     def output_shape(self, shape: Shape) -> Shape:
         return (math.prod(shape),)
 
-    def build(self, shape: Shape) -> nn.Module:
-        return nn.Flatten()
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(nn.Flatten)
 
 
 # --- activations (elementwise: the output shape is the input shape) ------------------------
@@ -563,8 +606,8 @@ class Flatten(LayerSpec):
 class _Activation(LayerSpec):
     module: ClassVar[type[nn.Module]]
 
-    def build(self, shape: Shape) -> nn.Module:
-        return self.module(**self.args())
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(self.module, **self.args())
 
 
 @register
@@ -690,6 +733,10 @@ class MergeSpec(BaseModel):
         """The function that combines the list of branch outputs (plain, so torch.compile traces it)."""
         raise NotImplementedError
 
+    def code(self, names: list[str]) -> str:
+        """The same combination as a Python expression over tensors `names` (for `netspec export`)."""
+        raise NotImplementedError
+
 
 MERGE_KINDS: dict[str, type[MergeSpec]] = {}
 
@@ -755,6 +802,9 @@ class Concat(MergeSpec):
     def build(self) -> Combine:
         return functools.partial(torch.cat, dim=self.dim)
 
+    def code(self, names: list[str]) -> str:
+        return f"torch.cat([{', '.join(names)}], dim={self.dim})"
+
 
 @register_merge
 class Add(MergeSpec):
@@ -768,6 +818,9 @@ class Add(MergeSpec):
 
     def build(self) -> Combine:
         return _sum
+
+    def code(self, names: list[str]) -> str:
+        return " + ".join(names)
 
 
 @register_merge
@@ -788,3 +841,6 @@ class Multiply(MergeSpec):
 
     def build(self) -> Combine:
         return _product
+
+    def code(self, names: list[str]) -> str:
+        return " * ".join(names)

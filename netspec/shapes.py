@@ -69,6 +69,8 @@ class ShapedSeq:
 
     children: list[ShapedNode]
     sources: list[tuple[int, ...] | None] = field(default_factory=list)
+    names: list[str | None] = field(default_factory=list)  # each child's tap name (`as`), if any
+    label: str | None = None  # what this sequence is: a block use ("inception c1=64, ...") or a repeat ("repeat ×4")
 
     @property
     def is_chain(self) -> bool:
@@ -145,6 +147,7 @@ class _Walker:
         defined_at = {e.name: i for i, e in enumerate(entries) if isinstance(e, Tapped) and e.name}
         children: list[ShapedNode] = []
         sources: list[tuple[int, ...] | None] = []
+        names: list[str | None] = []
         for i, entry in enumerate(entries):
             child_path, child_yaml = f"{path}[{i}]", (*yaml_path, i)
             name, inputs = None, None
@@ -168,6 +171,7 @@ class _Walker:
                 self.layers[first_row].reads = tuple(inputs)
             children.append(node)
             sources.append(None if inputs is None else tuple(taps[n].value for n in inputs))
+            names.append(name)
             if name is not None:
                 if name == INPUT_NAME or name in taps:
                     why = (
@@ -179,7 +183,7 @@ class _Walker:
                 taps[name] = _Tap(i + 1, shape, child_path)
                 if self.last_row >= 0:
                     self.layers[self.last_row].name = name
-        return ShapedSeq(children, sources), shape
+        return ShapedSeq(children, sources, names), shape
 
     def tap(
         self,
@@ -231,7 +235,7 @@ class _Walker:
                     entry.layers, shape, f"{path}.repeat#{copy}", (*yaml_path, "repeat", "layers"), stack
                 )
                 copies.append(node)
-            return ShapedSeq(copies, [None] * len(copies)), shape
+            return ShapedSeq(copies, [None] * len(copies), [None] * len(copies), f"repeat ×{entry.times}"), shape
         if isinstance(entry, Residual):
             return self.residual(entry, shape, path, yaml_path, stack)
         assert isinstance(entry, BlockCall)
@@ -240,7 +244,11 @@ class _Walker:
             cycle = " → ".join((*stack[stack.index(entry.name) :], entry.name))
             raise self.error(f"block {entry.name} uses itself ({cycle})", yaml_path, where)
         body = instantiate_block(self.spec, entry, yaml_path, path)
-        return self.seq(body, shape, f"{path}.{entry.name}", ("blocks", entry.name, "layers"), (*stack, entry.name))
+        node, out = self.seq(
+            body, shape, f"{path}.{entry.name}", ("blocks", entry.name, "layers"), (*stack, entry.name)
+        )
+        node.label = entry.name + (" " + ", ".join(f"{k}={v}" for k, v in entry.args.items()) if entry.args else "")
+        return node, out
 
     def leaf(self, layer: LayerSpec, shape: Shape, path: str, yaml_path: YamlPath) -> tuple[LayerInfo, Shape]:
         try:
@@ -361,7 +369,7 @@ class _Walker:
                 [(entry.shortcut, shape, f"{path}.shortcut", (*yaml_path, "residual", "shortcut"))], stack
             )
         elif entry.shortcut == "identity" or (entry.shortcut == "auto" and out == shape):
-            shortcut, short_out = ShapedSeq([], []), shape
+            shortcut, short_out = ShapedSeq([]), shape
         else:
             projection = _projection(shape, out)
             if projection is None:
@@ -374,7 +382,7 @@ class _Walker:
             self.depth += 1
             info, short_out = self.leaf(projection, shape, f"{path}.shortcut[0]", (*yaml_path, "residual", "shortcut"))
             self.depth -= 1
-            shortcut = ShapedSeq([info], [None])
+            shortcut = ShapedSeq([info], [None], [None])
         if short_out != out:
             raise self.error(
                 f"the body gives {format_shape(out)} but the shortcut gives {format_shape(short_out)}; "

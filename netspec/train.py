@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from netspec.compiler import SpecNet, build
+from netspec.compiler import SpecNet, build, load_weights
 from netspec.config import TrainConfig
 from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
 from netspec.device import autocast, resolve_device
@@ -559,14 +559,11 @@ def evaluate_checkpoint(
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     cfg = resolve_config(spec, overrides)
-    ckpt = load_checkpoint(checkpoint)
     device = resolve_device(cfg.device)
     info = checked_dataset(spec, cfg)
-    model = build(spec).to(device)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{checkpoint}: does not fit spec {spec.name}: {str(exc).splitlines()[0]}") from None
+    model = build(spec)
+    load_weights(model, checkpoint)
+    model.to(device)
     loader = make_loader(spec, cfg, info, device, train=False)
     accuracy, confusion = evaluate(model, loader, len(info.classes), cfg.amp)
     return accuracy, confusion, list(info.classes)

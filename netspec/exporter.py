@@ -1,0 +1,483 @@
+"""A spec out of netspec: ONNX, torch.export (.pt2), or a plain PyTorch file a person can read.
+
+Every format is checked before it is kept: the exported artifact runs on a random batch
+(of another size than the example batch when the batch is dynamic) and its output is
+compared with the netspec-built model's. Files are written atomically.
+
+The Python export walks the same shaped tree as the compiler: `__init__` creates each
+module from its kind's `ModuleCall` (real arguments, input sizes filled in) in the
+same nesting, so its state_dict keys are netspec's, and `forward` is straight-line code
+with the inferred shape of every line in a comment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import keyword
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netspec.compiler import build, load_weights
+from netspec.errors import NetspecError, UsageError
+from netspec.fileio import atomic_write_bytes, atomic_write_text
+from netspec.layers import ModuleCall, format_shape
+from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
+from netspec.spec import Spec
+
+FORMATS = ("onnx", "pt2", "python")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "python": ".py"}
+TOLERANCE = {"onnx": 1e-4, "pt2": 1e-5, "python": 1e-6}
+EXAMPLE_BATCH = 2
+CHECK_BATCH = 3  # another size than the example's, so a dynamic batch is really dynamic
+
+
+class ExportError(NetspecError):
+    """A spec that cannot be exported in a format, or an export that does not match the model."""
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    max_abs_diff: float
+    check_batch: int
+    weights_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "path": str(self.path),
+            "max_abs_diff": self.max_abs_diff,
+            "check_batch": self.check_batch,
+            "weights_path": str(self.weights_path) if self.weights_path else None,
+            "notes": self.notes,
+        }
+
+
+def export(
+    spec: Spec | NetShape | str | Path,
+    format: str = "onnx",
+    *,
+    checkpoint: str | Path | None = None,
+    out: str | Path | None = None,
+    batch: int | str = "dynamic",
+    opset: int | None = None,
+) -> ExportResult:
+    """Export a spec (with a run's trained weights if `checkpoint` is given) and check the result."""
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format '{format}'; choose from {', '.join(FORMATS)}")
+    if batch != "dynamic" and not (isinstance(batch, int) and batch > 0):
+        raise UsageError(f"batch must be 'dynamic' or a positive whole number, got {batch!r}")
+    net = spec if isinstance(spec, NetShape) else infer_shapes(spec)
+    model = build(net)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    model.eval()
+    path = Path(out) if out is not None else Path(f"{net.name}{SUFFIXES[format]}")
+    if path.is_dir():
+        path = path / f"{net.name}{SUFFIXES[format]}"
+    if not path.parent.exists():
+        raise UsageError(f"{path.parent}: no such folder")
+    exporter = {"onnx": _export_onnx, "pt2": _export_pt2, "python": _export_python}[format]
+    return exporter(net, model, path, batch, opset, checkpoint)
+
+
+def _inputs(net: NetShape, batch: int | str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(EXAMPLE_BATCH if batch == "dynamic" else batch, *net.input_shape, generator=gen)
+    check = torch.randn(CHECK_BATCH if batch == "dynamic" else batch, *net.input_shape, generator=gen)
+    return example, check
+
+
+def _compare(fmt: str, expected: torch.Tensor, got: torch.Tensor) -> float:
+    if tuple(got.shape) != tuple(expected.shape):
+        raise ExportError(f"{fmt} export gives shape {tuple(got.shape)} but the model gives {tuple(expected.shape)}")
+    diff = (got.float() - expected.float()).abs().max().item()
+    if not diff <= TOLERANCE[fmt]:  # also catches NaN
+        raise ExportError(f"{fmt} export differs from the model by {diff:.3g} (more than {TOLERANCE[fmt]:g})")
+    return diff
+
+
+def _dynamic_batch(batch: int | str) -> tuple[dict[int, Any]] | None:
+    return ({0: torch.export.Dim("batch", min=1, max=1 << 20)},) if batch == "dynamic" else None
+
+
+def _first_failing_layer(net: NetShape, attempt: Callable[[nn.Module, torch.Tensor], None]) -> str:
+    """Which layer an exporter fails on, found by exporting each layer alone: 'layers[3] upsample: reason'."""
+    for info in net.layers:
+        if info.is_merge:
+            continue
+        try:
+            attempt(info.layer.build(info.input_shape).eval(), torch.randn(EXAMPLE_BATCH, *info.input_shape))
+        except Exception as exc:
+            return f"{info.path} {info.kind}: {_first_line(exc)}"
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters print progress, warnings and IR dumps of their own (some from C++, straight to the
+    file descriptors); a user sees only netspec's one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    for tail in (" Please feel free", "  [Caused by"):  # the exporters' boilerplate
+        text = text.split(tail)[0]
+    return text[:300]
+
+
+def _fail(fmt: str, net: NetShape, exc: Exception, attempt: Callable[[nn.Module, torch.Tensor], None]) -> ExportError:
+    layer = _first_failing_layer(net, attempt)
+    where = f" at {layer}" if layer else f": {_first_line(exc)}"
+    return ExportError(f"cannot export {net.name} to {fmt}{where}")
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def _onnx_opset(data: bytes) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, batch: int | str, opset: int | None) -> tuple[bytes, str]:
+    """The ONNX file from the dynamo exporter, or from the TorchScript one where dynamo fails or cannot
+    give the opset asked for."""
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        file = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(file),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=_dynamic_batch(batch),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+            data = file.read_bytes()
+            if opset is None or _onnx_opset(data) == opset:
+                return data, "dynamo"
+        except Exception:
+            pass
+        torch.onnx.export(
+            model,
+            (example,),
+            str(file),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if batch == "dynamic" else None,
+            opset_version=opset,
+        )
+        return file.read_bytes(), "torchscript"
+
+
+def _export_onnx(
+    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
+) -> ExportResult:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UsageError("ONNX export needs onnx and onnxruntime: pip install -e '.[export]'") from None
+    example, check = _inputs(net, batch)
+    try:
+        data, exporter = _onnx_bytes(model, example, batch, opset)
+    except Exception as exc:
+        raise _fail("onnx", net, exc, lambda m, x: _onnx_bytes(m, x, "dynamic", opset)) from None
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        with _quiet():
+            session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            (got,) = session.run(["output"], {"input": check.numpy()})
+    except Exception as exc:
+        raise ExportError(
+            f"the ONNX file of {net.name} (opset {_onnx_opset(data)}) does not run in onnxruntime: {_first_line(exc)}"
+        ) from None
+    with torch.no_grad():
+        expected = model(check)
+    diff = _compare("onnx", expected, torch.from_numpy(got))
+    atomic_write_bytes(path, data)
+    notes = [f"opset {_onnx_opset(data)}", f"{exporter} exporter", "checked in onnxruntime"]
+    return ExportResult("onnx", path, diff, len(check), notes=notes)
+
+
+# --- torch.export ----------------------------------------------------------------------------
+
+
+def _pt2_program(model: nn.Module, example: torch.Tensor, batch: int | str) -> Any:
+    with _quiet():
+        return torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch(batch))
+
+
+def _export_pt2(
+    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
+) -> ExportResult:
+    example, check = _inputs(net, batch)
+    try:
+        program = _pt2_program(model, example, batch)
+    except Exception as exc:
+        raise _fail("pt2", net, exc, lambda m, x: _pt2_program(m, x, "dynamic")) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "model.pt2"
+        torch.export.save(program, str(file))
+        data = file.read_bytes()
+        reloaded = torch.export.load(str(file)).module()
+    with torch.no_grad():
+        diff = _compare("pt2", model(check), reloaded(check))
+    atomic_write_bytes(path, data)
+    return ExportResult("pt2", path, diff, len(check), notes=["reloaded with torch.export.load"])
+
+
+# --- plain PyTorch ---------------------------------------------------------------------------
+
+
+def class_name(spec_name: str) -> str:
+    """`mobilenet_v2_small` -> `MobilenetV2Small`."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", spec_name) if w]
+    name = "".join(w[0].upper() + w[1:] for w in words) or "Net"
+    return name if name[0].isalpha() else f"Net{name}"
+
+
+def _format_call(call: ModuleCall, helpers: dict[type, str]) -> str:
+    """`nn.Conv2d(1, 6, kernel_size=5, padding=2)`: required arguments by position, the rest by name,
+    torch's defaults left out."""
+    cls = call.cls
+    if cls.__module__.startswith("torch.nn"):
+        qualname = f"nn.{cls.__name__}"
+    else:  # a module netspec defines: its source goes into the file
+        helpers.setdefault(cls, inspect.getsource(cls))
+        qualname = cls.__name__
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    bound = inspect.signature(cls.__init__).bind(None, *call.args, **call.kwargs).arguments
+    parts = []
+    for p in params:
+        if p.name not in bound:
+            continue
+        value = bound[p.name]
+        if p.default is not inspect.Parameter.empty:
+            if type(value) is type(p.default) and value == p.default:
+                continue
+            parts.append(f"{p.name}={value!r}")
+        else:
+            parts.append(repr(value))
+    return f"{qualname}({', '.join(parts)})"
+
+
+class _PythonWriter:
+    """Writes `__init__` (the module tree) and `forward` (straight-line code) for one shaped graph."""
+
+    def __init__(self) -> None:
+        self.helpers: dict[type, str] = {}
+        self.forward: list[str] = []
+        self.used: set[str] = {"self", "x", "torch", "nn", "F"}
+
+    def fresh(self, hint: str) -> str:
+        base = re.sub(r"\W", "_", hint) or "t"
+        base = f"{base}_" if keyword.iskeyword(base) or base[0].isdigit() else base
+        name, n = base, 2
+        while name in self.used:
+            name, n = f"{base}_{n}", n + 1
+        self.used.add(name)
+        return name
+
+    def module(self, node: ShapedNode, indent: int) -> str:
+        """The constructor expression of a node's module, nested as the compiler nests it."""
+        pad = " " * indent
+        if isinstance(node, LayerInfo):
+            return _format_call(node.layer.module_call(node.input_shape), self.helpers)  # type: ignore[union-attr]
+        if isinstance(node, ShapedMerge):
+            items = [
+                f'{pad}        "{name}": {self.module(branch, indent + 8)},'
+                for name, branch in zip(node.names, node.branches, strict=True)
+            ]
+            return f"nn.ModuleDict(\n{pad}    {{\n" + "\n".join(items) + f"\n{pad}    }}\n{pad})"
+        if not node.children:
+            return "nn.Identity()"  # an identity branch (no parameters, so no state_dict keys)
+        items = [f"{pad}    {self.module(child, indent + 4)},  # {_describe(child)}" for child in node.children]
+        return "nn.Sequential(\n" + "\n".join(items) + f"\n{pad})"
+
+    def emit(self, line: str, shape: tuple[int, ...] | None = None) -> None:
+        self.forward.append(f"        {line}" + (f"  # {format_shape(shape)}" if shape is not None else ""))
+
+    def seq(self, node: ShapedSeq, access: str, source: str, target: str) -> None:
+        """Code computing `target` from `source` through a sequence whose module is `access`."""
+        values = {0: source}  # tap positions -> variable names
+        current = source
+        for k, child in enumerate(node.children):
+            spec_source = node.sources[k] if node.sources else None
+            inputs = [current] if spec_source is None else [values[j] for j in spec_source]
+            self.node(child, f"{access}[{k}]", inputs, target)
+            current = target
+            name = node.names[k] if node.names else None
+            read_later = any(s is not None and k + 1 in s for s in node.sources or [])
+            if read_later:
+                values[k + 1] = self.fresh(name or f"t{k + 1}")
+                self.emit(f"{values[k + 1]} = {target}")
+        if current != target:  # an empty sequence: the identity
+            self.emit(f"{target} = {current}")
+
+    def node(self, node: ShapedNode, access: str, inputs: list[str], target: str) -> None:
+        if isinstance(node, LayerInfo):
+            self.emit(f"{target} = {access}({inputs[0]})", node.output_shape)
+        elif isinstance(node, ShapedMerge):
+            outs = []
+            for b, (name, branch) in enumerate(zip(node.names, node.branches, strict=True)):
+                source = inputs[b] if len(inputs) > 1 else inputs[0]
+                if not branch.children:
+                    outs.append(source)  # an identity branch is its input
+                    continue
+                out = self.fresh(name if not name.isdigit() else f"branch{name}")
+                self.seq(branch, f'{access}["{name}"]', source, out)
+                outs.append(out)
+            self.emit(f"{target} = {node.info.layer.code(outs)}", node.info.output_shape)  # type: ignore[union-attr]
+        else:
+            self.seq(node, access, inputs[0], target)
+
+
+def _describe(node: ShapedNode) -> str:
+    if isinstance(node, LayerInfo):
+        return f"{node.path} {node.kind}"
+    if isinstance(node, ShapedMerge):
+        return f"{node.info.path} {node.info.kind}"
+    first = next((n for n in _rows(node)), None)
+    return f"{node.label or 'sequence'}" + (f" at {first.path.rsplit('.', 1)[0]}" if first else "")
+
+
+def _rows(node: ShapedNode) -> list[LayerInfo]:
+    if isinstance(node, LayerInfo):
+        return [node]
+    if isinstance(node, ShapedMerge):
+        return [node.info, *(r for b in node.branches for r in _rows(b))]
+    return [r for c in node.children for r in _rows(c)]
+
+
+def python_source(net: NetShape, weights_file: str | None = None, source_file: str | None = None) -> str:
+    """A self-contained module (only torch imported) with one nn.Module class reproducing `net`."""
+    from netspec import __version__
+
+    writer = _PythonWriter()
+    name = class_name(net.name)
+    children = [f"            {writer.module(c, 12)},  # {_describe(c)}" for c in net.root.children]
+    writer.seq(net.root, "self", "x", "x")
+    load = (
+        f'model.load_state_dict(torch.load("{weights_file}", weights_only=True))'
+        if weights_file
+        else 'model.load_state_dict(torch.load("runs/<run>/best.pt", weights_only=True)["model"])  # a netspec run'
+    )
+    description = f"{net.spec.description}\n\n" if net.spec.description else ""
+    helpers = "\n\n".join(writer.helpers.values())
+    uses_functional = "F." in helpers
+    lines = [
+        f'"""{net.name}: generated by netspec {__version__} from {source_file or "a spec"}.',
+        "",
+        f"{description}Input {format_shape(net.input_shape)} (without the batch), output "
+        f"{format_shape(net.output_shape)}; {net.total_params:,} parameters.",
+        "Its state_dict keys are netspec's, so the weights of a netspec checkpoint load directly:",
+        "",
+        f"    model = {name}()",
+        f"    {load}",
+        '"""',
+        "",
+        "import torch",
+        *(["import torch.nn.functional as F"] if uses_functional else []),
+        "from torch import nn",
+        "",
+        "",
+        *([helpers.rstrip(), "", ""] if helpers else []),
+        f"class {name}(nn.Sequential):",
+        f'    """{net.name} as netspec builds it; `forward` is written out step by step."""',
+        "",
+        "    def __init__(self) -> None:",
+        "        super().__init__(",
+        *children,
+        "        )",
+        "",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        f"        # x: {format_shape(net.input_shape)}",
+        *writer.forward,
+        "        return x",
+        "",
+        "",
+        'if __name__ == "__main__":',
+        f"    model = {name}().eval()",
+        f"    print(model(torch.randn(2, {', '.join(map(str, net.input_shape))})).shape)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def load_python_module(path: Path) -> Any:
+    """Import a generated file as a module (for checking it)."""
+    import importlib.machinery
+    import importlib.util
+
+    name = f"netspec_export_{abs(hash(str(path)))}"
+    loader = importlib.machinery.SourceFileLoader(name, str(path))  # whatever the file's suffix
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _export_python(
+    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
+) -> ExportResult:
+    weights_path = path.with_suffix(".pt") if checkpoint is not None else None
+    source_file = net.spec.source.file
+    code = python_source(net, weights_path.name if weights_path else None, source_file)
+    _, check = _inputs(net, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / f"{net.name}.py"
+        file.write_text(code)
+        try:
+            generated = getattr(load_python_module(file), class_name(net.name))()
+            generated.load_state_dict(model.state_dict(), strict=True)
+        except Exception as exc:  # a bug in the writer; say so plainly
+            raise ExportError(f"the generated Python for {net.name} does not load: {_first_line(exc)}") from None
+    generated.eval()
+    with torch.no_grad():
+        diff = _compare("python", model(check), generated(check))
+    atomic_write_text(path, code)
+    if weights_path is not None:
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        atomic_write_bytes(weights_path, buffer.getvalue())
+    return ExportResult("python", path, diff, len(check), weights_path, notes=["imports only torch"])

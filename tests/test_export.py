@@ -1,0 +1,191 @@
+"""`netspec export`: ONNX, torch.export and plain PyTorch, each checked here on its own terms."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import netspec
+from netspec.exporter import class_name, load_python_module
+from tests.conftest import SHARED_DATA, SPECS, ZOO, requires_mnist, run_cli
+
+# ONNX and pt2 of these take several seconds each on 2 cores: they run under -m slow.
+HEAVY = {"alexnet", "vgg11", "googlenet", "densenet", "mobilenet_v2_small"}
+LIGHT = [n for n in ZOO if n not in HEAVY]
+FORMAT_CASES = [pytest.param(n, id=n) for n in LIGHT] + [pytest.param(n, id=n, marks=pytest.mark.slow) for n in HEAVY]
+
+
+def _model_and_batch(name: str, batch: int = 5) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(1)
+    model = netspec.build(SPECS / f"{name}.yaml").eval()
+    return model, torch.randn(batch, *model.net_shape.input_shape)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(name: str, tmp_path: Path):
+    result = netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path / f"{name}.py")
+    source = result.path.read_text()
+    imports = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imports == {"torch"}
+    model, x = _model_and_batch(name)
+    generated = getattr(load_python_module(result.path), class_name(name))().eval()
+    assert list(generated.state_dict()) == list(model.state_dict())
+    generated.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(generated(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_python_export_passes_ruff(tmp_path: Path):
+    for name in ("lenet", "googlenet", "unet_small", "se_resnet_small"):
+        netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_export_reads_like_the_network(tmp_path: Path):
+    path = netspec.export(SPECS / "unet_small.yaml", format="python", out=tmp_path).path
+    source = path.read_text()
+    assert "class UnetSmall(nn.Sequential):" in source
+    assert "nn.ConvTranspose2d(128, 64, 2, stride=2)" in source  # in_channels filled in, defaults left out
+    assert "enc3 = x" in source  # a named tap is a named variable
+    assert "x = torch.cat([enc3, up3], dim=1)  # 128×16×16" in source  # with the shape of the line
+    googlenet = netspec.export(SPECS / "googlenet.yaml", format="python", out=tmp_path).path.read_text()
+    assert "x = torch.cat([branch0, branch1, branch2, branch3], dim=1)  # 256×12×12" in googlenet
+
+
+@pytest.mark.parametrize("name", FORMAT_CASES)
+def test_onnx_export_runs_in_onnxruntime_with_any_batch_size(name: str, tmp_path: Path):
+    import onnx
+    import onnxruntime
+
+    torch.manual_seed(1)  # the exported model's weights: the same as _model_and_batch's
+    result = netspec.export(SPECS / f"{name}.yaml", format="onnx", out=tmp_path)
+    model = onnx.load(str(result.path))
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["output"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch dimension
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        torch_model, x = _model_and_batch(name, batch)
+        (got,) = session.run(["output"], {"input": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), torch_model(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", FORMAT_CASES)
+def test_pt2_export_reloads_and_matches(name: str, tmp_path: Path):
+    torch.manual_seed(1)
+    result = netspec.export(SPECS / f"{name}.yaml", format="pt2", out=tmp_path)
+    program = torch.export.load(str(result.path)).module()
+    for batch in (1, 5):
+        model, x = _model_and_batch(name, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_fixed_batch_size(tmp_path: Path):
+    import onnx
+
+    result = netspec.export(SPECS / "lenet.yaml", format="onnx", out=tmp_path, batch=4)
+    assert onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_cli_export_json(tmp_path: Path):
+    result = run_cli("export", "specs/lenet.yaml", "--format", "pt2", "--out", str(tmp_path / "l.pt2"), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["format"] == "pt2" and Path(data["path"]).exists() and data["max_abs_diff"] <= 1e-5
+
+
+def test_a_layer_the_exporter_cannot_take_is_named(write_spec, tmp_path: Path):
+    # Bilinear resizing with align_corners has no ONNX operator before opset 11.
+    path = write_spec(
+        "name: up\ninput: [3, 8, 8]\nlayers:\n  - conv2d: {out_channels: 4, kernel_size: 3}\n"
+        "  - upsample: {scale_factor: 2, mode: bilinear, align_corners: true}\n"
+    )
+    out = tmp_path / "up.onnx"
+    result = run_cli("export", str(path), "--format", "onnx", "--opset", "10", "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot export up to onnx at layers[1] upsample: ")
+    assert "align_corners" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "tflite"], "invalid choice: 'tflite'"),
+        (["--format", "onnx", "--batch", "0"], "must be at least 1"),
+        (["--format", "python", "--checkpoint", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["--format", "python", "--out", "no/such/folder/x.py"], "no/such/folder: no such folder"),
+    ],
+)
+def test_cli_export_bad_input(args: list[str], message: str):
+    result = run_cli("export", "specs/lenet.yaml", *args)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@requires_mnist
+def test_trained_lenet_exports_with_its_weights_and_keeps_its_accuracy(tmp_path: Path):
+    from netspec.config import TrainConfig
+    from netspec.train import checked_dataset, evaluate, make_loader
+
+    run = tmp_path / "run"
+    trained = run_cli(
+        "train", "specs/lenet.yaml", "--dataset", "mnist", "--data-root", str(SHARED_DATA), "--epochs", "1",
+        "--device", "cpu", "--out", str(run), "--no-progress",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = run / "best.pt"
+    evaluated = run_cli(
+        "eval", "specs/lenet.yaml", "--checkpoint", str(checkpoint), "--dataset", "mnist",
+        "--data-root", str(SHARED_DATA), "--device", "cpu", "--json",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    eval_accuracy = json.loads(evaluated.stdout)["test_accuracy"]
+
+    for fmt, file in (("python", "lenet.py"), ("onnx", "lenet.onnx"), ("pt2", "lenet.pt2")):
+        result = run_cli("export", "specs/lenet.yaml", "--format", fmt, "--checkpoint", str(checkpoint),
+                         "--out", str(tmp_path / file))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    # The python export and the state_dict written beside it, exactly as its docstring says to load them.
+    source = (tmp_path / "lenet.py").read_text()
+    assert 'model.load_state_dict(torch.load("lenet.pt", weights_only=True))' in source
+    generated = load_python_module(tmp_path / "lenet.py").Lenet()
+    generated.load_state_dict(torch.load(tmp_path / "lenet.pt", weights_only=True))
+    spec = netspec.load_spec(SPECS / "lenet.yaml")
+    cfg = TrainConfig.model_validate({**spec.train.model_dump(), "dataset": "mnist", "data_root": str(SHARED_DATA)})
+    info = checked_dataset(spec, cfg)
+    loader = make_loader(spec, cfg, info, torch.device("cpu"), train=False)
+    accuracy, _ = evaluate(generated, loader, 10)
+    assert accuracy == pytest.approx(eval_accuracy, abs=1e-9)
+
+    # ONNX and pt2 carry the trained weights: same predictions as the checkpoint on the test images.
+    import onnxruntime
+
+    trained_model = netspec.build(SPECS / "lenet.yaml").eval()
+    netspec.compiler.load_weights(trained_model, checkpoint)
+    x, _ = next(iter(loader))
+    with torch.no_grad():
+        expected = trained_model(x)
+    session = onnxruntime.InferenceSession(str(tmp_path / "lenet.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["output"], {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_out), expected, rtol=0, atol=1e-4)
+    program = torch.export.load(str(tmp_path / "lenet.pt2")).module()
+    torch.testing.assert_close(program(x), expected, rtol=0, atol=1e-5)
