@@ -38,7 +38,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from netspec.shapes import infer_shapes
     from netspec.summary import summary_dict, summary_table
 
-    net = infer_shapes(args.spec)
+    net = infer_shapes(_load(args))
     if args.compile:  # torch.compile is lazy: compile for real with one forward pass, so problems show now
         import time
 
@@ -77,12 +77,12 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from netspec.train import train
 
-    if args.resume is not None and (args.spec is not None or _train_overrides(args)):
+    if args.resume is not None and (args.spec is not None or _train_overrides(args) or args.set):
         raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
     # With --json, stdout carries only the JSON object; the epoch lines go to stderr.
     out = sys.stderr if args.json else sys.stdout
     result = train(
-        args.spec,
+        _load(args) if args.spec is not None else None,
         _train_overrides(args),
         out=args.out,
         resume=args.resume,
@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from netspec.train import evaluate_checkpoint
 
-    accuracy, confusion, classes = evaluate_checkpoint(args.spec, args.checkpoint, _train_overrides(args))
+    accuracy, confusion, classes = evaluate_checkpoint(_load(args), args.checkpoint, _train_overrides(args))
     if args.json:
         _print_json({"test_accuracy": accuracy, "classes": classes, "confusion": confusion.tolist()})
         return 0
@@ -125,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     report = bench(
-        args.spec,
+        _load(args),
         devices=args.device,
         batch_sizes=args.batch_sizes,
         modes=args.modes,
@@ -157,7 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from netspec.exporter import export
 
     result = export(
-        args.spec, args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset
+        _load(args), args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset
     )
     if args.json:
         _print_json(result.to_dict())
@@ -174,8 +174,42 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_draw(args: argparse.Namespace) -> int:
     from netspec.diagram import draw
 
-    path = draw(args.spec, args.out, style=args.style, detail=args.detail)
+    path = draw(_load(args), args.out, style=args.style, detail=args.detail)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from netspec.sweep import make_plan, results_table, sweep
+
+    # With --json, stdout carries only the JSON object; progress goes to stderr.
+    stream = sys.stderr if args.json else sys.stdout
+    report = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+    if args.resume is not None:
+        if args.specs or args.grid or _train_overrides(args) or args.set:
+            raise UsageError("--resume continues a sweep with its own specs and settings; give no specs or options")
+        result = sweep(resume=args.resume, report=report)
+    else:
+        plan = make_plan(
+            args.specs,
+            args.grid or [],
+            sampler=args.sampler,
+            trials=args.trials,
+            epochs=args.epochs,
+            prune=False if args.no_prune else None,
+            seed=args.sweep_seed,
+            storage=args.storage,
+            train_overrides={k: v for k, v in _train_overrides(args).items() if k != "epochs"},
+            variables=_assignments(args.set),
+        )
+        result = sweep(plan, out=args.out, report=report)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        Console(width=None if sys.stdout.isatty() else 150).print(results_table(result))
+        print(f"sweep folder: {result.sweep_dir} (results.csv, results.json, curves.png, gap.png)")
     return 0
 
 
@@ -209,90 +243,222 @@ def _positive_float(text: str) -> float:
     return _parse_number(text, float, "a number", 0, inclusive=False)
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from netspec.config import DATASETS
+def _assignments(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set width=64 --set act=relu` -> {"width": 64, "act": "relu"}."""
+    from netspec.spec import parse_value
 
-    g = p.add_argument_group("overrides of the spec's train section")
-    g.add_argument("--dataset", choices=DATASETS)
-    g.add_argument("--data-root", help="folder holding the dataset in torchvision's layout")
-    g.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
-    g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--seed", type=int)
-    g.add_argument(
-        "--resize", action="store_true", help="resize images to the spec's input size on the fly (as d2l's resize=)"
+    values: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--set {pair}: write NAME=VALUE, e.g. --set width=64")
+        values[name.strip()] = parse_value(text)
+    return values
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The spec named on the command line, with its `--set` variables."""
+    from netspec.spec import load_spec
+
+    return load_spec(args.spec, variables=_assignments(getattr(args, "set", None)))
+
+
+def _add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a spec variable from the spec's vars: section (repeatable), e.g. --set width=64",
     )
 
 
-# --- argument parsing --------------------------------------------------------------------------
+def _add_data_options(g: argparse._ArgumentGroup) -> None:
+    from netspec.config import DATASETS
+
+    g.add_argument("--dataset", choices=DATASETS, help="the dataset (default: the spec's train section)")
+    g.add_argument("--data-root", help="folder holding the dataset in torchvision's layout (default: data)")
+    g.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
+    g.add_argument(
+        "--resize", action="store_true", help="resize images to the spec's input size on the fly (as d2l's resize=)"
+    )
+    g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    g.add_argument("--batch-size", type=_positive_int, help="training batch size")
+    g.add_argument("--seed", type=int, help="random seed for initialization, shuffling and dropout (default: 0)")
+
+
+def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--epochs", type=_positive_int, help="number of epochs")
+    g.add_argument("--lr", type=_positive_float, help="learning rate")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer")
+    g.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"), help="learning-rate schedule")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
+    g.add_argument("--compile", action="store_true", help="train through torch.compile")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
+
+
+def _parser(sub: Any, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="netspec", description="Declarative model specs: build, train and benchmark.")
+    parser = _Parser(
+        prog="netspec",
+        description="Declarative model specs: build, train, benchmark, sweep, export and draw.",
+        epilog="examples:\n  netspec build specs/lenet.yaml\n  netspec train specs/lenet.yaml --dataset mnist\n"
+        "  netspec <command> --help   (each command's options and examples)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"netspec {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="command")
 
-    p = sub.add_parser("build", help="validate a spec and show its layers, shapes, parameters and MACs")
+    p = _parser(
+        sub,
+        "build",
+        "validate a spec and show its layers, shapes, parameters and MACs",
+        [
+            "netspec build specs/lenet.yaml",
+            "netspec build specs/googlenet.yaml --json",
+            "netspec build x.yaml --set width=64",
+        ],
+    )
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--compile", action="store_true", help="also compile it with torch.compile (one forward pass)")
+    _add_set_option(p)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
+    p = _parser(sub, "schema", "print the JSON Schema of the spec language (for editors)",
+                ["netspec schema > netspec.schema.json"])  # fmt: skip
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("train", help="train a spec on its dataset; writes a run folder")
+    p = _parser(
+        sub,
+        "train",
+        "train a spec on its dataset; writes a run folder",
+        [
+            "netspec train specs/lenet.yaml --dataset mnist --data-root ../shared/data",
+            "netspec train specs/mlp.yaml --epochs 2 --lr 0.03 --json",
+            "netspec train --resume runs/lenet-20261124-120000",
+        ],
+    )
     p.add_argument("spec", nargs="?", help="path to a YAML spec (omit with --resume)")
-    _add_train_options(p)
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
-    p.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"))
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"))
-    p.add_argument("--compile", action="store_true", help="train through torch.compile")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--out", help="run folder (default: runs/<name>-<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--json", action="store_true", help="print the final result as one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data and device")
+    _add_data_options(g)
+    g = p.add_argument_group("the recipe (overrides of the spec's train section)")
+    _add_recipe_options(g)
+    _add_set_option(g)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="run folder (default: runs/<name>-<timestamp>)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    g.add_argument("--json", action="store_true", help="print the final result as one JSON object")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test accuracy and confusion matrix of a saved checkpoint")
+    p = _parser(
+        sub,
+        "eval",
+        "test accuracy and confusion matrix of a saved checkpoint",
+        ["netspec eval specs/lenet.yaml --checkpoint runs/lenet-.../best.pt --dataset mnist"],
+    )
     p.add_argument("spec", help="path to the YAML spec the checkpoint was trained from")
     p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt from a run folder")
-    _add_train_options(p)
-    p.add_argument("--json", action="store_true")
+    g = p.add_argument_group("data and device")
+    _add_data_options(g)
+    _add_set_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="measure training and inference examples/sec, eager and compiled")
+    p = _parser(
+        sub,
+        "bench",
+        "measure training and inference examples/sec, eager and compiled",
+        [
+            "netspec bench specs/lenet.yaml --device cpu --batch-sizes 64,256,1024 --compile both",
+            "netspec bench specs/resnet_small.yaml --device cuda --amp bf16 --channels-last --json --out r.json",
+            "netspec bench specs/lenet.yaml --end-to-end --dataset mnist --data-root ../shared/data",
+        ],
+    )
     p.add_argument("spec", help="path to a YAML spec")
-    p.add_argument("--device", action="append", help="cpu, cuda, cuda:N (repeatable; default: every available)")
-    p.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="sweep, e.g. 64,256,1024")
-    p.add_argument("--modes", type=lambda t: t.split(","), metavar="train,infer")
-    p.add_argument("--compile", choices=("off", "on", "both"))
-    p.add_argument(
+    g = p.add_argument_group("what to measure")
+    g.add_argument("--device", action="append", help="cpu, cuda, cuda:N (repeatable; default: every available)")
+    g.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="batch sizes to sweep, e.g. 64,256,1024")
+    g.add_argument("--modes", type=lambda t: t.split(","), metavar="train,infer", help="train, infer or both")
+    g.add_argument("--compile", choices=("off", "on", "both"), help="eager, torch.compile, or both side by side")
+    g.add_argument(
         "--compile-mode",
         choices=("default", "reduce-overhead", "max-autotune"),
         help="torch.compile mode (reduce-overhead uses CUDA graphs)",
     )
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"))
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--steps", type=_positive_int, help="steps per timed repeat")
-    p.add_argument("--repeats", type=_positive_int)
-    p.add_argument("--end-to-end", action="store_true", help="time a real `netspec train` epoch, data path included")
-    p.add_argument("--dataset", help="dataset for --end-to-end (default: the spec's)")
-    p.add_argument("--data-root", help="dataset folder for --end-to-end")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the JSON to this file")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
+    _add_set_option(g)
+    g = p.add_argument_group("timing")
+    g.add_argument("--warmup", type=int, help="untimed steps before timing (default: 5)")
+    g.add_argument("--steps", type=_positive_int, help="steps per timed repeat (default: 20)")
+    g.add_argument("--repeats", type=_positive_int, help="timed repeats; the table shows the median (default: 5)")
+    g.add_argument("--end-to-end", action="store_true", help="time a real `netspec train` epoch, data path included")
+    g.add_argument("--dataset", help="dataset for --end-to-end (default: the spec's)")
+    g.add_argument("--data-root", help="dataset folder for --end-to-end")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
+        "sweep",
+        "train a spec under many settings (a grid or an Optuna sampler) and compare the trials",
+        [
+            "netspec sweep specs/mlp.yaml --grid lr=0.1,0.01,0.001 --grid batch_size=32,64,128 --epochs 1",
+            "netspec sweep specs/cifar_net*.yaml --dataset cifar2 --epochs 10",
+            "netspec sweep specs/mlp.yaml --grid lr=1e-4..1e-1:log --sampler tpe --trials 20",
+            "netspec sweep --resume runs/sweep-mlp-20261124-120000",
+            "netspec sweep specs/mlp.yaml --grid lr=0.1,0.01 --storage postgresql://host/db  # on several machines",
+        ],
+    )
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="one spec, or several to compare (omit with --resume)")
+    g = p.add_argument_group("the search")
+    g.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=VALUES",
+        help="a train setting or spec variable and its values: lr=0.1,0.01 (a list) or lr=1e-4..1e-1:log, "
+        "width=16..128 (a range, for tpe/random); repeatable",
+    )
+    g.add_argument("--sampler", choices=("grid", "tpe", "random"), help="how trials are chosen (default: grid)")
+    g.add_argument("--trials", type=_positive_int, help="number of trials, for tpe and random")
+    g.add_argument("--no-prune", action="store_true", help="never stop a trial early (default: median pruning)")
+    g.add_argument("--sweep-seed", type=int, help="the sampler's seed (default: 0)")
+    g = p.add_argument_group("every trial (overrides of the spec's train section)")
+    _add_data_options(g)
+    _add_recipe_options(g)
+    _add_set_option(g)
+    g = p.add_argument_group("output and scale-out")
+    g.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/sweep-<names>-<timestamp>)")
+    g.add_argument("--resume", metavar="DIR", help="finish a sweep that was stopped or killed")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: DIR/study.db)",
+    )
+    g.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.set_defaults(func=cmd_sweep)
+
+    p = _parser(
+        sub,
         "export",
-        help="export a spec as ONNX, torch.export (.pt2) or a plain PyTorch file, checked against the model",
-        epilog="examples:\n  netspec export specs/lenet.yaml --format onnx\n"
-        "  netspec export specs/lenet.yaml --format python --checkpoint runs/lenet-.../best.pt --out lenet.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export a spec as ONNX, torch.export (.pt2) or a plain PyTorch file, checked against the model",
+        [
+            "netspec export specs/lenet.yaml --format onnx",
+            "netspec export specs/lenet.yaml --format python --checkpoint runs/lenet-.../best.pt --out lenet.py",
+            "netspec export specs/resnet_small.yaml --format pt2 --batch 8",
+        ],
     )
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--format", required=True, choices=("onnx", "pt2", "python"), help="what to write")
@@ -302,15 +468,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--batch", type=_batch, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)")
+    _add_set_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "draw",
-        help="draw the network as a PNG or SVG diagram (shapes on the edges, branches side by side)",
-        epilog="examples:\n  netspec draw specs/lenet.yaml --out lenet.png\n"
-        "  netspec draw specs/resnet_small.yaml --out resnet.svg --detail",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "draw the network as a PNG or SVG diagram (shapes on the edges, branches side by side)",
+        ["netspec draw specs/lenet.yaml --out lenet.png", "netspec draw specs/resnet_small.yaml --out r.svg --detail"],
     )
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--out", required=True, help="the picture to write: a .png or .svg file")
@@ -319,6 +485,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="graph: a box per layer (default); blocks: a box per top-level entry",
     )  # fmt: skip
     p.add_argument("--detail", action="store_true", help="expand block uses and repeats into their layers")
+    _add_set_option(p)
     p.set_defaults(func=cmd_draw)
     return parser
 

@@ -66,3 +66,21 @@ class BenchConfig(BaseModel):
     warmup: Annotated[int, Strict(), Ge(0)] = 5
     steps: PositiveInt = 20
     repeats: PositiveInt = 5
+
+
+GridValue = list[int | float | str | bool] | str
+
+
+class SweepConfig(BaseModel):
+    """The `sweep:` section: what `netspec sweep` varies, and how (command-line options win)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # KEY: [values] (categorical), or "low..high" / "low..high:log" (a range, for tpe and random)
+    grid: dict[str, GridValue] = {}
+    sampler: Literal["grid", "tpe", "random"] = "grid"
+    trials: PositiveInt | None = None  # for tpe and random
+    epochs: PositiveInt | None = None  # every trial's epochs (default: the train section's)
+    prune: bool = True  # stop trials below the median test accuracy of earlier trials at the same epoch
+    seed: int = 0
+    storage: str | None = None  # an Optuna RDB URL shared by several workers (default: DIR/study.db)

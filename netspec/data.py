@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,7 +81,31 @@ def load_split(
     input_shape: tuple[int, ...] | None = None,
     synthetic_size: int = 4096,
 ) -> ImageData:
-    """Read one split of a dataset into memory."""
+    """Read one split of a dataset into memory (once per process: a sweep's trials share it)."""
+    key = (name, str(Path(root).resolve()), train, tuple(input_shape or ()), synthetic_size, _stamp(root))
+    if key not in _SPLITS:
+        if len(_SPLITS) >= 4:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = _read_split(name, root, train, download, input_shape, synthetic_size)
+    return _SPLITS[key]
+
+
+_SPLITS: dict[tuple[Any, ...], ImageData] = {}
+
+
+def _stamp(root: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """Size and mtime of the dataset files under `root`: a changed file is read again."""
+    found = []
+    for folder in ("MNIST/raw", "FashionMNIST/raw", "cifar-10-batches-py"):
+        path = Path(root) / folder
+        if path.is_dir():
+            found += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+    return tuple(found)
+
+
+def _read_split(
+    name: str, root: str | Path, train: bool, download: bool, input_shape: tuple[int, ...] | None, synthetic_size: int
+) -> ImageData:
     root = Path(root)
     if name == "synthetic":
         return _synthetic(tuple(input_shape or (1, 28, 28)), synthetic_size if train else max(synthetic_size // 4, 1))

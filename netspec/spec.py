@@ -14,10 +14,15 @@ layer path and kind.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import operator
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import yaml
 from annotated_types import Gt
 from pydantic import (
     BaseModel,
@@ -34,7 +39,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from netspec.config import BenchConfig, TrainConfig
+from netspec.config import BenchConfig, SweepConfig, TrainConfig
 from netspec.errors import SpecError
 from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, can_be_bare
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
@@ -294,10 +299,13 @@ class Spec(BaseModel):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     input: InputShape
+    # Spec variables: `$name` anywhere in layers and blocks; `--set name=value` on every command.
+    vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], int | float | bool | str] = {}
     blocks: dict[str, BlockDef] = {}
     layers: Annotated[list[LayerEntry], Field(min_length=1)]
     train: TrainConfig = Field(default_factory=TrainConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    sweep: SweepConfig | None = None
 
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
 
@@ -312,11 +320,15 @@ class Spec(BaseModel):
         if self.description:
             data["description"] = self.description
         data["input"] = list(self.input)
+        if self.vars:
+            data["vars"] = dict(self.vars)
         if self.blocks:
             data["blocks"] = {n: b.model_dump(mode="json") for n, b in self.blocks.items()}
         data["layers"] = [entry_to_data(e) for e in self.layers]
         data["train"] = self.train.model_dump(mode="json")
         data["bench"] = self.bench.model_dump(mode="json")
+        if self.sweep is not None:
+            data["sweep"] = self.sweep.model_dump(mode="json", exclude_defaults=True)
         return data
 
 
@@ -545,8 +557,8 @@ def spec_error_from_validation(
 # --- loading ---------------------------------------------------------------------------------
 
 
-def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
-    """Validate plain data (as loaded from YAML) into a Spec."""
+def validate_spec(data: Any, source: SourceMap | None = None, variables: dict[str, Any] | None = None) -> Spec:
+    """Validate plain data (as loaded from YAML) into a Spec; `variables` override its `vars:`."""
     source = source or SourceMap()
     if data is None:
         raise source.error("the spec is empty; it needs at least name, input and layers")
@@ -556,6 +568,7 @@ def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
     if unknown is not None:
         hint = did_you_mean(str(unknown), list(Spec.model_fields))
         raise source.error(f"unknown top-level key '{unknown}'{hint}", (unknown,), key=True)
+    data = _with_variables(data, source, variables or {})
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -564,35 +577,139 @@ def validate_spec(data: Any, source: SourceMap | None = None) -> Spec:
     return spec
 
 
-def parse_spec(text: str, file: str | None = None) -> Spec:
+def parse_spec(text: str, file: str | None = None, variables: dict[str, Any] | None = None) -> Spec:
     """Parse and validate spec text."""
     data, source = parse_yaml(text, file)
-    return validate_spec(data, source)
+    return validate_spec(data, source, variables)
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file."""
+def load_spec(path: str | Path, variables: dict[str, Any] | None = None) -> Spec:
+    """Read, parse and validate a spec file; `variables` (name -> value) override its `vars:`."""
     data, source = read_yaml_file(path)
-    return validate_spec(data, source)
+    return validate_spec(data, source, variables)
+
+
+# --- variables and expressions -----------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on the command line: 64 -> int, 1e-4 -> float, true -> bool, relu -> str."""
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text) if text else ""
+
+
+_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_OPERATORS: dict[type, Callable[..., Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> Any:
+    """`$width` -> its value; `$width * 2 + 1` -> arithmetic on numbers, by walking the parsed expression
+    (never eval). Raises ValueError with the message to show; `unknown(name)` words an unknown name."""
+    whole = _VARIABLE.fullmatch(text.strip())
+    if whole:
+        if whole.group(1) not in env:
+            raise ValueError(unknown(whole.group(1)))
+        return env[whole.group(1)]
+    try:
+        tree = ast.parse(_VARIABLE.sub(r"\1", text).strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"cannot read '{text}' as arithmetic (write e.g. $width * 2)") from None
+
+    def walk(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in env:
+                raise ValueError(unknown(node.id))
+            value = env[node.id]
+            if type(value) not in (int, float):
+                raise ValueError(f"${node.id} is {value!r}, not a number, in '{text}'")
+            return value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
+                raise ValueError(f"'{text}': that power is too large")
+            try:
+                return _OPERATORS[type(node.op)](left, right)
+            except ZeroDivisionError:
+                raise ValueError(f"'{text}' divides by zero") from None
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](walk(node.operand))
+        raise ValueError(f"'{text}': only numbers, $variables, + - * / // % ** and brackets are allowed")
+
+    return walk(tree)
+
+
+def _substitute(
+    value: Any, env: dict[str, Any], path: YamlPath, source: SourceMap, unknown: Callable[[str], str]
+) -> Any:
+    """`value` with every string that uses `$names` replaced by its value."""
+    if isinstance(value, str) and "$" in value:
+        try:
+            return evaluate(value, env, unknown)
+        except ValueError as exc:
+            layer_path, kind, _ = describe_path(path)
+            raise source.error(str(exc), path, f"{layer_path} {kind or ''}".strip() or None) from None
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, (*path, k), source, unknown) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, (*path, i), source, unknown) for i, v in enumerate(value)]
+    return value
+
+
+def _with_variables(data: dict[str, Any], source: SourceMap, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The spec's data with `--set` overrides applied to `vars:` and every `$variable` in `layers` replaced.
+
+    Block bodies are left as written: a block's `$parameters` (and the spec's variables) are
+    substituted each time the block is used.
+    """
+    declared = data.get("vars") or {}
+    if not isinstance(declared, dict):
+        return data  # pydantic reports it, with its position
+    for name in overrides:
+        if name not in declared:
+            hint = did_you_mean(name, list(declared))
+            known = ", ".join(declared) or "none"
+            raise SpecError(
+                f"--set {name}: the spec has no variable '{name}'{hint}; its vars: {known}", file=source.file
+            )
+    env: dict[str, Any] = {}
+    for name, value in {**declared, **overrides}.items():  # a variable may use the ones before it
+        env[name] = (
+            _substitute(value, env, ("vars", name), source, _unknown_variable(env)) if name not in overrides else value
+        )
+    if not env and not any("$" in str(v) for v in [data.get("layers")]):
+        return data
+    layers = _substitute(data.get("layers"), env, ("layers",), source, _unknown_variable(env))
+    return {**data, "vars": env, "layers": layers} if "vars" in data or overrides else {**data, "layers": layers}
+
+
+def _unknown_variable(env: dict[str, Any]) -> Callable[[str], str]:
+    def message(name: str) -> str:
+        known = ", ".join(f"${k}" for k in env) or "none"
+        return f"unknown variable ${name}{did_you_mean(name, list(env))}; the spec's vars: {known} (declare it under vars:)"
+
+    return message
 
 
 # --- blocks ----------------------------------------------------------------------------------
-
-
-def _substitute(value: Any, params: dict[str, Any], block: str, path: YamlPath, source: SourceMap) -> Any:
-    if isinstance(value, str) and value.startswith("$"):
-        name = value[1:]
-        if name not in params:
-            known = ", ".join(params) or "none"
-            raise source.error(
-                f"unknown parameter ${name}{did_you_mean(name, list(params))} (block {block} takes: {known})", path
-            )
-        return params[name]
-    if isinstance(value, dict):
-        return {k: _substitute(v, params, block, (*path, k), source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, params, block, (*path, i), source) for i, v in enumerate(value)]
-    return value
 
 
 def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: str) -> list[Any]:
@@ -615,8 +732,16 @@ def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: s
     missing = [k for k, v in params.items() if v is None]
     if missing:
         raise source.error(f"block {call.name} needs parameter {', '.join(missing)}", call_path, f"{where} {call.name}")
+
+    def unknown(name: str) -> str:
+        known = ", ".join(block.params) or "none"
+        also = f"; the spec's vars: {', '.join(spec.vars)}" if spec.vars else ""
+        return f"unknown parameter ${name}{did_you_mean(name, [*params, *spec.vars])} (block {call.name} takes: {known}{also})"
+
+    defaults = _substitute(block.params, dict(spec.vars), ("blocks", call.name, "params"), source, unknown)
+    env = {**spec.vars, **defaults, **{k: v for k, v in call.args.items()}}  # a parameter hides a variable
     body_path: YamlPath = ("blocks", call.name, "layers")
-    body = _substitute(block.layers, params, call.name, body_path, source)
+    body = _substitute(block.layers, env, body_path, source, unknown)
     try:
         return _ENTRY_LIST.validate_python(body)
     except ValidationError as exc:

@@ -344,7 +344,9 @@ class Trainer:
 
     # -- the loop --
 
-    def run(self) -> TrainResult:
+    def run(self, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainResult:
+        """Train to cfg.epochs; `on_epoch` sees each epoch's metrics after they are saved (a sweep
+        reports them to its pruner, which may stop the run by raising)."""
         cfg = self.cfg
         self.model.train()
         if self.epoch == 0 and self.batch == 0:
@@ -359,6 +361,8 @@ class Trainer:
                     f"train acc {metrics.train_accuracy:.3f}, test acc {metrics.test_accuracy:.3f}, "
                     f"{metrics.examples_per_sec:.1f} examples/sec on {self.device}"
                 )
+                if on_epoch is not None:
+                    on_epoch(metrics)
         if not self.epochs:
             raise UsageError("nothing to train: the run has no epochs")
         if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
@@ -512,13 +516,14 @@ def train(
     resume: str | Path | None = None,
     report: Reporter = print,
     progress: bool = True,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
     """Train a spec (or resume a run folder) and return its metrics.
 
     `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}).
     """
     if resume is not None:
-        return _resume(Path(resume), report, progress)
+        return _resume(Path(resume), report, progress, on_epoch)
     if spec is None:
         raise UsageError("give a spec to train, or --resume RUN_DIR")
     if not isinstance(spec, Spec):
@@ -528,10 +533,12 @@ def train(
     trainer = Trainer(spec, cfg, report, progress)
     trainer.run_dir = new_run_dir(spec.name, out)
     atomic_write_text(trainer.run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
-    return trainer.run()
+    return trainer.run(on_epoch)
 
 
-def _resume(run_dir: Path, report: Reporter, progress: bool) -> TrainResult:
+def _resume(
+    run_dir: Path, report: Reporter, progress: bool, on_epoch: Callable[[EpochMetrics], None] | None = None
+) -> TrainResult:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
     if not (run_dir / "last.pt").exists():
@@ -549,7 +556,7 @@ def _resume(run_dir: Path, report: Reporter, progress: bool) -> TrainResult:
     trainer.load_state(ckpt)
     if trainer.epoch >= cfg.epochs:
         report(f"{run_dir} already finished its {cfg.epochs} epochs")
-    return trainer.run()
+    return trainer.run(on_epoch)
 
 
 def evaluate_checkpoint(

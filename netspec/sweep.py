@@ -1,0 +1,672 @@
+"""`netspec sweep`: hyper-parameter and architecture sweeps, on Optuna.
+
+Each trial is an ordinary `netspec train` run folder under DIR/trials/, so `netspec eval`
+and `--resume` work on any of them. Optuna does the rest: its samplers (grid, TPE,
+random) choose the settings, its MedianPruner stops hopeless trials from their per-epoch
+test accuracy, and its RDB storage (an SQLite file in DIR, or any URL given with
+--storage) holds the study, so that a sweep resumes after a kill and several processes
+or machines can work on one study at once. A worker that dies is noticed by Optuna's
+heartbeat; its trial is retried (`RetryFailedTrialCallback`) and continues from the
+trial's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from netspec.config import SweepConfig, TrainConfig
+from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
+from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from netspec.shapes import infer_shapes
+from netspec.spec import Spec, closest, load_spec, parse_value
+from netspec.train import TrainResult, _save_figure, resolve_config, train
+
+Reporter = Callable[[str], None]
+SPEC_KEY = "spec"  # the dimension that chooses among several specs
+STUDY_DB = "study.db"
+
+
+class TrialFailed(NetspecError):
+    """A trial that failed (diverged, out of memory, an error): recorded, and the sweep goes on."""
+
+
+# --- the search space ------------------------------------------------------------------------------
+
+
+@dataclass
+class Dimension:
+    """One swept key: a list of values, or a range (for the tpe and random samplers)."""
+
+    key: str
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @property
+    def is_range(self) -> bool:
+        return self.values is None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.values is not None:
+            return trial.suggest_categorical(self.key, self.values)
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)  # type: ignore[arg-type]
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, False) or k == "key"}
+
+
+_RANGE = re.compile(r"^\s*([^.\s][^\s]*?)\s*\.\.\s*([^\s:]+)\s*(?::\s*(log))?\s*$")
+
+
+def parse_dimension(key: str, value: Any) -> Dimension:
+    """`0.1,0.01` (or a YAML list) is categorical; `1e-4..1e-1:log` and `16..128` are ranges."""
+    if isinstance(value, list):
+        return Dimension(key, values=list(value))
+    text = str(value)
+    match = _RANGE.match(text)
+    if match:
+        low, high = (parse_value(match.group(i)) for i in (1, 2))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise UsageError(f"--grid {key}={text}: a range needs numbers at both ends, like 1e-4..1e-1:log")
+        if low >= high:
+            raise UsageError(f"--grid {key}={text}: the range is empty ({low} is not below {high})")
+        if match.group(3) and low <= 0:
+            raise UsageError(f"--grid {key}={text}: a log range needs positive ends")
+        integer = isinstance(low, int) and isinstance(high, int)
+        return Dimension(key, low=low, high=high, log=bool(match.group(3)), integer=integer)
+    values = [parse_value(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise UsageError(f"--grid {key}=: give values (a,b,c) or a range (low..high)")
+    return Dimension(key, values=values)
+
+
+def parse_grid_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--grid {text}: write KEY=V1,V2,... or KEY=LOW..HIGH[:log]")
+    return key.strip(), value
+
+
+# --- the plan: specs, dimensions and settings, all checked before any trial ------------------------
+
+
+@dataclass
+class SweepPlan:
+    specs: dict[str, Path]  # name -> file
+    dimensions: list[Dimension]
+    sampler: str = "grid"
+    trials: int | None = None
+    epochs: int | None = None
+    prune: bool = True
+    seed: int = 0
+    storage: str | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)  # --set, for every trial
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "specs": {name: str(path) for name, path in self.specs.items()},
+            "dimensions": [d.to_dict() for d in self.dimensions],
+            "sampler": self.sampler,
+            "trials": self.trials,
+            "epochs": self.epochs,
+            "prune": self.prune,
+            "seed": self.seed,
+            "storage": self.storage,
+            "train_overrides": self.train_overrides,
+            "variables": self.variables,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepPlan:
+        return cls(
+            specs={name: Path(path) for name, path in data["specs"].items()},
+            dimensions=[Dimension(**d) for d in data["dimensions"]],
+            **{k: data[k] for k in ("sampler", "trials", "epochs", "prune", "seed", "storage")},
+            train_overrides=data["train_overrides"],
+            variables=data["variables"],
+        )
+
+    @property
+    def study_name(self) -> str:
+        """The same for every worker given the same sweep, so that they share one study."""
+        digest = hashlib.sha256(json.dumps(self.to_dict() | {"storage": None}, sort_keys=True).encode())
+        return f"{'+'.join(self.specs)}-{digest.hexdigest()[:10]}"
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.values or []) for d in self.dimensions)
+
+    def split(self, params: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """A trial's spec file, its spec variables and its train overrides."""
+        spec_path = self.specs[params.get(SPEC_KEY, next(iter(self.specs)))]
+        train_fields = {k: v for k, v in params.items() if k in TrainConfig.model_fields}
+        variables = {k: v for k, v in params.items() if k != SPEC_KEY and k not in TrainConfig.model_fields}
+        overrides = {**self.train_overrides, **({"epochs": self.epochs} if self.epochs else {}), **train_fields}
+        return spec_path, {**self.variables, **variables}, overrides
+
+
+def make_plan(
+    spec_paths: list[str | Path],
+    grid: list[str] | dict[str, Any],
+    *,
+    sampler: str | None = None,
+    trials: int | None = None,
+    epochs: int | None = None,
+    prune: bool | None = None,
+    seed: int | None = None,
+    storage: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> SweepPlan:
+    """Read the specs and check every setting every trial will use; raise before any trial runs."""
+    if not spec_paths:
+        raise UsageError("give at least one spec to sweep")
+    specs: dict[str, Path] = {}
+    loaded: dict[str, Spec] = {}
+    for path in spec_paths:
+        spec = load_spec(path, variables=variables or {})
+        if spec.name in specs:
+            raise UsageError(f"{path}: two specs are named {spec.name}; names tell the trials apart")
+        specs[spec.name], loaded[spec.name] = Path(path).resolve(), spec
+    # A spec's own `sweep:` section gives defaults; the command line wins.
+    section = next((s.sweep for s in loaded.values() if s.sweep is not None), None) or SweepConfig()
+    items = list(grid.items()) if isinstance(grid, dict) else [parse_grid_option(g) for g in grid]
+    if not items:
+        items = list(section.grid.items())
+    plan = SweepPlan(
+        specs=specs,
+        dimensions=[parse_dimension(k, v) for k, v in items],
+        sampler=sampler or section.sampler,
+        trials=trials if trials is not None else section.trials,
+        epochs=epochs if epochs is not None else section.epochs,
+        prune=prune if prune is not None else section.prune,
+        seed=seed if seed is not None else section.seed,
+        storage=storage or section.storage,
+        train_overrides=dict(train_overrides or {}),
+        variables=dict(variables or {}),
+    )
+    if len(specs) > 1:
+        plan.dimensions.insert(0, Dimension(SPEC_KEY, values=list(specs)))
+    _check_plan(plan, loaded)
+    return plan
+
+
+def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
+    keys = [d.key for d in plan.dimensions]
+    if not keys:
+        raise UsageError("nothing to sweep: give --grid KEY=V1,V2,... (or several specs)")
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise UsageError(f"--grid {sorted(dupes)[0]} is given twice")
+    variables = sorted({v for spec in loaded.values() for v in spec.vars})
+    known = [*TrainConfig.model_fields, *variables]
+    for dim in plan.dimensions:
+        if dim.key == SPEC_KEY:
+            continue
+        if dim.key not in known:
+            suggestion = closest(dim.key, known)
+            hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
+            where = f"; the specs' vars: {', '.join(variables)}" if variables else "; the specs declare no vars"
+            raise UsageError(f"--grid {dim.key}: not a train setting nor a spec variable{hint}{where}")
+        if dim.key in TrainConfig.model_fields:
+            info = TrainConfig.model_fields[dim.key]
+            # The field's own type and constraints (pydantic keeps Gt/Ge and the like in its metadata).
+            adapter = TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+            for value in dim.values if dim.values is not None else [dim.low, dim.high]:
+                try:
+                    adapter.validate_python(value)
+                except ValidationError as exc:
+                    raise UsageError(f"--grid {dim.key}={value!r}: {exc.errors()[0]['msg'].lower()}") from None
+    if plan.sampler not in ("grid", "tpe", "random"):
+        raise UsageError(f"--sampler {plan.sampler}: choose grid, tpe or random")
+    ranges = [d.key for d in plan.dimensions if d.is_range]
+    if plan.sampler == "grid" and ranges:
+        raise UsageError(f"--grid {ranges[0]} is a range; ranges need --sampler tpe or random with --trials N")
+    if plan.sampler != "grid" and not plan.trials:
+        raise UsageError(f"--sampler {plan.sampler} needs --trials N")
+    # Every combination the sweep can reach builds and has valid settings (ranges: both ends).
+    combos = [{}]
+    for dim in plan.dimensions:
+        options = dim.values if dim.values is not None else [dim.low, dim.high]
+        combos = [{**c, dim.key: v} for c in combos for v in options]
+    seen: set[str] = set()
+    for params in combos[:2000]:
+        spec_path, variables, overrides = plan.split(params)
+        key = json.dumps([str(spec_path), variables], sort_keys=True, default=str)
+        try:
+            if key not in seen:
+                seen.add(key)
+                infer_shapes(load_spec(spec_path, variables=variables))
+            resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
+        except SpecError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise SpecError(
+                f"{exc.message} (with {shown})", file=exc.file, line=exc.line, column=exc.column, where=exc.where
+            ) from None
+
+
+def _spec_name(plan: SweepPlan, path: Path) -> str:
+    return next(name for name, p in plan.specs.items() if p == path)
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def _label(params: dict[str, Any]) -> str:
+    def short(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ",".join(f"{k}={short(v)}" for k, v in params.items())
+
+
+def _folder_name(number: int, params: dict[str, Any]) -> str:
+    return f"{number:04d}-" + re.sub(r"[^A-Za-z0-9=,._+-]", "_", _label(params))[:120]
+
+
+def _retry_callback() -> Any:
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
+def _storage(url: str) -> Any:
+    from optuna.storages import RDBStorage
+
+    # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
+    # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
+    return RDBStorage(
+        url,
+        heartbeat_interval=20,
+        grace_period=60,
+        heartbeat_stale_trial_callback=_retry_callback(),
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+    )
+
+
+def _retried_numbers(trials: list[Any]) -> set[int]:
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def _recover(study: Any, report: Reporter) -> None:
+    """After a kill or Ctrl-C: retry the trials that never finished (they resume from their checkpoint)."""
+    from optuna.trial import TrialState
+
+    retry = _retry_callback()
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried_numbers(trials)
+    for t in trials:
+        interrupted = t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+        if t.number in retried or not (t.state == TrialState.RUNNING or interrupted):
+            continue
+        if t.state == TrialState.RUNNING:  # its process is gone: this folder's sweep was stopped
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        retry(study, study._storage.get_trial(t._trial_id))
+        report(f"trial {t.number} ({_label(t.params)}) did not finish; it continues from its last checkpoint")
+
+
+class _Sweeper:
+    def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
+        self.plan, self.out, self.report = plan, out, report
+
+    def study(self, resume: bool) -> Any:
+        import warnings
+
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # netspec reports each trial itself
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        plan = self.plan
+        url = plan.storage or f"sqlite:///{(self.out / STUDY_DB).resolve()}"
+        if plan.sampler == "grid":
+            space = {d.key: d.values for d in plan.dimensions}
+            sampler: Any = optuna.samplers.GridSampler(space, seed=plan.seed)  # type: ignore[arg-type]
+        elif plan.sampler == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=plan.seed)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=plan.seed)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if plan.prune else optuna.pruners.NopPruner()
+        study = optuna.create_study(
+            study_name=plan.study_name,
+            storage=_storage(url),
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        if resume and plan.storage is None:  # a shared storage's stale trials are found by the heartbeat
+            _recover(study, self.report)
+        return study
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        plan = self.plan
+        params = {d.key: d.suggest(trial) for d in plan.dimensions}
+        if self._is_duplicate(trial):
+            trial.set_user_attr("duplicate", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("another worker runs this grid point")
+        spec_path, variables, overrides = plan.split(params)
+        run_dir = Path(trial.user_attrs.get("run_dir") or self.out / "trials" / _folder_name(trial.number, params))
+        trial.set_user_attr("run_dir", str(run_dir))
+        resume = (run_dir / "last.pt").exists()
+        label = _label(params)
+        self.report(f"trial {trial.number}: {label}" + (" (resumed)" if resume else ""))
+
+        def on_epoch(metrics: Any) -> None:
+            trial.set_user_attr("train_accuracy", metrics.train_accuracy)
+            trial.set_user_attr("train_loss", metrics.train_loss)
+            trial.set_user_attr("examples_per_sec", metrics.examples_per_sec)
+            trial.set_user_attr("test_accuracy", metrics.test_accuracy)
+            trial.set_user_attr("epochs_run", metrics.epoch)
+            trial.report(metrics.test_accuracy, metrics.epoch)
+            if plan.prune and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
+
+        try:
+            spec = load_spec(spec_path, variables=variables)
+            trial.set_user_attr("spec", spec.name)
+            trial.set_user_attr("params", infer_shapes(spec).total_params)
+            result: TrainResult = train(
+                None if resume else spec,
+                None if resume else overrides,
+                out=None if resume else run_dir,
+                resume=run_dir if resume else None,
+                report=lambda line: self.report(f"  {line}"),
+                progress=False,
+                on_epoch=on_epoch,
+            )
+        except (optuna.TrialPruned, Interrupted) as exc:
+            if isinstance(exc, Interrupted):
+                trial.set_user_attr("interrupted", True)
+            else:
+                self.report(f"  trial {trial.number} pruned: {exc}")
+            raise
+        except Exception as exc:  # recorded with its message; the sweep goes on
+            message = str(exc) if isinstance(exc, NetspecError) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", message.splitlines()[0][:500])
+            self.report(f"  trial {trial.number} failed: {message.splitlines()[0]}")
+            raise TrialFailed(message) from None
+        return result.last.test_accuracy
+
+    def _is_duplicate(self, trial: Any) -> bool:
+        """GridSampler may hand a grid point that another worker is running to a late trial (a race between
+        workers sharing one storage); the trial with the lower number keeps it."""
+        from optuna.trial import TrialState
+
+        system_attrs = trial.study._storage.get_trial(trial._trial_id).system_attrs
+        if self.plan.sampler != "grid" or "failed_trial" in system_attrs:
+            return False
+        grid_id = system_attrs.get("grid_id")
+        if grid_id is None:
+            return False
+        for other in trial.study.get_trials(deepcopy=False):
+            if (
+                other.number < trial.number
+                and other.system_attrs.get("grid_id") == grid_id
+                and other.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+            ):
+                return True
+        return False
+
+    def run(self, study: Any) -> None:
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        callbacks: list[Any] = []
+        if self.plan.sampler == "grid":
+            callbacks.append(self._stop_when_grid_started)
+        else:
+            done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            callbacks.append(MaxTrialsCallback(self.plan.trials or 1, states=done))
+        study.optimize(self.objective, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+
+    def _stop_when_grid_started(self, study: Any, trial: Any) -> None:
+        """Stop once every grid point is finished or being run by some worker (no point runs twice)."""
+        from optuna.trial import TrialState
+
+        active = (TrialState.RUNNING, TrialState.WAITING, *[s for s in TrialState if s.is_finished()])
+        started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False) if t.state in active}
+        if started >= set(range(self.plan.grid_size())):
+            waiting = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+            if not waiting:
+                study.stop()
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    keys: list[str]
+    trials: list[dict[str, Any]]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [t for t in self.trials if t["state"] == "complete" and t["test_accuracy"] is not None]
+        return max(done, key=lambda t: t["test_accuracy"]) if done else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sweep_dir": str(self.sweep_dir), "best": self.best, "trials": self.trials}
+
+
+def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
+    """One row per trial that ran (retried trials count once, as their last attempt), best first."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried_numbers(trials)
+    rows = []
+    for t in trials:
+        if t.number in retried or t.user_attrs.get("duplicate") or not t.params:
+            continue
+        attrs = t.user_attrs
+        spec_path, _, _ = plan.split({**t.params})
+        rows.append(
+            {
+                "number": t.number,
+                "spec": attrs.get("spec", _spec_name(plan, spec_path)),
+                "overrides": {k: v for k, v in t.params.items() if k != SPEC_KEY},
+                "state": t.state.name.lower(),
+                "test_accuracy": attrs.get("test_accuracy"),
+                "train_accuracy": attrs.get("train_accuracy"),
+                "train_loss": attrs.get("train_loss"),
+                "examples_per_sec": attrs.get("examples_per_sec"),
+                "params": attrs.get("params"),
+                "epochs_run": attrs.get("epochs_run", 0),
+                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                "run_dir": attrs.get("run_dir"),
+                "error": attrs.get("error"),
+            }
+        )
+    rows.sort(key=lambda r: (r["state"] != "complete", -(r["test_accuracy"] or -1.0), r["number"]))
+    return SweepResult(out, [d.key for d in plan.dimensions if d.key != SPEC_KEY], rows)
+
+
+def write_results(result: SweepResult, plan: SweepPlan) -> None:
+    out = result.sweep_dir
+    atomic_write_json(out / "results.json", result.to_dict())
+    buffer = io.StringIO()
+    columns = ["number", "spec", *result.keys, "state", "test_accuracy", "train_accuracy", "train_loss",
+               "examples_per_sec", "params", "epochs_run", "seconds", "run_dir", "error"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in result.trials:
+        writer.writerow({**{k: row.get(k) for k in columns}, **row["overrides"]})
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    _plot_curves(result)
+    _plot_gap(result)
+    grid_keys = [d.key for d in plan.dimensions if not d.is_range]
+    if plan.sampler == "grid" and len(plan.dimensions) == 2 and len(grid_keys) == 2:
+        _plot_heatmap(result, plan)
+
+
+def _trial_label(row: dict[str, Any], several_specs: bool) -> str:
+    label = _label(row["overrides"])
+    return f"{row['spec']} {label}".strip() if several_specs else label or row["spec"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_curves(result: SweepResult) -> None:
+    plt = _plt()
+    several = len({r["spec"] for r in result.trials}) > 1
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for row in result.trials:
+        path = Path(row["run_dir"] or "") / "metrics.json"
+        if not path.exists():
+            continue
+        epochs = json.loads(path.read_text())
+        if not epochs:
+            continue
+        xs = [m["epoch"] for m in epochs]
+        style = "-o" if row["state"] == "complete" else ":x"
+        label = f"#{row['number']} {_trial_label(row, several)}"
+        acc_ax.plot(xs, [m["test_accuracy"] for m in epochs], style, label=label, markersize=4)
+        loss_ax.plot(xs, [m["train_loss"] for m in epochs], style, label=label, markersize=4)
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per trial (dotted: pruned/failed)")
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss per trial", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(True, alpha=0.3)
+    handles, labels = acc_ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.subplots_adjust(right=0.72, wspace=0.3)
+    _save_figure(fig, result.sweep_dir / "curves.png")
+
+
+def _plot_gap(result: SweepResult) -> None:
+    plt = _plt()
+    rows = [r for r in result.trials if r["test_accuracy"] is not None and r["train_accuracy"] is not None]
+    several = len({r["spec"] for r in result.trials}) > 1
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.5), dpi=100)
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["train_accuracy"] for r in rows], 0.4, label="train accuracy")
+    ax.bar([x + 0.2 for x in xs], [r["test_accuracy"] for r in rows], 0.4, label="test accuracy")
+    ax.set_xticks(list(xs), [f"#{r['number']} {_trial_label(r, several)}" for r in rows], rotation=40, ha="right",
+                  fontsize=7)  # fmt: skip
+    low = min([r["test_accuracy"] for r in rows] + [r["train_accuracy"] for r in rows], default=0.0)
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title("train vs test accuracy per trial (the gap is overfitting)")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, result.sweep_dir / "gap.png")
+
+
+def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
+    plt = _plt()
+    (ky, vy), (kx, vx) = [(d.key, d.values or []) for d in plan.dimensions]
+    grid = [[math.nan] * len(vx) for _ in vy]
+    for row in result.trials:
+        params = {**row["overrides"], SPEC_KEY: row["spec"]}
+        if row["test_accuracy"] is not None and row["state"] == "complete":
+            grid[vy.index(params[ky])][vx.index(params[kx])] = row["test_accuracy"]
+    values = [v for line in grid for v in line if not math.isnan(v)]
+    if not values:
+        return
+    fig, ax = plt.subplots(figsize=(1.3 * len(vx) + 2.5, 1.0 * len(vy) + 1.8), dpi=100)
+    image = ax.imshow(grid, cmap="viridis")
+    ax.set_xticks(range(len(vx)), [str(v) for v in vx])
+    ax.set_yticks(range(len(vy)), [str(v) for v in vy])
+    ax.set(xlabel=kx, ylabel=ky, title="test accuracy")
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            text = "—" if math.isnan(value) else f"{value:.3f}"
+            light = not math.isnan(value) and value > (min(values) + max(values)) / 2
+            ax.text(j, i, text, ha="center", va="center", color="black" if light else "white", fontsize=8)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    _save_figure(fig, result.sweep_dir / "heatmap.png")
+
+
+def results_table(result: SweepResult) -> Any:
+    from rich.table import Table
+
+    several = len({r["spec"] for r in result.trials}) > 1
+    best = result.best
+    title = "sweep: no trial completed"
+    if best is not None:
+        title = (
+            f"best: trial {best['number']} ({_trial_label(best, several)}): test accuracy {best['test_accuracy']:.4f}"
+        )
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    if several:
+        table.add_column("spec")
+    for key in result.keys:
+        table.add_column(key, justify="right")
+    for name in ("test acc", "train acc", "train loss", "examples/s", "params", "state", "time s"):
+        table.add_column(name, justify="right" if name != "state" else "left")
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for row in result.trials:
+        cells = [str(row["number"])] + ([row["spec"]] if several else [])
+        cells += [str(row["overrides"].get(k, "")) for k in result.keys]
+        state = row["state"] + (f": {row['error'][:40]}" if row["error"] else "")
+        cells += [
+            num(row["test_accuracy"], ".4f"), num(row["train_accuracy"], ".4f"), num(row["train_loss"], ".4f"),
+            num(row["examples_per_sec"], ",.0f"), num(row["params"], ","), state, num(row["seconds"], ".1f"),
+        ]  # fmt: skip
+        table.add_row(*cells)
+    return table
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+
+def sweep(
+    plan: SweepPlan | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    report: Reporter = print,
+) -> SweepResult:
+    """Run (or resume) a sweep; returns its trials, best first."""
+    if resume is not None:
+        folder = Path(resume)
+        if not (folder / "sweep.json").exists():
+            raise UsageError(f"--resume {folder}: not a sweep folder (no sweep.json)")
+        plan = SweepPlan.from_dict(json.loads((folder / "sweep.json").read_text()))
+    elif plan is None:
+        raise UsageError("give a sweep plan or --resume DIR")
+    else:
+        if out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}"
+        folder = ensure_writable_dir(Path(out))
+        atomic_write_json(folder / "sweep.json", plan.to_dict())
+    sweeper = _Sweeper(plan, folder, report)
+    study = sweeper.study(resume is not None)
+    try:
+        sweeper.run(study)
+    finally:  # also after Ctrl-C: what has finished is in the table and files
+        result = collect(study, plan, folder)
+        if result.trials:
+            write_results(result, plan)
+    return result
