@@ -376,11 +376,13 @@ class _Sweeper:
             trial.set_user_attr("test_accuracy", metrics.test_accuracy)
             trial.set_user_attr("epochs_run", metrics.epoch)
             trial.report(metrics.test_accuracy, metrics.epoch)
-            if plan.prune and trial.should_prune():
+            # Pruning saves the epochs still to come; a trial at its last epoch has finished anyway.
+            if plan.prune and metrics.epoch < total_epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
 
         try:
             spec = load_spec(spec_path, variables=variables)
+            total_epochs = resolve_config(spec, overrides).epochs
             trial.set_user_attr("spec", spec.name)
             trial.set_user_attr("params", infer_shapes(spec).total_params)
             result: TrainResult = train(
@@ -548,8 +550,11 @@ def _plot_curves(result: SweepResult) -> None:
         loss_ax.plot(xs, [m["train_loss"] for m in epochs], style, label=label, markersize=4)
     acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per trial (dotted: pruned/failed)")
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss per trial", yscale="log")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (acc_ax, loss_ax):
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = acc_ax.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
@@ -581,10 +586,13 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
     plt = _plt()
     (ky, vy), (kx, vx) = [(d.key, d.values or []) for d in plan.dimensions]
     grid = [[math.nan] * len(vx) for _ in vy]
+    notes = [["not run"] * len(vx) for _ in vy]
     for row in result.trials:
         params = {**row["overrides"], SPEC_KEY: row["spec"]}
+        i, j = vy.index(params[ky]), vx.index(params[kx])
+        notes[i][j] = row["state"]
         if row["test_accuracy"] is not None and row["state"] == "complete":
-            grid[vy.index(params[ky])][vx.index(params[kx])] = row["test_accuracy"]
+            grid[i][j] = row["test_accuracy"]
     values = [v for line in grid for v in line if not math.isnan(v)]
     if not values:
         return
@@ -595,9 +603,11 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
     ax.set(xlabel=kx, ylabel=ky, title="test accuracy")
     for i, line in enumerate(grid):
         for j, value in enumerate(line):
-            text = "—" if math.isnan(value) else f"{value:.3f}"
-            light = not math.isnan(value) and value > (min(values) + max(values)) / 2
-            ax.text(j, i, text, ha="center", va="center", color="black" if light else "white", fontsize=8)
+            if math.isnan(value):  # a failed or pruned cell stays blank, with its state written in it
+                ax.text(j, i, notes[i][j], ha="center", va="center", color="#b00020", fontsize=8)
+                continue
+            light = value > (min(values) + max(values)) / 2
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=8)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     _save_figure(fig, result.sweep_dir / "heatmap.png")

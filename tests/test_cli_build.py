@@ -100,3 +100,21 @@ def test_build_compile_really_compiles():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["total_params"] == 669_706
     assert "torch.compile: compiled and ran a forward pass in" in result.stderr
+
+
+def test_every_option_of_every_command_has_help_and_each_command_has_examples():
+    import argparse
+
+    from netspec.cli import make_parser
+
+    parser = make_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) >= {"build", "schema", "train", "eval", "bench", "sweep", "export", "draw"}
+    for name, command in commands.items():
+        assert command.epilog and command.epilog.startswith("examples:"), name
+        assert f"netspec {name}" in command.epilog, name
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"netspec {name} {action.option_strings or action.dest} has no help text"
+    text = commands["train"].format_help()
+    assert "the recipe (overrides of the spec's train section):" in text and "--lr LR" in text

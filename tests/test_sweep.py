@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import netspec
+from netspec.cli import main
 from tests.conftest import ROOT, SHARED_DATA, requires_mnist, run_cli
 
 # Small and quick: a wide-ish MLP on the synthetic dataset (random images labelled by a random teacher).
@@ -71,11 +72,11 @@ def test_variables_and_arithmetic_and_set(write_spec):
     ],
     ids=["unknown-set", "unknown-variable", "bad-arithmetic", "no-calls", "bad-value"],
 )
-def test_variable_errors_are_located(write_spec, text: str, args: list[str], message: str):
+def test_variable_errors_are_located(write_spec, capsys, text: str, args: list[str], message: str):
     path = write_spec(text)
-    result = run_cli("build", str(path), *args)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert main(["build", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_run_folder_keeps_the_resolved_variables(write_spec, tmp_path: Path):
@@ -106,12 +107,12 @@ def test_run_folder_keeps_the_resolved_variables(write_spec, tmp_path: Path):
     ],
     ids=["unknown-key", "bad-value", "bad-choice", "spec-does-not-build", "range-on-grid", "no-trials", "empty"],
 )
-def test_bad_sweeps_are_refused_before_any_trial(write_spec, tmp_path: Path, args: list[str], message: str):
+def test_bad_sweeps_are_refused_before_any_trial(write_spec, capsys, tmp_path: Path, args: list[str], message: str):
     path = write_spec(VAR_SPEC)
     out = tmp_path / "sweep"
-    result = _sweep(str(path), *args, "--out", str(out))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert main(["sweep", str(path), *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not out.exists()  # nothing ran, nothing was written
 
 
