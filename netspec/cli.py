@@ -75,25 +75,83 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from netspec import distributed
     from netspec.train import train
 
     if args.resume is not None and (args.spec is not None or _train_overrides(args) or args.set):
         raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
+    launching = any(getattr(args, name) is not None for name in distributed.LAUNCH_OPTIONS)
+    if launching and not distributed.is_worker():
+        return _launch_training(args)
+    resume = args.resume
+    if distributed.restarted() and args.out and (Path(args.out) / "last.pt").exists():
+        resume = args.out  # torchrun restarted this worker (--max-restarts): continue, do not start over
     # With --json, stdout carries only the JSON object; the epoch lines go to stderr.
     out = sys.stderr if args.json else sys.stdout
-    result = train(
-        _load(args) if args.spec is not None else None,
-        _train_overrides(args),
-        out=args.out,
-        resume=args.resume,
-        report=lambda line: print(line, file=out, flush=True),
-        progress=not args.no_progress,
-    )
+    try:
+        result = train(
+            _load(args) if args.spec is not None and resume is None else None,
+            _train_overrides(args) if resume is None else None,
+            out=args.out if resume is None else None,
+            resume=resume,
+            report=lambda line: print(line, file=out, flush=True),
+            progress=not args.no_progress,
+            backend=args.backend,
+            sync_bn=args.sync_bn,
+        )
+    except RuntimeError as exc:
+        if not distributed.is_worker():
+            raise
+        # A collective failed: another worker died or hung (torchrun stops this one too).
+        first = str(exc).strip().splitlines()[0][:200]
+        raise distributed.WorkerFailed(f"lost contact with the other workers ({first})") from None
+    finally:
+        distributed.close()
+    if distributed.rank_prefix():  # only rank 0 of a distributed run reports
+        return 0
     if args.json:
         _print_json(result.to_dict())
     else:
         print(f"run folder: {result.run_dir}")
     return 0
+
+
+def _launch_training(args: argparse.Namespace) -> int:
+    """`netspec train ... --nproc-per-node N`: the same command in N workers, through torch.distributed.run."""
+    from netspec import distributed
+    from netspec.train import new_run_dir, resolve_config
+
+    worker_args = _without_options(args.argv, [f"--{n.replace('_', '-')}" for n in distributed.LAUNCH_OPTIONS])
+    run_dir = Path(args.resume) if args.resume else None
+    nodes = int(args.nnodes) if args.nnodes and str(args.nnodes).isdigit() else None
+    if run_dir is None:
+        spec = _load(args)
+        world = (args.nproc_per_node or 1) * (nodes or 1)
+        distributed.check_batch_size(
+            resolve_config(spec, _train_overrides(args)).batch_size, distributed.Dist(0, world)
+        )
+    if run_dir is None and (args.node_rank in (None, 0)):
+        # The launcher picks the run folder, so that every worker (and this message) names the same one.
+        run_dir = new_run_dir(spec.name, args.out)
+        if args.out is None:
+            worker_args += ["--out", str(run_dir)]
+    options = {name: getattr(args, name) for name in distributed.LAUNCH_OPTIONS}
+    return distributed.launch(worker_args, options, run_dir)
+
+
+def _without_options(argv: list[str], names: list[str]) -> list[str]:
+    """argv with the given options (and their values) taken out."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in token
+            continue
+        kept.append(token)
+    return kept
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -358,6 +416,20 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     g.add_argument("--json", action="store_true", help="print the final result as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several processes and machines (torch.distributed, launched by torchrun's engine)")
+    g.add_argument("--nproc-per-node", type=_positive_int, help="worker processes on this machine (one per GPU)")
+    g.add_argument("--nnodes", help="number of machines, or MIN:MAX for an elastic job (default: 1)")
+    g.add_argument("--node-rank", type=int, help="this machine's rank among --nnodes (static rendezvous)")
+    g.add_argument("--master-addr", help="address of the rank-0 machine (static rendezvous)")
+    g.add_argument("--master-port", type=_positive_int, help="port on the rank-0 machine (static rendezvous)")
+    g.add_argument("--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous, instead of --master-addr/--node-rank")
+    g.add_argument("--rdzv-backend", help="rendezvous backend (static or c10d; default: torchrun's)")
+    g.add_argument("--max-restarts", type=int, help="restart the workers this many times after a failure")
+    g.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl when every worker has a GPU, else gloo")
+    g.add_argument(
+        "--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+        help="SyncBatchNorm across workers (default: on with CUDA; needs CUDA)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = _parser(
@@ -498,11 +570,15 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except NetspecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from netspec.distributed import rank_prefix
+
+        print(f"{rank_prefix()}error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -198,6 +198,13 @@ def _synthetic(shape: tuple[int, ...], n: int) -> ImageData:
     return ImageData(images, logits.argmax(1))
 
 
+def _share(n: int, rank: int, world: int) -> slice:
+    """Rank's contiguous share of n items (the first n % world ranks get one more)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
 class DeviceLoader:
     """Batches of one split, normalized (and augmented) on `device`.
 
@@ -217,7 +224,14 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
         resize_to: tuple[int, ...] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        # (rank, world) of a distributed run: the test split is cut into one contiguous share per rank;
+        # the training split keeps the whole epoch order and each rank takes its share of every batch.
+        self.rank, self.world = shard
+        if self.world > 1 and not shuffle:
+            part = _share(len(data.labels), self.rank, self.world)
+            data = ImageData(data.images[part], data.labels[part])
         self.images = data.images.to(device)
         self.resize_to = resize_to
         self.labels = data.labels.to(device)
@@ -253,15 +267,30 @@ class DeviceLoader:
         """Batches of `epoch`, beginning with batch number `start`."""
         order = self.order(epoch)
         for b in range(start, len(self)):
+            yield self._batch(order[b * self.batch_size : (b + 1) * self.batch_size], epoch, b)
+
+    def shard_batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """This rank's share of each global batch of `epoch`, with the weight that turns the share's summed
+        loss into its part of the global batch's mean (world / global size; 0 for a stand-in example when
+        a short last batch leaves this rank nothing, so that every rank still takes part in the step)."""
+        order = self.order(epoch)
+        for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = torch.addcmul(self.shift, self.images[idx].float(), self.scale)
-            if self.augment:
-                x = self._augment(x, epoch, b)
-            if self.resize_to is not None:  # per batch: a resized dataset would not fit in memory
-                x = torch.nn.functional.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            mine = idx[_share(len(idx), self.rank, self.world)]
+            if len(mine):
+                yield (*self._batch(mine, epoch, b), self.world / len(idx))
+            else:
+                yield (*self._batch(idx[:1], epoch, b), 0.0)
+
+    def _batch(self, idx: torch.Tensor, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.addcmul(self.shift, self.images[idx].float(), self.scale)
+        if self.augment:
+            x = self._augment(x, epoch, b)
+        if self.resize_to is not None:  # per batch: a resized dataset would not fit in memory
+            x = torch.nn.functional.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()

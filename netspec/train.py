@@ -26,10 +26,12 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
+from netspec import distributed
 from netspec.compiler import SpecNet, build, load_weights
 from netspec.config import TrainConfig
 from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
 from netspec.device import autocast, resolve_device
+from netspec.distributed import SINGLE, Dist, check_batch_size
 from netspec.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
 from netspec.fileio import (
     atomic_write_bytes,
@@ -52,6 +54,7 @@ class EpochMetrics:
     examples_per_sec: float
     lr: float
     seconds: float
+    examples: int = 0  # training examples seen in the epoch (over all processes)
 
 
 @dataclass
@@ -67,7 +70,7 @@ class TrainResult:
         return self.epochs[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec")
+        keys = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec", "examples")
         return {
             "epochs": [{k: getattr(m, k) for k in keys} for m in self.epochs],
             "test_accuracy": self.last.test_accuracy,
@@ -135,8 +138,11 @@ def make_scheduler(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none") -> tuple[float, torch.Tensor]:
-    """Accuracy and confusion matrix (rows: true class, columns: predicted)."""
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none", dist: Dist = SINGLE
+) -> tuple[float, torch.Tensor]:
+    """Accuracy and confusion matrix (rows: true class, columns: predicted); in a distributed run each
+    rank evaluates its share of the test split and the confusion matrices are summed."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
@@ -145,8 +151,9 @@ def evaluate(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str 
             pred = model(x).argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     model.train(was_training)
+    dist.sum_(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
-    return confusion.trace().item() / max(loader.num_examples, 1), confusion
+    return confusion.trace().item() / max(int(confusion.sum()), 1), confusion
 
 
 # --- run folder --------------------------------------------------------------------------------
@@ -269,15 +276,28 @@ Reporter = Callable[[str], None]
 class Trainer:
     """One training run: everything `train()` needs, kept together for checkpoints."""
 
-    def __init__(self, spec: Spec, cfg: TrainConfig, report: Reporter, progress: bool) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        cfg: TrainConfig,
+        report: Reporter,
+        progress: bool,
+        dist: Dist = SINGLE,
+        device: torch.device | None = None,
+        sync_bn: bool | None = None,
+    ) -> None:
         # Everything that can fail on bad input (device, data, shapes) happens here, before
         # any file is written: a failed start leaves no partial run folder behind.
-        self.spec, self.cfg, self.report, self.show_progress = spec, cfg, report, progress
+        # In a distributed run (`dist`, see netspec.distributed) only rank 0 reports and writes.
+        self.spec, self.cfg, self.dist = spec, cfg, dist
+        self.report = report if dist.is_main else (lambda line: None)
+        self.show_progress = progress and dist.is_main
         self.run_dir = Path()
-        self.device = resolve_device(cfg.device)
+        self.device = device or resolve_device(cfg.device)
+        check_batch_size(cfg.batch_size, dist)
         self.info = checked_dataset(spec, cfg)
-        self.train_loader = make_loader(spec, cfg, self.info, self.device, train=True)
-        self.test_loader = make_loader(spec, cfg, self.info, self.device, train=False)
+        self.train_loader = make_loader(spec, cfg, self.info, self.device, train=True, dist=dist)
+        self.test_loader = make_loader(spec, cfg, self.info, self.device, train=False, dist=dist)
 
         torch.manual_seed(cfg.seed)
         model = build(spec)
@@ -286,11 +306,13 @@ class Trainer:
         self.model: SpecNet = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        wrapped = distributed.wrap(self.model, dist, self.device, sync_bn)  # DDP; the model itself if one process
+        self.forward: nn.Module = torch.compile(wrapped) if cfg.compile else wrapped
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.sum_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
         self.epochs: list[EpochMetrics] = []
         self.epoch = 0  # completed epochs
         self.batch = 0  # completed batches of the current epoch
@@ -337,9 +359,10 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
 
     def save(self, best: bool = False) -> Path:
-        """Write last.pt (and best.pt, the same bytes) from the current state."""
+        """Write last.pt (and best.pt, the same bytes) from the current state (rank 0 only)."""
         path = self.run_dir / "last.pt"
-        save_checkpoint([path, self.run_dir / "best.pt"] if best else [path], self.state())
+        if self.dist.is_main:
+            save_checkpoint([path, self.run_dir / "best.pt"] if best else [path], self.state())
         return path
 
     # -- the loop --
@@ -351,7 +374,8 @@ class Trainer:
         self.model.train()
         if self.epoch == 0 and self.batch == 0:
             self.save()  # a run folder always holds a loadable checkpoint
-            write_metrics(self.run_dir, self.epochs)
+            if self.dist.is_main:
+                write_metrics(self.run_dir, self.epochs)
         with _stop_requests() as stop:
             while self.epoch < cfg.epochs:
                 self._train_epoch(stop)
@@ -366,8 +390,9 @@ class Trainer:
         if not self.epochs:
             raise UsageError("nothing to train: the run has no epochs")
         if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
-            _, self.confusion = evaluate(self.forward, self.test_loader, len(self.info.classes), cfg.amp)
-        self._write_plots(self.confusion)
+            _, self.confusion = evaluate(self._evaluated, self.test_loader, len(self.info.classes), cfg.amp, self.dist)
+        if self.dist.is_main:
+            self._write_plots(self.confusion)
         return TrainResult(
             self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes)
         )
@@ -379,8 +404,11 @@ class Trainer:
         # Running sums continue from the saved partial epoch, so a resumed epoch adds up exactly
         # the same numbers in the same order as an uninterrupted one (float64 where supported).
         sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        loss_sum = torch.tensor(p.loss_sum, dtype=sum_dtype, device=self.device)
-        correct = torch.tensor(p.correct, dtype=torch.long, device=self.device)
+        # The saved sums are global; in a distributed run rank 0 carries them and the others start at 0.
+        carried = p if self.dist.is_main else _Progress()
+        loss_sum = torch.tensor(carried.loss_sum, dtype=sum_dtype, device=self.device)
+        correct = torch.tensor(carried.correct, dtype=torch.long, device=self.device)
+        seen = carried.seen
         start = time.perf_counter()
         bar = self._progress_bar()
         with bar:
@@ -391,10 +419,12 @@ class Trainer:
                 loss=math.nan,
                 speed=0.0,
             )
-            for x, y in loader.batches(self.epoch, self.batch):
+            for x, y, weight in self._batches():
                 with autocast(self.device, cfg.amp):
                     logits = self.forward(x)
                     loss = self.loss_fn(logits.float(), y)
+                if self.dist.active:  # this rank's part of the global batch's mean loss (DDP averages)
+                    loss = self.sum_loss_fn(logits.float(), y) * weight
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -404,23 +434,32 @@ class Trainer:
                 self.scaler.update()
                 if self.scheduler:
                     self.scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
+                if weight:  # (0: a stand-in example for a rank the last short batch left nothing)
+                    n = len(y)
+                    loss_sum += loss.detach() * n if not self.dist.active else loss.detach() / weight
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    seen += n
                 self.batch += 1
-                p.seen += len(y)
+                stopping = bool(stop)
                 if self.batch % check_every == 0 or self.batch == len(loader):
                     value = loss.item()
-                    if not math.isfinite(value):
+                    finite = math.isfinite(value)
+                    if self.dist.active:  # every rank takes the same decision, at the same step
+                        flags = torch.tensor([float(stopping), float(not finite)])
+                        self.dist.max_(flags)
+                        stopping, finite = bool(flags[0]), not bool(flags[1])
+                    if not finite:
                         raise TrainingDiverged(
                             f"loss became {value} at epoch {self.epoch + 1}, step {self.batch}; "
                             f"stopped, the last good checkpoint is {self.run_dir / 'last.pt'}"
                         )
                     if self.batch % 10 == 0 and not bar.disable:
                         elapsed = p.seconds + time.perf_counter() - start
-                        bar.update(task, completed=self.batch, loss=value, speed=p.seen / max(elapsed, 1e-9))
-                if stop:
-                    p.loss_sum, p.correct = loss_sum.item(), int(correct.item())
-                    p.seconds += time.perf_counter() - start
+                        bar.update(task, completed=self.batch, loss=value, speed=seen / max(elapsed, 1e-9))
+                elif self.dist.active:
+                    stopping = False  # decided together at the next check
+                if stopping:
+                    self._close_partial(loss_sum, correct, seen, start)
                     path = self.save()
                     raise Interrupted(
                         f"interrupted at epoch {self.epoch + 1}, step {self.batch}; saved {path}. "
@@ -428,12 +467,33 @@ class Trainer:
                     )
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            p.seconds += time.perf_counter() - start
-            p.loss_sum, p.correct = loss_sum.item(), int(correct.item())
+            self._close_partial(loss_sum, correct, seen, start)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """(x, y, weight) of the current epoch from the current batch on; in a distributed run, this rank's
+        share of each global batch."""
+        if self.dist.active:
+            return self.train_loader.shard_batches(self.epoch, self.batch)
+        return ((x, y, 1.0) for x, y in self.train_loader.batches(self.epoch, self.batch))
+
+    def _close_partial(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> None:
+        """Record the epoch's running sums (over all processes) in self.partial."""
+        seconds = torch.tensor([self.partial.seconds + time.perf_counter() - start])
+        counts = torch.tensor([seen], dtype=torch.long)
+        sums = loss_sum.cpu()
+        if self.dist.active:
+            self.dist.sum_(sums, counts)
+            correct = correct.cpu()
+            self.dist.sum_(correct)
+            self.dist.max_(seconds)
+        self.partial.loss_sum, self.partial.correct = sums.item(), int(correct.item())
+        self.partial.seen, self.partial.seconds = int(counts.item()), float(seconds.item())
 
     def _finish_epoch(self) -> EpochMetrics:
         p = self.partial
-        test_accuracy, self.confusion = evaluate(self.forward, self.test_loader, len(self.info.classes), self.cfg.amp)
+        test_accuracy, self.confusion = evaluate(
+            self._evaluated, self.test_loader, len(self.info.classes), self.cfg.amp, self.dist
+        )
         metrics = EpochMetrics(
             epoch=self.epoch + 1,
             train_loss=p.loss_sum / max(p.seen, 1),
@@ -442,6 +502,7 @@ class Trainer:
             examples_per_sec=p.seen / max(p.seconds, 1e-9),
             lr=self.optimizer.param_groups[0]["lr"],
             seconds=p.seconds,
+            examples=p.seen,
         )
         self.epochs.append(metrics)
         self.epoch += 1
@@ -450,8 +511,15 @@ class Trainer:
         improved = test_accuracy > self.best
         self.best = max(self.best, test_accuracy)
         self.save(best=improved)
-        write_metrics(self.run_dir, self.epochs)
+        if self.dist.is_main:
+            write_metrics(self.run_dir, self.epochs)
         return metrics
+
+    @property
+    def _evaluated(self) -> nn.Module:
+        # Evaluation runs on each rank's own share without DDP, whose forward would expect every rank
+        # to make the same number of calls.
+        return self.model if self.dist.active else self.forward
 
     def _write_plots(self, confusion: torch.Tensor) -> None:
         title = f"{self.spec.name} on {self.cfg.dataset}"
@@ -491,7 +559,9 @@ def checked_dataset(spec: Spec, cfg: TrainConfig) -> DatasetInfo:
     return info
 
 
-def make_loader(spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.device, train: bool) -> DeviceLoader:
+def make_loader(
+    spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.device, train: bool, dist: Dist = SINGLE
+) -> DeviceLoader:
     """The training split (shuffled, maybe augmented) or the test split, on `device`."""
     data = load_split(cfg.dataset, cfg.data_root, train, cfg.download, tuple(spec.input), cfg.synthetic_size)
     batch_size = cfg.batch_size if train else cfg.test_batch_size
@@ -505,6 +575,7 @@ def make_loader(spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.d
         seed=cfg.seed,
         channels_last=cfg.channels_last,
         resize_to=tuple(spec.input[1:]) if cfg.resize and tuple(spec.input) != info.sample_shape else None,
+        shard=(dist.rank, dist.world),
     )
 
 
@@ -517,41 +588,55 @@ def train(
     report: Reporter = print,
     progress: bool = True,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    backend: str | None = None,
+    sync_bn: bool | None = None,
 ) -> TrainResult:
     """Train a spec (or resume a run folder) and return its metrics.
 
-    `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}).
+    `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}). Started by torchrun
+    (or `netspec train --nproc-per-node N`), each process trains its share and rank 0 writes the run
+    folder; see netspec.distributed.
     """
     if resume is not None:
-        return _resume(Path(resume), report, progress, on_epoch)
+        return _resume(Path(resume), report, progress, on_epoch, backend, sync_bn)
     if spec is None:
         raise UsageError("give a spec to train, or --resume RUN_DIR")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     cfg = resolve_config(spec, overrides)
     spec = spec.model_copy(update={"train": cfg})
-    trainer = Trainer(spec, cfg, report, progress)
-    trainer.run_dir = new_run_dir(spec.name, out)
-    atomic_write_text(trainer.run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+    dist, device = distributed.from_environment(resolve_device(cfg.device), backend)
+    trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
+    run_dir = new_run_dir(spec.name, out) if dist.is_main else None
+    trainer.run_dir = Path(dist.from_main(str(run_dir) if run_dir else None))
+    if dist.is_main:
+        atomic_write_text(trainer.run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
     return trainer.run(on_epoch)
 
 
 def _resume(
-    run_dir: Path, report: Reporter, progress: bool, on_epoch: Callable[[EpochMetrics], None] | None = None
+    run_dir: Path,
+    report: Reporter,
+    progress: bool,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    backend: str | None = None,
+    sync_bn: bool | None = None,
 ) -> TrainResult:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
     if not (run_dir / "last.pt").exists():
         raise CheckpointError(f"--resume {run_dir}: the run folder holds no checkpoint (last.pt); start the run again")
-    for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
-        stale.unlink(missing_ok=True)
     ckpt = load_checkpoint(run_dir / "last.pt")
     try:
         spec = validate_spec(ckpt["spec"])
         cfg = TrainConfig.model_validate(ckpt["train_config"])
     except (KeyError, ValidationError) as exc:
         raise CheckpointError(f"{run_dir / 'last.pt'}: its spec or settings are unreadable ({exc})") from None
-    trainer = Trainer(spec, cfg, report, progress)
+    dist, device = distributed.from_environment(resolve_device(cfg.device), backend)
+    if dist.is_main:
+        for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
+            stale.unlink(missing_ok=True)
+    trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
     trainer.run_dir = run_dir
     trainer.load_state(ckpt)
     if trainer.epoch >= cfg.epochs:

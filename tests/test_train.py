@@ -81,7 +81,10 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
     data = json.loads(result.stdout)
     assert data["test_accuracy"] >= 0.97
     assert len(data["epochs"]) == 1 and data["device"] == "cpu"
-    assert set(data["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec"}
+    assert set(data["epochs"][0]) == {
+        "epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec", "examples"
+    }  # fmt: skip
+    assert data["epochs"][0]["examples"] == 60_000
     assert 0 < data["train_accuracy"] <= 1 and data["examples_per_sec"] > 0
     assert "epoch 1/1: loss" in result.stderr and "examples/sec on cpu" in result.stderr
 
