@@ -18,7 +18,7 @@ from typing import Any
 from netspec.errors import UsageError
 from netspec.fileio import atomic_write_bytes
 from netspec.layers import format_shape
-from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
+from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes, output_of, rows_of
 from netspec.spec import Spec
 
 STYLES = ("graph", "blocks")
@@ -98,7 +98,7 @@ class _Layout:
         """(title, detail text, colour, round) of a node drawn as one box."""
         if isinstance(node, LayerInfo):
             return node.kind, _args_text(node), _color(node.kind), False
-        rows = _rows(node)
+        rows = rows_of(node)
         params = sum(r.params for r in rows)
         if isinstance(node, ShapedMerge):
             title = f"{node.info.kind} ({len(node.branches)} branches)"
@@ -151,7 +151,7 @@ class _Layout:
             for ax, ay, shape in inputs:
                 near = abs(ax - x) < 1e-6 and top - ay <= GAP + 1e-6
                 d.edges.append(_Edge((ax, ay), (x, top), shape, label_at="mid" if near else "end"))
-            for row in _rows(node):
+            for row in rows_of(node):
                 d.owner[row.index] = (x, top, top + BOX_H)
             return x, top + BOX_H
         if isinstance(node, ShapedMerge):
@@ -172,7 +172,7 @@ class _Layout:
             feed = current if source is None else [values[j] for j in source]
             _, h = self.size(child, depth + 1)
             ox, oy = self.place(child, x, y, depth + 1, feed)
-            shape = format_shape(_rows(child)[0].output_shape if isinstance(child, ShapedMerge) else _out(child))
+            shape = format_shape(output_of(child))
             values.append((ox, oy, shape))
             current = [(ox, oy, shape)]
             y += h + GAP
@@ -194,7 +194,7 @@ class _Layout:
             feed = [inputs[b] if len(inputs) > 1 else inputs[0]]
             if branch.children:
                 ox, oy = self.place(branch, bx, branch_top, depth + 1, feed)
-                outs.append((ox, oy, format_shape(_out(branch))))
+                outs.append((ox, oy, format_shape(output_of(branch))))
             else:  # the identity: the input runs down its own column to the merge
                 fx, fy, shape = feed[0]
                 d.edges.append(_Edge((fx, fy), (bx, branch_top), shape, arrow=False, label_at="end"))
@@ -208,22 +208,6 @@ class _Layout:
         for ox, oy, shape in outs:
             d.edges.append(_Edge((ox, oy), (x, merge_top), shape, label_at="start"))
         return x, merge_top + BOX_H * 0.8
-
-
-def _out(node: ShapedNode) -> tuple[int, ...]:
-    if isinstance(node, LayerInfo):
-        return node.output_shape
-    if isinstance(node, ShapedMerge):
-        return node.info.output_shape
-    return _out(node.children[-1])
-
-
-def _rows(node: ShapedNode) -> list[LayerInfo]:
-    if isinstance(node, LayerInfo):
-        return [node]
-    if isinstance(node, ShapedMerge):
-        return [node.info, *(r for b in node.branches for r in _rows(b))]
-    return [r for c in node.children for r in _rows(c)]
 
 
 def draw(spec: Spec | NetShape | str | Path, path: str | Path, *, style: str = "graph", detail: bool = False) -> Path:

@@ -33,7 +33,7 @@ from netspec.compiler import build, load_weights
 from netspec.errors import NetspecError, UsageError
 from netspec.fileio import atomic_write_bytes, atomic_write_text
 from netspec.layers import ModuleCall, format_shape
-from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
+from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes, rows_of
 from netspec.spec import Spec
 
 FORMATS = ("onnx", "pt2", "python")
@@ -376,16 +376,8 @@ def _describe(node: ShapedNode) -> str:
         return f"{node.path} {node.kind}"
     if isinstance(node, ShapedMerge):
         return f"{node.info.path} {node.info.kind}"
-    first = next((n for n in _rows(node)), None)
+    first = next((n for n in rows_of(node)), None)
     return f"{node.label or 'sequence'}" + (f" at {first.path.rsplit('.', 1)[0]}" if first else "")
-
-
-def _rows(node: ShapedNode) -> list[LayerInfo]:
-    if isinstance(node, LayerInfo):
-        return [node]
-    if isinstance(node, ShapedMerge):
-        return [node.info, *(r for b in node.branches for r in _rows(b))]
-    return [r for c in node.children for r in _rows(c)]
 
 
 def python_source(net: NetShape, weights_file: str | None = None, source_file: str | None = None) -> str:

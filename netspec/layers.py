@@ -137,6 +137,14 @@ def _check_declared(name: str, declared: int | None, inferred: int) -> None:
         raise ShapeError(f"{name} is {declared} but the input has {inferred}")
 
 
+def _check_channels(channels: int, declared: int | None, out_channels: int, groups: int) -> None:
+    """A convolution's channel rules: a written in_channels must match; groups must divide both sides."""
+    _check_declared("in_channels", declared, channels)
+    for name, value in (("input channels", channels), ("out_channels", out_channels)):
+        if value % groups:
+            raise ShapeError(f"{name} {value} is not divisible by groups {groups}")
+
+
 def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
     """Out = floor((In + 2P − D·(K−1) − 1)/S) + 1, with torch's ceil_mode rule for pools."""
     span = size + 2 * padding - (dilation * (kernel - 1) + 1)
@@ -189,10 +197,7 @@ class Conv2d(LayerSpec):
     def output_shape(self, shape: Shape) -> Shape:
         self.check_rank(shape)
         c, h, w = shape
-        _check_declared("in_channels", self.in_channels, c)
-        for name, value in (("input channels", c), ("out_channels", self.out_channels)):
-            if value % self.groups:
-                raise ShapeError(f"{name} {value} is not divisible by groups {self.groups}")
+        _check_channels(c, self.in_channels, self.out_channels, self.groups)
         if self.padding == "same":
             if pair(self.stride) != (1, 1):
                 raise ShapeError("padding 'same' needs stride 1 (torch does not support strided 'same')")
@@ -243,10 +248,7 @@ class ConvTranspose2d(LayerSpec):
     def output_shape(self, shape: Shape) -> Shape:
         self.check_rank(shape)
         c, h, w = shape
-        _check_declared("in_channels", self.in_channels, c)
-        for name, value in (("input channels", c), ("out_channels", self.out_channels)):
-            if value % self.groups:
-                raise ShapeError(f"{name} {value} is not divisible by groups {self.groups}")
+        _check_channels(c, self.in_channels, self.out_channels, self.groups)
         (kh, kw), (sh, sw), (ph, pw), (oh, ow), (dh, dw) = map(
             pair, (self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation)
         )

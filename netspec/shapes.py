@@ -94,6 +94,24 @@ class ShapedMerge:
 ShapedNode = Union[LayerInfo, ShapedSeq, ShapedMerge]  # noqa: UP007
 
 
+def rows_of(node: ShapedNode) -> list[LayerInfo]:
+    """Every row under a node, in reading order (a merge's row before its branches' rows)."""
+    if isinstance(node, LayerInfo):
+        return [node]
+    if isinstance(node, ShapedMerge):
+        return [node.info, *(r for b in node.branches for r in rows_of(b))]
+    return [r for c in node.children for r in rows_of(c)]
+
+
+def output_of(node: ShapedNode) -> Shape:
+    """The shape a (non-empty) node gives."""
+    if isinstance(node, LayerInfo):
+        return node.output_shape
+    if isinstance(node, ShapedMerge):
+        return node.info.output_shape
+    return output_of(node.children[-1])
+
+
 @dataclass
 class NetShape:
     """The result of shape inference for a whole spec."""
