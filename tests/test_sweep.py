@@ -266,3 +266,19 @@ def test_two_workers_share_one_storage_and_run_no_trial_twice(write_spec, tmp_pa
             "SELECT p.param_value FROM trials t JOIN trial_params p ON p.trial_id = t.trial_id WHERE t.state = 'COMPLETE'"
         ).fetchall()
     assert sorted(r[0] for r in rows) == sorted({r[0] for r in rows}) and len(rows) == 4
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_the_readme_sweep_nine_trials_on_mnist(tmp_path: Path):
+    out = tmp_path / "sweep"
+    result = _sweep(
+        "specs/mlp.yaml", "--grid", "lr=0.1,0.01,0.001", "--grid", "batch_size=32,64,128", "--epochs", "1",
+        "--dataset", "mnist", "--data-root", str(SHARED_DATA), "--device", "cpu", "--out", str(out), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["trials"]) == 9
+    finished = [t["test_accuracy"] for t in data["trials"] if t["state"] == "complete"]
+    assert data["best"]["test_accuracy"] == max(finished)
+    assert all((out / name).exists() for name in ("results.csv", "curves.png", "gap.png", "heatmap.png"))
