@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netspec.errors import NetspecError, UsageError
+from netspec.errors import Interrupted, NetspecError, UsageError
 
 # A collective that waits longer than this (a peer died or hangs) ends the job instead of hanging it.
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NETSPEC_DIST_TIMEOUT", "120")))
@@ -120,6 +120,7 @@ def close() -> None:
 
 def launch(worker_args: list[str], options: dict[str, Any], run_dir: Path | None) -> int:
     """Run `netspec <worker_args>` in every worker through torch.distributed.run (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -138,6 +139,9 @@ def launch(worker_args: list[str], options: dict[str, Any], run_dir: Path | None
     args = get_args_parser().parse_args(argv)
     try:
         run(args)
+    except SignalException:  # Ctrl-C or SIGTERM: the workers stopped together and saved a checkpoint
+        resume = f"; resume with: netspec train --resume {run_dir}" if run_dir else ""
+        raise Interrupted(f"interrupted; the workers saved the run's exact state{resume}") from None
     except ChildFailedError as exc:
         failures = []
         for rank, failure in sorted(exc.failures.items()):
