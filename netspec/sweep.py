@@ -518,6 +518,27 @@ def write_results(result: SweepResult, plan: SweepPlan) -> None:
         _plot_heatmap(result, plan)
 
 
+# Optuna's importance estimate needs enough finished trials to mean anything (with a 3×3 grid it is noise).
+OPTUNA_PLOTS_MIN_TRIALS = 12
+
+
+def write_optuna_plots(study: Any, result: SweepResult) -> None:
+    """Optuna's own parameter-importance and parallel-coordinate plots, where they add something."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    finished = [t for t in result.trials if t["state"] == "complete"]
+    if len(result.keys) < 2 or len(finished) < OPTUNA_PLOTS_MIN_TRIALS:
+        return
+    for name, plot, size in (
+        ("importance.png", optuna_plots.plot_param_importances, (6, 3.5)),
+        ("parallel.png", optuna_plots.plot_parallel_coordinate, (8, 4.5)),
+    ):
+        ax = plot(study)
+        ax.figure.set_size_inches(*size)
+        ax.figure.tight_layout()
+        _save_figure(ax.figure, result.sweep_dir / name)
+
+
 def _trial_label(row: dict[str, Any], several_specs: bool) -> str:
     label = _label(row["overrides"])
     return f"{row['spec']} {label}".strip() if several_specs else label or row["spec"]
@@ -679,4 +700,5 @@ def sweep(
         result = collect(study, plan, folder)
         if result.trials:
             write_results(result, plan)
+    write_optuna_plots(study, result)
     return result

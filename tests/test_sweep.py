@@ -198,6 +198,20 @@ def test_pruning_stops_a_hopeless_trial(write_spec, tmp_path: Path):
     assert trials[0.1]["epochs_run"] == trials[0.05]["epochs_run"] == 3
 
 
+def test_random_sampler_over_ranges_with_optuna_plots(write_spec, tmp_path: Path):
+    path = write_spec(VAR_SPEC.replace("synthetic_size: 2048", "synthetic_size: 256"))
+    out = tmp_path / "sweep"
+    result = _sweep(str(path), "--grid", "lr=1e-3..0.3:log", "--grid", "width=8..32", "--sampler", "random",
+                    "--trials", "12", "--no-prune", "--out", str(out), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trials = json.loads(result.stdout)["trials"]
+    assert len(trials) == 12
+    assert all(1e-3 <= t["overrides"]["lr"] <= 0.3 and 8 <= t["overrides"]["width"] <= 32 for t in trials)
+    assert all(isinstance(t["overrides"]["width"], int) for t in trials)  # an int range gives ints
+    assert (out / "importance.png").exists() and (out / "parallel.png").exists()
+    assert not (out / "heatmap.png").exists()  # heatmaps are for two grid keys
+
+
 def test_sweep_section_in_the_spec(write_spec, tmp_path: Path):
     path = write_spec(VAR_SPEC + "sweep:\n  grid: {width: [8, 16]}\n  prune: false\n")
     out = tmp_path / "sweep"
