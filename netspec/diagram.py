@@ -99,29 +99,17 @@ class _Layout:
         if isinstance(node, LayerInfo):
             return node.kind, _args_text(node), _color(node.kind), False
         rows = rows_of(node)
-        params = sum(r.params for r in rows)
+        summary = f"{len(rows)} layer{'s' if len(rows) != 1 else ''}, {sum(r.params for r in rows):,} params"
         if isinstance(node, ShapedMerge):
-            title = f"{node.info.kind} ({len(node.branches)} branches)"
-        elif node.label and node.label.startswith("repeat"):
+            return f"{node.info.kind} ({len(node.branches)} branches)", summary, "#eeeeee", False
+        label, prefix = node.label or "sequence", ""
+        if label.startswith("repeat"):
             # A repeat's children are its copies; a copy that is one block use names what is repeated.
             copy = node.children[0]
             inner = copy.children[0] if isinstance(copy, ShapedSeq) and len(copy.children) == 1 else None
-            label = inner.label if isinstance(inner, ShapedSeq) and inner.label else None
-            title = node.label + (f" {label.split(' ')[0]}" if label else "")
-            return (
-                title,
-                (f"{label.partition(' ')[2]}; " if label and " " in label else "")
-                + (f"{len(rows)} layer{'s' if len(rows) != 1 else ''}, {params:,} params"),
-                "#eeeeee",
-                False,
-            )
-        else:
-            title = (node.label or "sequence").split(" ")[0]
-        detail = "" if isinstance(node, ShapedMerge) or not node.label else node.label.partition(" ")[2]
-        detail = (
-            detail + "; " if detail else ""
-        ) + f"{len(rows)} layer{'s' if len(rows) != 1 else ''}, {params:,} params"
-        return title, detail, "#eeeeee", False
+            prefix, label = label, inner.label if isinstance(inner, ShapedSeq) and inner.label else ""
+        name, _, args = label.partition(" ")  # a block use's label: "inception c1=64, c2a=96, ..."
+        return f"{prefix} {name}".strip(), (f"{args}; " if args else "") + summary, "#eeeeee", False
 
     # --- sizes -----------------------------------------------------------------------------------
 

@@ -65,10 +65,6 @@ class Dist:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
 
 SINGLE = Dist()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -756,17 +757,11 @@ def _same_rank(shapes: list[Shape]) -> None:
             raise MergeMismatch(0, i, "ranks differ")
 
 
-def _sum(xs: list[torch.Tensor]) -> torch.Tensor:
+def _fold(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs: list[torch.Tensor]) -> torch.Tensor:
+    """xs[0] op xs[1] op ...: a plain loop, which torch.compile unrolls."""
     out = xs[0]
     for x in xs[1:]:
-        out = out + x
-    return out
-
-
-def _product(xs: list[torch.Tensor]) -> torch.Tensor:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
+        out = op(out, x)
     return out
 
 
@@ -819,7 +814,7 @@ class Add(MergeSpec):
         return shapes[0]
 
     def build(self) -> Combine:
-        return _sum
+        return functools.partial(_fold, operator.add)
 
     def code(self, names: list[str]) -> str:
         return " + ".join(names)
@@ -842,7 +837,7 @@ class Multiply(MergeSpec):
         return tuple(out)
 
     def build(self) -> Combine:
-        return _product
+        return functools.partial(_fold, operator.mul)
 
     def code(self, names: list[str]) -> str:
         return " * ".join(names)

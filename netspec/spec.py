@@ -105,10 +105,6 @@ class Tapped(BaseModel):
     name: TapName | None = Field(default=None, alias="as")
     inputs: Annotated[list[TapName], Field(min_length=1)] | None = Field(default=None, alias="from")
 
-    @property
-    def is_merge(self) -> bool:
-        return isinstance(self.entry, MergeEntry)
-
 
 def _entry_tag(value: Any) -> str:
     """Which member of LayerEntry validates `value`: a composite, a merge, a tap, a block call, or a layer kind."""
@@ -691,14 +687,18 @@ def _with_variables(data: dict[str, Any], source: SourceMap, overrides: dict[str
                 f"--set {name}: the spec has no variable '{name}'{hint}; its vars: {known}", file=source.file
             )
     env: dict[str, Any] = {}
-    for name, value in {**declared, **overrides}.items():  # a variable may use the ones before it
+    for name, value in declared.items():  # in order: a variable may use the ones before it
         env[name] = (
-            _substitute(value, env, ("vars", name), source, _unknown_variable(env)) if name not in overrides else value
+            overrides[name]
+            if name in overrides
+            else _substitute(value, env, ("vars", name), source, _unknown_variable(env))
         )
-    if not env and not any("$" in str(v) for v in [data.get("layers")]):
-        return data
-    layers = _substitute(data.get("layers"), env, ("layers",), source, _unknown_variable(env))
-    return {**data, "vars": env, "layers": layers} if "vars" in data or overrides else {**data, "layers": layers}
+    resolved = dict(data)
+    if env:
+        resolved["vars"] = env
+    if "layers" in data:
+        resolved["layers"] = _substitute(data["layers"], env, ("layers",), source, _unknown_variable(env))
+    return resolved
 
 
 def _unknown_variable(env: dict[str, Any]) -> Callable[[str], str]:

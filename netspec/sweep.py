@@ -478,7 +478,7 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
         if t.number in retried or t.user_attrs.get("duplicate") or not t.params:
             continue
         attrs = t.user_attrs
-        spec_path, _, _ = plan.split({**t.params})
+        spec_path, _, _ = plan.split(t.params)
         rows.append(
             {
                 "number": t.number,
@@ -513,8 +513,7 @@ def write_results(result: SweepResult, plan: SweepPlan) -> None:
     atomic_write_text(out / "results.csv", buffer.getvalue())
     _plot_curves(result)
     _plot_gap(result)
-    grid_keys = [d.key for d in plan.dimensions if not d.is_range]
-    if plan.sampler == "grid" and len(plan.dimensions) == 2 and len(grid_keys) == 2:
+    if plan.sampler == "grid" and len(plan.dimensions) == 2:  # a grid has no ranges
         _plot_heatmap(result, plan)
 
 

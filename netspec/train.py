@@ -311,8 +311,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.sum_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+        # One process: the batch's mean loss. Several: this rank's summed loss, weighted below by its share of
+        # the global batch, so that DDP's average of the ranks' gradients is the global batch's mean.
+        self.loss_fn = nn.CrossEntropyLoss(
+            label_smoothing=cfg.label_smoothing, reduction="sum" if dist.active else "mean"
+        )
         self.epochs: list[EpochMetrics] = []
         self.epoch = 0  # completed epochs
         self.batch = 0  # completed batches of the current epoch
@@ -423,8 +426,8 @@ class Trainer:
                 with autocast(self.device, cfg.amp):
                     logits = self.forward(x)
                     loss = self.loss_fn(logits.float(), y)
-                if self.dist.active:  # this rank's part of the global batch's mean loss (DDP averages)
-                    loss = self.sum_loss_fn(logits.float(), y) * weight
+                if self.dist.active:
+                    loss = loss * weight
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -547,11 +550,11 @@ def checked_dataset(spec: Spec, cfg: TrainConfig) -> DatasetInfo:
     """The dataset of `cfg`, refused before any work if its images do not fit the spec's input."""
     info = dataset_info(cfg.dataset, tuple(spec.input))
     wanted = tuple(spec.input)
-    resizable = cfg.resize and len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]
-    if wanted != info.sample_shape and not resizable:
-        hint = ""
-        if len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]:
-            hint = " (add --resize, or resize: true in the train section, to resize them on the fly)"
+    same_channels = len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]
+    if wanted != info.sample_shape and not (cfg.resize and same_channels):
+        hint = (
+            " (add --resize, or resize: true in the train section, to resize them on the fly)" if same_channels else ""
+        )
         raise UsageError(
             f"spec {spec.name} takes input {format_shape(wanted)} but dataset {info.name} "
             f"has images of {format_shape(info.sample_shape)}{hint}"
