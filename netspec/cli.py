@@ -573,6 +573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    code = _run(args)
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # a worker of a distributed run (torchrun sets WORLD_SIZE)
+        from netspec.distributed import exit_worker
+
+        exit_worker(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit code; every error becomes one line on stderr."""
     try:
         return int(args.func(args) or 0)
     except NetspecError as exc:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -81,8 +82,22 @@ def from_environment(device: torch.device, backend: str | None = None) -> tuple[
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         chosen = backend or ("nccl" if device.type == "cuda" else "gloo")
-        torch.distributed.init_process_group(chosen, timeout=TIMEOUT, device_id=device if chosen == "nccl" else None)
+        torch.distributed.init_process_group(
+            chosen, store=_store(), rank=dist.rank, world_size=world, timeout=TIMEOUT,
+            device_id=device if chosen == "nccl" else None,
+        )  # fmt: skip
     return dist, device
+
+
+def _store() -> torch.distributed.Store:
+    """The env:// rendezvous store, under a prefix of its own for each restart of the workers.
+
+    torchrun keeps one store for the whole job: without the prefix, workers restarted by
+    --max-restarts would read the dead workers' addresses and fail to connect.
+    """
+    store, _, _ = next(torch.distributed.rendezvous("env://", timeout=TIMEOUT))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"netspec/attempt_{attempt}", store)
 
 
 def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_bn: bool | None) -> nn.Module:
@@ -109,6 +124,20 @@ def check_batch_size(batch_size: int, dist: Dist) -> None:
 def close() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a worker process at once, without the interpreter's finalization.
+
+    DDP keeps its gloo process group alive past destroy_process_group (torch 2.14), and a gloo
+    thread may release the last collective's tensors while Python finalizes: taking the GIL then
+    aborts the process ("terminate called without an active exception", SIGABRT), and the launcher
+    reports a finished run as failed. By now every file was written atomically and closed, so only
+    the output streams need flushing.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # --- launching -------------------------------------------------------------------------------------
