@@ -285,18 +285,49 @@ def _retry_callback() -> Any:
     return RetryHeartbeatStaleTrialCallback(max_retry=3)
 
 
-def _storage(url: str) -> Any:
-    from optuna.storages import RDBStorage
+def _storage(url: str, attempts: int = 5) -> Any:
+    import time
+    import warnings
 
-    # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
-    # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
-    return RDBStorage(
-        url,
-        heartbeat_interval=20,
-        grace_period=60,
-        heartbeat_stale_trial_callback=_retry_callback(),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-    )
+    import optuna
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat options
+
+    def connect() -> RDBStorage:
+        # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
+        # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
+        return RDBStorage(
+            url,
+            heartbeat_interval=20,
+            grace_period=60,
+            heartbeat_stale_trial_callback=_retry_callback(),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        )
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect()
+        except ArgumentError:
+            raise UsageError(
+                f"--storage {url}: not a database URL (e.g. sqlite:///study.db, postgresql://host/db)"
+            ) from None
+        except ImportError:
+            scheme = url.split(":", 1)[0]
+            raise UsageError(
+                f"--storage {url}: no Python driver for {scheme} is installed "
+                "(e.g. pip install psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)"
+            ) from None
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            # Workers that start together on a new database all create Optuna's tables and version rows
+            # (check, then insert); the losers of that race find them in place on the next try.
+            if attempt < attempts and (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                time.sleep(0.1 * attempt)
+                continue
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise UsageError(f"--storage {url}: cannot use this database ({reason})") from None
+    raise AssertionError("unreachable")
 
 
 def _retried_numbers(trials: list[Any]) -> set[int]:
@@ -689,6 +720,8 @@ def sweep(
         if out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}"
+        if plan.storage is not None:
+            _storage(plan.storage)  # a bad --storage is refused before the run folder is made
         folder = ensure_writable_dir(Path(out))
         atomic_write_json(folder / "sweep.json", plan.to_dict())
     sweeper = _Sweeper(plan, folder, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,8 +106,20 @@ def test_run_folder_keeps_the_resolved_variables(write_spec, tmp_path: Path):
         (["--grid", "lr=1e-4..1e-1:log"], "ranges need --sampler tpe or random with --trials N"),
         (["--grid", "lr=0.1", "--sampler", "tpe"], "--sampler tpe needs --trials N"),
         ([], "nothing to sweep"),
+        (["--grid", "lr=0.1", "--storage", "study.db"], "--storage study.db: not a database URL (e.g. sqlite:///"),
+        (["--grid", "lr=0.1", "--storage", "sqlite:////no/such/dir/s.db"], "cannot use this database (unable to open"),
     ],
-    ids=["unknown-key", "bad-value", "bad-choice", "spec-does-not-build", "range-on-grid", "no-trials", "empty"],
+    ids=[
+        "unknown-key",
+        "bad-value",
+        "bad-choice",
+        "spec-does-not-build",
+        "range-on-grid",
+        "no-trials",
+        "empty",
+        "storage-not-a-url",
+        "storage-cannot-open",
+    ],
 )
 def test_bad_sweeps_are_refused_before_any_trial(write_spec, capsys, tmp_path: Path, args: list[str], message: str):
     path = write_spec(VAR_SPEC)
@@ -260,6 +274,27 @@ def test_killed_sweep_resumes_without_running_a_finished_trial_twice(write_spec,
     for name, mtime in finished_before.items():  # the finished trial was not run again
         assert (out / "trials" / name / "last.pt").stat().st_mtime_ns == mtime
     assert "(resumed)" in result.stderr
+
+
+def _open_storage(url: str, barrier: Any) -> None:
+    from netspec.sweep import _storage
+
+    barrier.wait()  # all at once, as workers started together by a job script
+    _storage(url)
+
+
+def test_workers_that_start_together_on_a_new_storage_all_connect(tmp_path: Path):
+    # Each worker creates Optuna's tables on a new database (check, then insert); the losers of that
+    # race used to stop with "UNIQUE constraint failed: alembic_version.version_num".
+    context = multiprocessing.get_context("spawn")
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_open_storage, args=(url, barrier)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
 
 
 def test_two_workers_share_one_storage_and_run_no_trial_twice(write_spec, tmp_path: Path):
