@@ -574,10 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     code = _run(args)
-    if os.environ.get("WORLD_SIZE", "1") != "1":  # a worker of a distributed run (torchrun sets WORLD_SIZE)
-        from netspec.distributed import exit_worker
+    if "WORLD_SIZE" in os.environ:  # perhaps a torchrun worker (which has torch loaded anyway)
+        from netspec import distributed
 
-        exit_worker(code)
+        if distributed.is_worker():
+            distributed.exit_worker(code)
     return code
 
 

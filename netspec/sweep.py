@@ -285,30 +285,38 @@ def _retry_callback() -> Any:
     return RetryHeartbeatStaleTrialCallback(max_retry=3)
 
 
-def _storage(url: str, attempts: int = 5) -> Any:
-    import time
+def _optuna() -> Any:
+    """The optuna module, quiet: netspec reports each trial itself, and uses Optuna's experimental
+    heartbeat, retry callback and matplotlib plots on purpose."""
     import warnings
 
     import optuna
-    from optuna.storages import RDBStorage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _storage(url: str, attempts: int = 5) -> Any:
+    """Optuna's storage at a database URL; a URL it cannot use is a UsageError."""
+    import time
+
     from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat options
-
-    def connect() -> RDBStorage:
-        # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
-        # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
-        return RDBStorage(
-            url,
-            heartbeat_interval=20,
-            grace_period=60,
-            heartbeat_stale_trial_callback=_retry_callback(),
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        )
-
-    for attempt in range(1, attempts + 1):
+    optuna = _optuna()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            return connect()
+            # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
+            # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=20,
+                grace_period=60,
+                heartbeat_stale_trial_callback=_retry_callback(),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
         except ArgumentError:
             raise UsageError(
                 f"--storage {url}: not a database URL (e.g. sqlite:///study.db, postgresql://host/db)"
@@ -327,7 +335,6 @@ def _storage(url: str, attempts: int = 5) -> Any:
                 continue
             reason = str(exc.orig).strip().splitlines()[0]
             raise UsageError(f"--storage {url}: cannot use this database ({reason})") from None
-    raise AssertionError("unreachable")
 
 
 def _retried_numbers(trials: list[Any]) -> set[int]:
@@ -355,15 +362,9 @@ class _Sweeper:
     def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
         self.plan, self.out, self.report = plan, out, report
 
-    def study(self, resume: bool) -> Any:
-        import warnings
-
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # netspec reports each trial itself
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    def study(self, storage: Any, resume: bool) -> Any:
+        optuna = _optuna()
         plan = self.plan
-        url = plan.storage or f"sqlite:///{(self.out / STUDY_DB).resolve()}"
         if plan.sampler == "grid":
             space = {d.key: d.values for d in plan.dimensions}
             sampler: Any = optuna.samplers.GridSampler(space, seed=plan.seed)  # type: ignore[arg-type]
@@ -374,7 +375,7 @@ class _Sweeper:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if plan.prune else optuna.pruners.NopPruner()
         study = optuna.create_study(
             study_name=plan.study_name,
-            storage=_storage(url),
+            storage=storage,
             sampler=sampler,
             pruner=pruner,
             direction="maximize",
@@ -709,6 +710,7 @@ def sweep(
     report: Reporter = print,
 ) -> SweepResult:
     """Run (or resume) a sweep; returns its trials, best first."""
+    storage = None
     if resume is not None:
         folder = Path(resume)
         if not (folder / "sweep.json").exists():
@@ -720,12 +722,14 @@ def sweep(
         if out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}"
-        if plan.storage is not None:
-            _storage(plan.storage)  # a bad --storage is refused before the run folder is made
+        # A shared --storage is opened first, so that a bad URL is refused before the run folder is made.
+        storage = _storage(plan.storage) if plan.storage is not None else None
         folder = ensure_writable_dir(Path(out))
         atomic_write_json(folder / "sweep.json", plan.to_dict())
+    if storage is None:
+        storage = _storage(plan.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}")
     sweeper = _Sweeper(plan, folder, report)
-    study = sweeper.study(resume is not None)
+    study = sweeper.study(storage, resume is not None)
     try:
         sweeper.run(study)
     finally:  # also after Ctrl-C: what has finished is in the table and files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import netspec
 from netspec.cli import main
@@ -82,8 +84,6 @@ def test_variable_errors_are_located(write_spec, capsys, text: str, args: list[s
 
 
 def test_run_folder_keeps_the_resolved_variables(write_spec, tmp_path: Path):
-    import yaml
-
     path = write_spec(VAR_SPEC)
     out = tmp_path / "run"
     result = run_cli("train", str(path), "--set", "width=24", "--out", str(out), "--no-progress")
@@ -149,8 +149,6 @@ def test_a_located_error_in_the_sweep_section(write_spec):
     ],
 )
 def test_grid_sweep_on_mnist(tmp_path: Path, lrs: list[float], batch_sizes: list[int]):
-    import itertools
-
     out = tmp_path / "sweep"
     result = _sweep(
         "specs/mlp.yaml", "--grid", "lr=" + ",".join(map(str, lrs)), "--grid",
@@ -315,8 +313,6 @@ def test_two_workers_share_one_storage_and_run_no_trial_twice(write_spec, tmp_pa
     for worker in workers:
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
-    import yaml
-
     folders = _trial_folders(tmp_path / "w0") + _trial_folders(tmp_path / "w1")
     lrs = sorted(yaml.safe_load((f / "spec.yaml").read_text())["train"]["lr"] for f in folders)
     assert lrs == [0.01, 0.02, 0.05, 0.1]  # every grid point trained once, by one worker or the other
