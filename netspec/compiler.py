@@ -1,83 +1,190 @@
-"""Stage 4: inferred shapes -> a torch `nn.Module`.
+"""Stage 5: inferred shapes -> a torch `nn.Module`, structured as a person would write it.
 
-The module mirrors the spec: a flat spec becomes an `nn.Sequential` whose
-state_dict keys are the same as a hand-written `nn.Sequential` of the same layers
-("0.weight", "3.bias", ...), blocks and repeat copies become nested Sequentials, a
-sequence with taps a `Chain` (a Sequential that also keeps the outputs later entries
-read), and each merge (and residual) one `Merge` module whose children are its
-branches ("body"/"shortcut" for a residual). Parameters appear in reading order.
+The spec and every block use become a `Block`: a module whose attributes are named as in
+graph.py (`conv1`, `bn1`, `body`, `shortcut`, `inception3`, ...), whose learned tensors
+(`parameter` entries) are its own parameters, and whose `forward` runs a short program over
+them: call a module, expand a learned tensor over the batch, combine branch outputs. A repeat
+is an nn.Sequential of its copies, a branch that is a plain chain an nn.Sequential. The exported
+Python file (exporter.py) writes the same tree as classes, so both share one set of
+state_dict keys; parameters appear in reading order, a module's own tensors before its children's.
+
+Checkpoints written before named attributes (state_dict keys such as "4.0.0.body.0.weight")
+still load: their tensors are mapped onto today's keys by position, once, on load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from netspec.errors import CheckpointError
 from netspec.fileio import load_checkpoint
-from netspec.layers import Combine
-from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, infer_shapes
+from netspec.graph import EMPTY, FLAT, REPEAT, SCOPE, SEQUENTIAL, SINGLE, Graph
+from netspec.layers import MergeSpec
+from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
 from netspec.spec import Spec
 
+# Program steps: (op, target, inputs, output, slots to free afterwards, summary row or -1).
+CALL, TENSOR, MERGE = 0, 1, 2
 
-class Chain(nn.Sequential):
-    """An nn.Sequential whose children may also read earlier outputs (taps).
 
-    `sources[k]` is None when child k reads the previous output, else the positions of
-    its inputs among the chain's values (0: the chain's input, j + 1: child j's output).
-    Only the values that a later child reads are kept.
+class Block(nn.Module):
+    """A module of the compiled network (the spec itself, a block use, a repeat copy): named children,
+    learned tensors of its own, and the program that wires them.
+
+    Each program step is `(op, target, inputs, output, free, row)` over a list of values whose slot 0 is
+    the block's input: CALL runs the child module `target`, TENSOR expands the learned tensor `target` over
+    the batch (`inputs` is its per-example shape), MERGE combines the values `inputs` with the function
+    `target`. Values no later step reads are dropped as soon as possible. `row` is the summary row the step
+    computes, for `trace_shapes`.
     """
 
-    def __init__(self, *modules: nn.Module, sources: list[tuple[int, ...] | None] | None = None) -> None:
-        super().__init__(*modules)
-        self.sources = sources if sources is not None and any(s is not None for s in sources) else None
-        self.keep = frozenset(j for s in self.sources or [] if s is not None for j in s)
+    trace: dict[int, tuple[int, ...]] | None = None  # set by trace_shapes: row -> output shape
+
+    def __init__(
+        self,
+        name: str,
+        modules: dict[str, nn.Module],
+        tensors: dict[str, torch.Tensor],
+        program: tuple[tuple[Any, ...], ...],
+        result: int,
+        slots: int,
+    ) -> None:
+        super().__init__()
+        for attr, tensor in tensors.items():  # a module's own tensors come before its children's
+            self.register_parameter(attr, nn.Parameter(tensor))
+        for attr, module in modules.items():
+            self.add_module(attr, module)
+        self.name = name
+        self.program = program
+        self.result = result
+        self.slots = slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sources is None:
-            for module in self:
-                x = module(x)
-            return x
-        saved = {0: x} if 0 in self.keep else {}
-        for k, (module, source) in enumerate(zip(self, self.sources, strict=True)):
-            x = module(x) if source is None else module(*[saved[j] for j in source])
-            if k + 1 in self.keep:
-                saved[k + 1] = x
-        return x
-
-
-class Merge(nn.Module):
-    """Parallel branches (its children, in reading order) and the function that combines their outputs.
-
-    Called with one input, every branch reads it; with several, branch i reads input i.
-    """
-
-    def __init__(self, branches: dict[str, nn.Module], combine: Combine, kind: str) -> None:
-        super().__init__()
-        for name, branch in branches.items():
-            self.add_module(name, branch)
-        self.combine = combine
-        self.kind = kind
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if len(inputs) == 1:
-            x = inputs[0]
-            return self.combine([branch(x) for branch in self._modules.values()])
-        return self.combine([branch(x) for branch, x in zip(self._modules.values(), inputs, strict=True)])
+        values: list[Any] = [x] + [None] * self.slots
+        for op, target, inputs, output, free, row in self.program:
+            if op == CALL:
+                values[output] = self._modules[target](values[inputs[0]])
+            elif op == TENSOR:
+                values[output] = self._parameters[target].expand(x.shape[0], *inputs)
+            else:
+                values[output] = target([values[i] for i in inputs])
+            if self.trace is not None and row >= 0:
+                self.trace[row] = tuple(values[output].shape[1:])
+            for i in free:
+                values[i] = None
+        return values[self.result]
 
     def extra_repr(self) -> str:
-        return self.kind
+        return self.name
 
 
-class SpecNet(Chain):
+@dataclass
+class _ScopeBuilder:
+    """Collects one Block's attributes and writes its program."""
+
+    modules: dict[str, nn.Module]
+    tensors: dict[str, torch.Tensor]
+    program: list[list[Any]]
+    slots: int = 0
+
+    def slot(self) -> int:
+        self.slots += 1
+        return self.slots
+
+    def seq(self, seq: ShapedSeq, value: int) -> int:
+        """Emit a sequence read from slot `value`; returns the slot of its output."""
+        values = [value]
+        for child, source in zip(seq.children, seq.sources, strict=True):
+            inputs = [values[-1]] if source is None else [values[j] for j in source]
+            values.append(self.node(child, inputs))
+        return values[-1]
+
+    def node(self, node: ShapedNode, inputs: list[int]) -> int:
+        if isinstance(node, ShapedMerge):
+            return self.merge(node, inputs)
+        if isinstance(node, LayerInfo) and node.is_tensor:
+            assert node.attr is not None
+            self.tensors[node.attr] = node.layer.make_tensor(node.input_shape)  # type: ignore[union-attr]
+            return self.emit(TENSOR, node.attr, tuple(node.output_shape), node.index)
+        assert node.attr is not None, node
+        self.modules[node.attr] = module_of(node)
+        return self.emit(CALL, node.attr, (inputs[0],))
+
+    def merge(self, node: ShapedMerge, inputs: list[int]) -> int:
+        outs = []
+        for b, branch in enumerate(node.branches):
+            value = inputs[b] if len(inputs) > 1 else inputs[0]
+            if branch.form == EMPTY:
+                outs.append(value)
+            elif branch.form == SINGLE:
+                outs.append(self.node(branch.children[0], [value]))
+            elif branch.form == SEQUENTIAL:
+                assert branch.attr is not None
+                self.modules[branch.attr] = module_of(branch)
+                outs.append(self.emit(CALL, branch.attr, (value,)))
+            else:
+                assert branch.form == FLAT
+                outs.append(self.seq(branch, value))
+        assert isinstance(node.info.layer, MergeSpec)
+        return self.emit(MERGE, node.info.layer.build(), tuple(outs), node.info.index)
+
+    def emit(self, op: int, target: Any, inputs: tuple[int, ...], row: int = -1) -> int:
+        output = self.slot()
+        self.program.append([op, target, inputs, output, (), row])
+        return output
+
+    def finish(self, result: int) -> tuple[tuple[Any, ...], ...]:
+        """The program with each value dropped after the last step that reads it."""
+        last: dict[int, int] = {}
+        for k, (op, _, inputs, *_) in enumerate(self.program):
+            if op != TENSOR:
+                for i in inputs:
+                    last[i] = k
+        for k, step in enumerate(self.program):
+            step[4] = tuple(sorted(i for i, at in last.items() if at == k and i != result))
+        return tuple(tuple(step) for step in self.program)
+
+
+def _scope_parts(seq: ShapedSeq) -> tuple[Any, ...]:
+    """Block's arguments after its name, for a scope sequence."""
+    builder = _ScopeBuilder({}, {}, [])
+    result = builder.seq(seq, 0)
+    return builder.modules, builder.tensors, builder.finish(result), result, builder.slots
+
+
+def scope_module(seq: ShapedSeq, name: str) -> Block:
+    """The Block of a scope sequence: a block use, or a repeat copy that is more than a chain."""
+    return Block(name, *_scope_parts(seq))
+
+
+def module_of(node: ShapedNode) -> nn.Module:
+    """The one module a layer, a block use, a repeat, a chain-branch or a repeat copy becomes."""
+    if isinstance(node, LayerInfo):
+        return node.layer.build(node.input_shape)  # type: ignore[call-arg]
+    assert isinstance(node, ShapedSeq), node
+    if node.form == REPEAT:
+        return nn.Sequential(*(module_of(copy) for copy in node.children))
+    if node.form == SINGLE:
+        return module_of(node.children[0])
+    if node.form == SEQUENTIAL:
+        return nn.Sequential(*(module_of(child) for child in node.children))
+    if node.form == EMPTY:
+        return nn.Identity()
+    assert node.form == SCOPE, node.form
+    return scope_module(node, node.label or node.path)
+
+
+class SpecNet(Block):
     """The compiled network; `.net_shape` holds the inferred shapes it was built from."""
 
     def __init__(self, net_shape: NetShape) -> None:
-        root = net_shape.root
-        super().__init__(*(_build(child) for child in root.children), sources=root.sources)
+        super().__init__(net_shape.name, *_scope_parts(net_shape.root))
         self.net_shape = net_shape
 
     @property
@@ -85,37 +192,69 @@ class SpecNet(Chain):
         return self.net_shape.spec
 
 
-def _build(node: ShapedNode) -> nn.Module:
-    if isinstance(node, LayerInfo):
-        return node.layer.build(node.input_shape)  # type: ignore[call-arg]
-    if isinstance(node, ShapedMerge):
-        branches = {name: _build(branch) for name, branch in zip(node.names, node.branches, strict=True)}
-        return Merge(branches, node.info.layer.build(), node.info.kind)  # type: ignore[call-arg]
-    if node.is_chain:
-        return nn.Sequential(*(_build(child) for child in node.children))
-    return Chain(*(_build(child) for child in node.children), sources=node.sources)
+def leaf_modules(model: SpecNet) -> list[tuple[LayerInfo, nn.Module | None]]:
+    """Each row of the inferred network paired with its module, in reading order (None for merges and
+    learned tensors, which are not modules)."""
+    pairs: list[tuple[LayerInfo, nn.Module | None]] = []
 
+    def in_scope(node: ShapedNode, scope: nn.Module) -> None:
+        """A child of a scope (or of a flat branch), whose module is the scope's attribute."""
+        if isinstance(node, ShapedMerge):
+            pairs.append((node.info, None))
+            for branch in node.branches:
+                if branch.form == SINGLE:
+                    in_scope(branch.children[0], scope)
+                elif branch.form == SEQUENTIAL:
+                    own(branch, getattr(scope, str(branch.attr)))
+                elif branch.form == FLAT:
+                    for child in branch.children:
+                        in_scope(child, scope)
+        elif isinstance(node, LayerInfo) and node.is_tensor:
+            pairs.append((node, None))
+        else:
+            own(node, getattr(scope, str(node.attr)))
 
-def leaf_modules(model: SpecNet) -> list[tuple[LayerInfo, nn.Module]]:
-    """Each row of the inferred network (layers and merges) paired with its module, in reading order."""
-    pairs: list[tuple[LayerInfo, nn.Module]] = []
-
-    def walk(node: ShapedNode, module: nn.Module) -> None:
+    def own(node: ShapedNode, module: nn.Module) -> None:
+        """A node whose module is `module` itself."""
         if isinstance(node, LayerInfo):
             pairs.append((node, module))
-        elif isinstance(node, ShapedMerge):
-            pairs.append((node.info, module))
-            for name, branch in zip(node.names, node.branches, strict=True):
-                walk(branch, getattr(module, name))
-        else:
+        elif isinstance(node, ShapedSeq) and node.form == SINGLE:
+            own(node.children[0], module)
+        elif isinstance(node, ShapedSeq) and node.form in (REPEAT, SEQUENTIAL):
             for child, sub in zip(node.children, module.children(), strict=True):
-                walk(child, sub)
+                own(child, sub)
+        elif isinstance(node, ShapedSeq):
+            for child in node.children:
+                in_scope(child, module)
 
-    walk(model.net_shape.root, model)
+    own(model.net_shape.root, model)
     return pairs
 
 
-def build(spec: Spec | NetShape | str | Path, *, compile: bool = False, **compile_kwargs: object) -> nn.Module:
+def trace_shapes(model: SpecNet, x: torch.Tensor) -> dict[int, tuple[int, ...]]:
+    """Run `model` on `x` and record the real output shape (without the batch) of every summary row: layers
+    through forward hooks, merges and learned tensors through the blocks' programs."""
+    seen: dict[int, tuple[int, ...]] = {}
+    handles = [
+        module.register_forward_hook(lambda m, i, o, row=info.index: seen.__setitem__(row, tuple(o.shape[1:])))
+        for info, module in leaf_modules(model)
+        if module is not None
+    ]
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.trace = seen
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block in blocks:
+            block.trace = None
+    return seen
+
+
+def build(spec: Spec | Graph | NetShape | str | Path, *, compile: bool = False, **compile_kwargs: object) -> nn.Module:
     """Compile a spec (or a path to one) into a torch module.
 
     With `compile=True` the module is wrapped by `torch.compile(**compile_kwargs)`;
@@ -131,8 +270,8 @@ def build(spec: Spec | NetShape | str | Path, *, compile: bool = False, **compil
 def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> None:
     """Load a state_dict from a differently-named model whose tensors are in the same order.
 
-    This is how weights of a hand-written textbook model load into its spec: same
-    parameter shapes in the same order, whatever the module names.
+    This is how weights of a hand-written model load into its spec: same tensor shapes in the same
+    order, whatever the module names.
     """
     target = model.state_dict()
     if len(source) != len(target):
@@ -147,12 +286,52 @@ def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) ->
     model.load_state_dict(mapped)
 
 
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load a netspec state_dict into `model`: by name, or by position for a checkpoint written before compiled
+    modules had named attributes; a mismatch says which tensors do not fit, with their shapes."""
+    target = model.state_dict()
+    if set(state) != set(target) and _positional_keys(state):
+        try:
+            transfer_state_dict(state, model)
+            return
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: does not fit {_what(model)}: {exc}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise CheckpointError(f"{where}: does not fit {_what(model)}: {_state_mismatch(state, target)}") from None
+
+
+def _positional_keys(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the keys of netspec 0.1 checkpoints, whose modules were nn.Sequential positions ("0.weight")."""
+    return all(key.split(".", 1)[0].isdigit() for key in state)
+
+
+def _what(model: nn.Module) -> str:
+    spec = getattr(model, "spec", None)
+    return f"spec {spec.name}" if spec is not None else "the model"
+
+
+def _state_mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], shown: int = 3) -> str:
+    """Which tensors differ between a checkpoint and a model: shapes that differ, keys missing, keys extra."""
+    problems = [
+        f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(target[k].shape)} in the model"
+        for k in target
+        if k in state and state[k].shape != target[k].shape
+    ]
+    missing = [k for k in target if k not in state]
+    extra = [k for k in state if k not in target]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing from the checkpoint ({', '.join(missing[:shown])})")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) the model does not have ({', '.join(extra[:shown])})")
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
 def load_weights(model: nn.Module, checkpoint: str | Path) -> None:
     """Load the model weights of a netspec checkpoint (a run's last.pt or best.pt) into `model`."""
     ckpt = load_checkpoint(checkpoint)
-    name = getattr(model, "spec", None)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError) as exc:
-        what = f"spec {name.name}" if name is not None else "the model"
-        raise CheckpointError(f"{checkpoint}: does not fit {what}: {str(exc).splitlines()[0]}") from None
+    if "model" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: holds no model weights")
+    load_state(model, ckpt["model"], str(checkpoint))

@@ -30,18 +30,21 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     PrivateAttr,
+    SkipValidation,
     Strict,
     Tag,
     TypeAdapter,
     ValidationError,
     create_model,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, SweepConfig, TrainConfig
 from netspec.errors import SpecError
-from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, can_be_bare
+from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, can_be_bare, resolve_alias
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
@@ -62,12 +65,36 @@ class BlockCall(BaseModel):
 
 
 class Repeat(BaseModel):
-    """`layers` repeated `times` times (each copy with its own weights)."""
+    """`layers` repeated `times` times (each copy with its own weights).
+
+    The body is kept as written and validated once per copy when the graph is expanded, because
+    it may use the copy's index: `$i` (0, 1, ...) and `$n` (= times).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["repeat"] = "repeat"
     times: Annotated[int, Strict(), Gt(0)]
-    layers: list[LayerEntry] = Field(min_length=1)
+    layers: RawEntries
+
+    @model_validator(mode="before")
+    @classmethod
+    def _body_is_a_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "layers" in data:
+            _check_raw_body(data["layers"])
+        return data
+
+
+def _check_raw_body(value: Any) -> None:
+    """A body kept as written (a repeat's or a block's) must still be a non-empty list of entries."""
+    if not isinstance(value, list) or not value:
+        raise PydanticCustomError("layer_list", "must be a non-empty list of layers", {})
+    for item in value:
+        if not isinstance(item, (str, dict)):
+            raise PydanticCustomError(
+                "layer_entry",
+                "a layer is a name like 'relu' or a one-key mapping like 'conv2d: ...', got {type}",
+                {"type": type(item).__name__},
+            )
 
 
 class Residual(BaseModel):
@@ -165,6 +192,8 @@ def _normalize_entry(value: Any) -> Any:
             "a layer is a name like 'relu' or a one-key mapping like 'conv2d: ...', got {type}",
             {"type": type(value).__name__},
         )
+    if name not in LAYER_KINDS and name not in MERGE_KINDS and name not in COMPOSITES:
+        name = resolve_alias(name) or name  # PyTorch's spellings: ReLU, nn.ReLU, Conv2d
     if name in MERGE_KINDS and isinstance(args, list):
         return {"kind": name, "branches": args}  # the short form: one list per branch
     if name in LAYER_KINDS or name in COMPOSITES or name in MERGE_KINDS:
@@ -262,6 +291,9 @@ LayerEntry = Annotated[
     BeforeValidator(_normalize_entry, json_schema_input_type=_layer_input_schema_type()),
 ]
 Branch = Annotated[list[LayerEntry], BeforeValidator(_normalize_branch)]
+# A body kept as written until the graph is expanded (a repeat's, a block's): the schema of entries for
+# editors, no validation here, and serialized back as written.
+RawEntries = Annotated[SkipValidation[list[LayerEntry]], PlainSerializer(lambda body: body, return_type=list)]
 Repeat.model_rebuild()
 Residual.model_rebuild()
 Tapped.model_rebuild()
@@ -279,10 +311,17 @@ class BlockDef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     params: dict[str, Any] = {}
     # Validated when the block is used, after its parameters are substituted.
-    layers: Annotated[list[str | dict[str, Any]], Field(min_length=1)]
+    layers: RawEntries
+
+    @model_validator(mode="before")
+    @classmethod
+    def _body_is_a_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "layers" in data:
+            _check_raw_body(data["layers"])
+        return data
 
 
-_ENTRY_LIST = TypeAdapter(list[LayerEntry])
+ENTRY_LIST = TypeAdapter(list[LayerEntry])
 
 InputShape = Annotated[tuple[Annotated[int, Strict(), Gt(0)], ...], Field(min_length=1, max_length=3)]
 
@@ -304,6 +343,18 @@ class Spec(BaseModel):
     sweep: SweepConfig | None = None
 
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
+
+    @model_validator(mode="after")
+    def _block_names_are_free(self) -> Spec:
+        for name in self.blocks:
+            taken = name if name in (*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES) else resolve_alias(name)
+            if taken is not None:
+                raise PydanticCustomError(
+                    "block_name",
+                    "block name '{name}' is taken by the layer kind {kind}; rename the block",
+                    {"name": name, "kind": taken},
+                )
+        return self
 
     @property
     def source(self) -> SourceMap:
@@ -341,7 +392,9 @@ def entry_to_data(entry: Any) -> Any:
             data["from"] = entry.inputs[0] if len(entry.inputs) == 1 else list(entry.inputs)
         return data
     args = entry.model_dump(mode="json", exclude={"kind", "branches"}, exclude_defaults=True)
-    if isinstance(entry, (Repeat, Residual)):
+    if isinstance(entry, Repeat):
+        args["layers"] = list(entry.layers)  # kept as written
+    if isinstance(entry, Residual):
         args["layers"] = [entry_to_data(e) for e in entry.layers]
         if isinstance(entry, Residual) and isinstance(entry.shortcut, list):
             args["shortcut"] = [entry_to_data(e) for e in entry.shortcut]
@@ -507,6 +560,16 @@ def _suggested_field(loc: YamlPath) -> str | None:
     return closest(str(rest[-1]), argument_names(cls))
 
 
+def _known_keys(where: YamlPath) -> list[str]:
+    """The keys a section of the spec takes (train:, bench:, sweep:, a block definition), for suggestions."""
+    sections: dict[str, type[BaseModel]] = {"train": TrainConfig, "bench": BenchConfig, "sweep": SweepConfig}
+    if len(where) == 1 and where[0] in sections:
+        return list(sections[str(where[0])].model_fields)
+    if len(where) == 2 and where[0] == "blocks":
+        return list(BlockDef.model_fields)
+    return []
+
+
 def spec_error_from_validation(
     exc: ValidationError,
     data: Any,
@@ -538,7 +601,9 @@ def spec_error_from_validation(
         if error["type"] == "extra_forbidden" and (cls := entry_class(kind)) is not None:
             choices = argument_names(cls)
             message += did_you_mean(str(rest[-1]), choices)
-            message += f"; {kind} takes: {', '.join(choices)}"
+            message += f"; {kind} takes: {', '.join(choices) or 'no arguments'}"
+        elif error["type"] == "extra_forbidden" and not layer_path:
+            message += did_you_mean(str(loc[-1]), _known_keys((*prefix, *loc[:-1])))
         where = f"{layer_path} {kind or ''}".strip() if layer_path else None
         at_key = error["type"] in ("extra_forbidden", "missing")
         lines.append(source.error(message, (*prefix, *loc), where, key=at_key))
@@ -613,9 +678,14 @@ _OPERATORS: dict[type, Callable[..., Any]] = {
 }
 
 
+# Functions an expression may call (RegNet's `round(0.25 * $w)`, `max(8, $c // 4)`).
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"round": round, "min": min, "max": max, "int": int, "abs": abs}
+
+
 def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> Any:
-    """`$width` -> its value; `$width * 2 + 1` -> arithmetic on numbers, by walking the parsed expression
-    (never eval). Raises ValueError with the message to show; `unknown(name)` words an unknown name."""
+    """`$width` -> its value; `$width * 2 + 1`, `round(0.25 * $w)`, `1 - 0.9997` -> arithmetic on numbers,
+    by walking the parsed expression (never eval). Raises ValueError with the message to show;
+    `unknown(name)` words an unknown name."""
     whole = _VARIABLE.fullmatch(text.strip())
     if whole:
         if whole.group(1) not in env:
@@ -648,26 +718,70 @@ def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> A
                 raise ValueError(f"'{text}' divides by zero") from None
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
             return _OPERATORS[type(node.op)](walk(node.operand))
-        raise ValueError(f"'{text}': only numbers, $variables, + - * / // % ** and brackets are allowed")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and node.args
+            and not node.keywords
+        ):
+            args = [walk(a) for a in node.args]
+            if node.func.id in ("round", "int", "abs") and len(args) != 1:
+                raise ValueError(f"'{text}': {node.func.id} takes one number")
+            return _FUNCTIONS[node.func.id](*args)
+        raise ValueError(
+            f"'{text}': only numbers, $variables, + - * / // % **, brackets and {', '.join(_FUNCTIONS)} are allowed"
+        )
 
     return walk(tree)
 
 
-def _substitute(
+def is_plain_arithmetic(text: str) -> bool:
+    """True for text like `1 - 0.9997` or `round(2.5 * 8)`: numbers, operators and the allowed functions only
+    (so that `same`, `relu` or `3x3` stay text)."""
+    if not any(c.isdigit() for c in text) or len(text) > 200:
+        return False
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        return False
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Call, ast.Load, *_OPERATORS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in _FUNCTIONS:
+                return False
+        elif not isinstance(node, allowed) or (isinstance(node, ast.Constant) and type(node.value) not in (int, float)):
+            return False
+    return not isinstance(tree.body, ast.Constant)
+
+
+def substitute(
     value: Any, env: dict[str, Any], path: YamlPath, source: SourceMap, unknown: Callable[[str], str]
 ) -> Any:
-    """`value` with every string that uses `$names` replaced by its value."""
-    if isinstance(value, str) and "$" in value:
+    """`value` with every expression replaced by its value: strings that use `$names`, and plain arithmetic.
+
+    A repeat's body is left as written: it is substituted once per copy, with `$i` and `$n`, when the
+    graph is expanded.
+    """
+    if isinstance(value, str) and ("$" in value or is_plain_arithmetic(value)):
         try:
             return evaluate(value, env, unknown)
         except ValueError as exc:
             layer_path, kind, _ = describe_path(path)
             raise source.error(str(exc), path, f"{layer_path} {kind or ''}".strip() or None) from None
     if isinstance(value, dict):
-        return {k: _substitute(v, env, (*path, k), source, unknown) for k, v in value.items()}
+        return {
+            k: v if _is_repeat_body(value, k) else substitute(v, env, (*path, k), source, unknown)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute(v, env, (*path, i), source, unknown) for i, v in enumerate(value)]
+        return [substitute(v, env, (*path, i), source, unknown) for i, v in enumerate(value)]
     return value
+
+
+def _is_repeat_body(mapping: dict[Any, Any], key: Any) -> bool:
+    """True for the `layers` of a repeat's arguments ({times: 2, layers: [...]})."""
+    return key == "layers" and "times" in mapping
 
 
 def _with_variables(data: dict[str, Any], source: SourceMap, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -691,13 +805,13 @@ def _with_variables(data: dict[str, Any], source: SourceMap, overrides: dict[str
         env[name] = (
             overrides[name]
             if name in overrides
-            else _substitute(value, env, ("vars", name), source, _unknown_variable(env))
+            else substitute(value, env, ("vars", name), source, _unknown_variable(env))
         )
     resolved = dict(data)
     if env:
         resolved["vars"] = env
     if "layers" in data:
-        resolved["layers"] = _substitute(data["layers"], env, ("layers",), source, _unknown_variable(env))
+        resolved["layers"] = substitute(data["layers"], env, ("layers",), source, _unknown_variable(env))
     return resolved
 
 
@@ -707,49 +821,3 @@ def _unknown_variable(env: dict[str, Any]) -> Callable[[str], str]:
         return f"unknown variable ${name}{did_you_mean(name, list(env))}; the spec's vars: {known} (declare it under vars:)"
 
     return message
-
-
-# --- blocks ----------------------------------------------------------------------------------
-
-
-def instantiate_block(spec: Spec, call: BlockCall, call_path: YamlPath, where: str) -> list[Any]:
-    """The validated layer entries of a block use, with its parameters substituted."""
-    source = spec.source
-    if call.name not in spec.blocks:
-        known = [*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES, *spec.blocks]
-        raise source.error(f"unknown layer kind '{call.name}'{did_you_mean(call.name, known)}", call_path, where)
-    block = spec.blocks[call.name]
-    for arg in call.args:
-        if arg not in block.params:
-            hint = did_you_mean(str(arg), list(block.params))
-            raise source.error(
-                f"unknown parameter '{arg}'{hint}; block {call.name} takes: {', '.join(block.params) or 'none'}",
-                (*call_path, call.name, arg),
-                f"{where} {call.name}",
-                key=True,
-            )
-    params = {**block.params, **call.args}
-    missing = [k for k, v in params.items() if v is None]
-    if missing:
-        raise source.error(f"block {call.name} needs parameter {', '.join(missing)}", call_path, f"{where} {call.name}")
-
-    def unknown(name: str) -> str:
-        known = ", ".join(block.params) or "none"
-        also = f"; the spec's vars: {', '.join(spec.vars)}" if spec.vars else ""
-        return f"unknown parameter ${name}{did_you_mean(name, [*params, *spec.vars])} (block {call.name} takes: {known}{also})"
-
-    defaults = _substitute(block.params, dict(spec.vars), ("blocks", call.name, "params"), source, unknown)
-    env = {**spec.vars, **defaults, **{k: v for k, v in call.args.items()}}  # a parameter hides a variable
-    body_path: YamlPath = ("blocks", call.name, "layers")
-    body = _substitute(block.layers, env, body_path, source, unknown)
-    try:
-        return _ENTRY_LIST.validate_python(body)
-    except ValidationError as exc:
-        raise spec_error_from_validation(
-            exc,
-            {"layers": body},
-            source,
-            prefix=("blocks", call.name),
-            layers_path=f"{where}.{call.name}",
-            loc_prefix=("layers",),
-        ) from None

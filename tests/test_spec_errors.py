@@ -66,9 +66,9 @@ CASES = [
         id="negative-size",
     ),
     pytest.param(
-        HEADER + "  - linear: {out_features: 10}\n",
-        "{f}:4:5: layers[0] linear: expects a flat (features) input, got 1×28×28; add a flatten layer before it "
-        "(input 1×28×28 from the spec's input)",
+        HEADER + "  - linear: {in_features: 784, out_features: 10}\n",
+        "{f}:4:5: layers[0] linear: expects 784 features in the last dimension, got 1×28×28; add a flatten layer "
+        "before it (input 1×28×28 from the spec's input)",
         id="linear-on-image",
     ),
     pytest.param(

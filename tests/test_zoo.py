@@ -10,7 +10,7 @@ import torchinfo
 from torch import nn
 
 import netspec
-from netspec.compiler import leaf_modules
+from netspec.compiler import leaf_modules, trace_shapes
 from tests.conftest import SPECS, ZOO
 from tests.reference_models import REFERENCES
 
@@ -81,14 +81,10 @@ def test_state_dict_of_textbook_model_loads_and_gives_identical_outputs(name: st
 @pytest.mark.parametrize("name", ZOO)
 def test_inferred_shapes_equal_real_forward_shapes(name: str):
     model = netspec.build(SPECS / f"{name}.yaml")
-    seen: dict[int, tuple[int, ...]] = {}
-    pairs = leaf_modules(model)
-    for info, module in pairs:
-        module.register_forward_hook(lambda m, i, o, idx=info.index: seen.__setitem__(idx, tuple(o.shape[1:])))
-    out = model(torch.randn(2, *model.net_shape.input_shape))
-    assert len(pairs) == len(model.net_shape.layers)
-    assert {info.index: info.output_shape for info, _ in pairs} == seen
-    assert tuple(out.shape[1:]) == model.net_shape.output_shape
+    x = torch.randn(2, *model.net_shape.input_shape)
+    seen = trace_shapes(model, x)
+    assert {info.index: info.output_shape for info in model.net_shape.layers} == seen
+    assert tuple(model(x).shape[1:]) == model.net_shape.output_shape
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -99,12 +95,10 @@ def test_totals_agree_with_torchinfo(name: str):
     assert stats.total_params == net.total_params == sum(p.numel() for p in model.parameters())
     if name in EXPECTED_PARAMS:
         assert net.total_params == EXPECTED_PARAMS[name]
-    # torchinfo also counts each bias addition and each batch-norm parameter as a MAC, but not the
-    # additions and multiplications of merges, which netspec counts.
+    # torchinfo also counts each bias addition and each batch-norm parameter as a MAC; like netspec's `macs`
+    # it leaves out the element-wise additions and multiplications of merges (netspec's `elementwise`).
     extra = 0
     for info, module in leaf_modules(model):
-        if info.is_merge:
-            extra -= info.macs
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) and module.bias is not None:
             extra += math.prod(info.output_shape)
         if isinstance(module, nn.ConvTranspose2d):
@@ -131,19 +125,19 @@ def test_lenet_summary_numbers():
     assert net.layers[0].macs == 6 * 28 * 28 * 25
 
 
-def test_parameters_appear_in_spec_order():
+def test_parameters_appear_in_spec_order_under_named_attributes():
     model = netspec.build(SPECS / "lenet.yaml")
     assert list(model.state_dict()) == [
-        "0.weight",
-        "0.bias",
-        "3.weight",
-        "3.bias",
-        "7.weight",
-        "7.bias",
-        "9.weight",
-        "9.bias",
-        "11.weight",
-        "11.bias",
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "fc3.weight",
+        "fc3.bias",
     ]
 
 

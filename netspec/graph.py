@@ -1,0 +1,554 @@
+"""Stage 3: a validated `Spec` -> the expanded graph, the one structure every later stage walks.
+
+Expansion instantiates every block use with its parameters, unrolls every repeat into copies
+(each copy may use `$i`, its index, and `$n`, the count), substitutes every variable, resolves
+every named tap (`as`/`from`) to the entry it reads, and names every module. It happens before
+any shape is computed, so errors come out in file order and shape inference never calls back
+into the spec.
+
+The graph is a tree of three node types:
+
+- `Layer`: one layer kind with its arguments (a residual's automatic shortcut is a `Layer` whose
+  kind is decided from shapes);
+- `Seq`: children applied in order: the spec itself (`root`), a block use (`block`), a repeat
+  (`repeat`, whose children are its `copy` sequences), or a merge's branch (`branch`);
+- `Merge`: parallel branches and how they combine (concat, add, multiply; residual is an add).
+
+Names. The compiled network (and the exported Python) is a tree of modules with named attributes,
+as a person writes it: the spec and every block use is a module ("scope") whose attributes are
+named after their kinds (`conv1`, `bn1`, `relu`), block names (`inception3`), tap names (`as:`),
+or merge branches (`body`, `shortcut`, `branch2`). A merge's branches belong to the enclosing
+scope: a branch of one module is that module, a plain chain an nn.Sequential, anything else is
+flattened into the scope (`body_conv1`). A repeat is an nn.Sequential of its copies.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from pydantic import ValidationError
+from torch import nn
+
+from netspec.errors import SpecError
+from netspec.layers import LAYER_KINDS, MERGE_KINDS, Add, LayerSpec, MergeSpec
+from netspec.source import YamlPath
+from netspec.spec import (
+    COMPOSITES,
+    ENTRY_LIST,
+    INPUT_NAME,
+    TAP_KEYS,
+    BlockCall,
+    MergeEntry,
+    Repeat,
+    Residual,
+    Spec,
+    Tapped,
+    did_you_mean,
+    kind_key,
+    load_spec,
+    spec_error_from_validation,
+    substitute,
+)
+
+# What a sequence becomes in the compiled network (see the module docstring).
+SCOPE = "scope"  # a module with named attributes and its own forward (root, block use, complex repeat copy)
+SEQUENTIAL = "sequential"  # an nn.Sequential of its children's modules (a plain chain)
+SINGLE = "single"  # its only child's module (or learned tensor) stands for it
+FLAT = "flat"  # a branch whose children are attributes of the enclosing scope
+EMPTY = "empty"  # the identity: no module at all
+REPEAT = "repeat"  # an nn.Sequential of its copies
+
+
+@dataclass
+class Layer:
+    """One layer kind. `written` holds its arguments as the block body writes them (`$out * 4`), for the
+    export; `shortcut` marks a residual's automatic shortcut (auto or projection), decided from shapes."""
+
+    layer: LayerSpec | None
+    path: str
+    yaml_path: YamlPath
+    written: dict[str, Any] | None = None
+    shortcut: str | None = None
+    attr: str | None = None
+
+
+@dataclass
+class BlockUse:
+    """A use of a block from `blocks:`: its name and the values of its parameters there."""
+
+    name: str
+    args: dict[str, Any]  # every parameter, defaults filled in
+    written: dict[str, Any] | None = None  # as written at the use (`$out`), when the use sits in a block body
+
+
+@dataclass
+class Seq:
+    """Children applied in order. `sources[k]` is None when child k reads the previous output, else the
+    positions it reads (0: the sequence's input, j + 1: the output of child j); `names[k]` is child k's
+    tap name (`as`)."""
+
+    children: list[Node]
+    sources: list[tuple[int, ...] | None]
+    names: list[str | None]
+    path: str
+    yaml_path: YamlPath
+    role: str  # root, block, repeat, copy or branch
+    form: str = SCOPE
+    block: BlockUse | None = None
+    attr: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        """What this sequence is, for tables and pictures: "inception c1=64, ..." or "repeat ×4"."""
+        if self.block is not None:
+            args = ", ".join(f"{k}={v}" for k, v in self.block.args.items())
+            return f"{self.block.name} {args}".strip()
+        if self.role == "repeat":
+            return f"repeat ×{len(self.children)}"
+        return None
+
+
+@dataclass
+class Merge:
+    """Parallel branches combined by `op`; `kind` is the op's kind, or `residual`. With one input every branch
+    reads it; with several (`from: [a, b]`) branch i reads input i. `branch_names` name their modules."""
+
+    op: MergeSpec
+    kind: str
+    branches: list[Seq]
+    branch_names: tuple[str, ...]
+    path: str
+    yaml_path: YamlPath
+
+
+Node = Union[Layer, Seq, Merge]  # noqa: UP007
+
+
+# --- expansion ---------------------------------------------------------------------------------
+
+
+def _raw_parts(raw: Any) -> tuple[Any, Any]:
+    """(kind key, its value) of an entry as written, without `as`/`from`."""
+    if isinstance(raw, str):
+        return raw, None
+    if isinstance(raw, dict):
+        key = kind_key(raw)
+        return key, raw.get(key) if key is not None else None
+    return None, None
+
+
+def _raw_branches(value: Any) -> list[Any]:
+    """The branches of a merge as written (the short form is the list itself)."""
+    if isinstance(value, dict):
+        value = value.get("branches")
+    return list(value) if isinstance(value, list) else []
+
+
+def _raw_list(value: Any) -> list[Any] | None:
+    return value if isinstance(value, list) else None
+
+
+@dataclass
+class _Expander:
+    spec: Spec
+    blocks_used: set[str] = field(default_factory=set)
+
+    def error(self, message: str, yaml_path: YamlPath, where: str | None, key: bool = False) -> SpecError:
+        return self.spec.source.error(message, yaml_path, where, key=key)
+
+    def validate(self, body: list[Any], prefix: YamlPath, layers_path: str) -> list[Any]:
+        """Entries of a body kept as written (a block's, a repeat's), validated after substitution."""
+        try:
+            return ENTRY_LIST.validate_python(body)
+        except ValidationError as exc:
+            raise spec_error_from_validation(
+                exc, {"layers": body}, self.spec.source, prefix=prefix, layers_path=layers_path, loc_prefix=("layers",)
+            ) from None
+
+    def seq(
+        self,
+        entries: list[Any],
+        raw: list[Any] | None,
+        path: str,
+        yaml_path: YamlPath,
+        role: str,
+        env: dict[str, Any],
+        stack: tuple[str, ...],
+    ) -> Seq:
+        taps = {INPUT_NAME: 0}
+        defined_at = {e.name: i for i, e in enumerate(entries) if isinstance(e, Tapped) and e.name}
+        children: list[Node] = []
+        sources: list[tuple[int, ...] | None] = []
+        names: list[str | None] = []
+        for i, entry in enumerate(entries):
+            child_path, child_yaml = f"{path}[{i}]", (*yaml_path, i)
+            child_raw = raw[i] if raw is not None and i < len(raw) else None
+            name, inputs = None, None
+            if isinstance(entry, Tapped):
+                name, inputs, entry = entry.name, entry.inputs, entry.entry
+                if isinstance(child_raw, dict):
+                    child_raw = {k: v for k, v in child_raw.items() if k not in TAP_KEYS} or None
+            source = None
+            if inputs is not None:
+                source = tuple(self.tap(n, taps, defined_at, i, child_path, child_yaml, entry) for n in inputs)
+                if len(source) > 1 and not isinstance(entry, MergeEntry):
+                    raise self.error(
+                        f"takes {len(source)} inputs ({', '.join(inputs)}) but only a merge (concat, add, multiply) "
+                        "combines several; give one name in from",
+                        (*child_yaml, "from"),
+                        child_path,
+                    )
+            children.append(self.entry(entry, child_raw, child_path, child_yaml, env, stack, len(source or [1])))
+            sources.append(source)
+            names.append(name)
+            if name is not None:
+                if name == INPUT_NAME or name in taps:
+                    why = (
+                        "is reserved for the sequence's input"
+                        if name == INPUT_NAME
+                        else f"is already the name of {path}[{taps[name] - 1}]"
+                    )
+                    raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
+                taps[name] = i + 1
+        return Seq(children, sources, names, path, yaml_path, role)
+
+    def tap(
+        self,
+        name: str,
+        taps: dict[str, int],
+        defined_at: dict[str, int],
+        position: int,
+        path: str,
+        yaml_path: YamlPath,
+        entry: Any,
+    ) -> int:
+        """The position of the named output `name`, as seen from entry `position` of a sequence."""
+        if name in taps:
+            return taps[name]
+        where = f"{path} {getattr(entry, 'kind', '')}".strip()
+        if defined_at.get(name) == position:
+            message = f"takes its input from its own output '{name}' (a cycle)"
+        elif name in defined_at:
+            message = (
+                f"takes its input from '{name}', which is defined later ({path.rsplit('[', 1)[0]}[{defined_at[name]}]); "
+                "an entry can only read outputs of entries before it (a cycle otherwise)"
+            )
+        else:
+            known = list(taps)
+            message = (
+                f"unknown name '{name}' in from{did_you_mean(name, known)}; names here: {', '.join(known)} "
+                "(a name is seen by the later entries of its own sequence)"
+            )
+        raise self.error(message, (*yaml_path, "from"), where)
+
+    def entry(
+        self,
+        entry: Any,
+        raw: Any,
+        path: str,
+        yaml_path: YamlPath,
+        env: dict[str, Any],
+        stack: tuple[str, ...],
+        inputs: int,
+    ) -> Node:
+        key, value = _raw_parts(raw)
+        if isinstance(entry, MergeEntry):
+            raw_branches = _raw_branches(value) if key is not None else []
+            return self.merge(entry, raw_branches, path, yaml_path, env, stack, inputs)
+        if isinstance(entry, LayerSpec):
+            written = dict(value) if isinstance(value, dict) else ({} if raw is not None else None)
+            return Layer(entry, path, yaml_path, written)
+        if isinstance(entry, Repeat):
+            return self.repeat(entry, path, yaml_path, env, stack)
+        if isinstance(entry, Residual):
+            return self.residual(entry, value if isinstance(value, dict) else {}, path, yaml_path, env, stack)
+        assert isinstance(entry, BlockCall)
+        written = (dict(value) if isinstance(value, dict) else {}) if raw is not None else None
+        return self.block(entry, written, path, yaml_path, env, stack)
+
+    def merge(
+        self,
+        entry: MergeEntry,
+        raw_branches: list[Any],
+        path: str,
+        yaml_path: YamlPath,
+        env: dict[str, Any],
+        stack: tuple[str, ...],
+        inputs: int,
+    ) -> Merge:
+        op = entry.op
+        where = f"{path} {op.kind}"
+        bodies = entry.branches or [[] for _ in range(inputs)]
+        if inputs > 1 and len(bodies) != inputs:
+            raise self.error(
+                f"has {inputs} inputs in from but {len(bodies)} branches; give one branch per input, or none",
+                yaml_path,
+                where,
+            )
+        if len(bodies) < 2:
+            raise self.error(
+                f"{op.kind} needs at least two branches (or two inputs in from) to combine, got {len(bodies)}",
+                yaml_path,
+                where,
+            )
+        written = (*yaml_path, op.kind)
+        if (*written, "branches") in self.spec.source.marks:
+            written = (*written, "branches")  # the long form; the short form's value is the branch list itself
+        branches = [
+            self.seq(
+                body,
+                _raw_list(raw_branches[b]) if b < len(raw_branches) else None,
+                f"{path}.branch[{b}]",
+                (*written, b),
+                "branch",
+                env,
+                stack,
+            )
+            for b, body in enumerate(bodies)
+        ]
+        names = tuple(f"branch{b + 1}" for b in range(len(branches)))
+        return Merge(op, op.kind, branches, names, path, yaml_path)
+
+    def residual(
+        self,
+        entry: Residual,
+        raw: dict[str, Any],
+        path: str,
+        yaml_path: YamlPath,
+        env: dict[str, Any],
+        stack: tuple[str, ...],
+    ) -> Merge:
+        """add(body, shortcut), the shortcut as the entry says (auto and projection are decided from shapes)."""
+        body = self.seq(
+            entry.layers, _raw_list(raw.get("layers")), f"{path}.residual", (*yaml_path, "residual", "layers"),
+            "branch", env, stack,
+        )  # fmt: skip
+        shortcut_yaml = (*yaml_path, "residual", "shortcut")
+        if isinstance(entry.shortcut, list):
+            shortcut = self.seq(
+                entry.shortcut, _raw_list(raw.get("shortcut")), f"{path}.shortcut", shortcut_yaml, "branch", env, stack
+            )
+        elif entry.shortcut == "identity":
+            shortcut = Seq([], [], [], f"{path}.shortcut", shortcut_yaml, "branch")
+        else:
+            auto = Layer(None, f"{path}.shortcut[0]", shortcut_yaml, shortcut=entry.shortcut)
+            shortcut = Seq([auto], [None], [None], f"{path}.shortcut", shortcut_yaml, "branch")
+        return Merge(Add(), "residual", [body, shortcut], ("body", "shortcut"), path, yaml_path)
+
+    def repeat(self, entry: Repeat, path: str, yaml_path: YamlPath, env: dict[str, Any], stack: tuple[str, ...]) -> Seq:
+        """One copy per repeat, each validated with its own `$i` (0, 1, ...) and `$n` (the count)."""
+        body_yaml = (*yaml_path, "repeat", "layers")
+        copies: list[Node] = []
+        for i in range(entry.times):
+            copy_env = {**env, "i": i, "n": entry.times}
+            body = substitute(entry.layers, copy_env, body_yaml, self.spec.source, _unknown(copy_env, "repeat"))
+            entries = self.validate(body, (*yaml_path, "repeat"), f"{path}.repeat")
+            copies.append(self.seq(entries, entry.layers, f"{path}.repeat#{i}", body_yaml, "copy", copy_env, stack))
+        n = len(copies)
+        return Seq(copies, [None] * n, [None] * n, path, yaml_path, "repeat", REPEAT)
+
+    def block(
+        self,
+        call: BlockCall,
+        written: dict[str, Any] | None,
+        path: str,
+        yaml_path: YamlPath,
+        env: dict[str, Any],
+        stack: tuple[str, ...],
+    ) -> Seq:
+        """The layers of a block use, with its parameters substituted."""
+        spec, where = self.spec, f"{path} {call.name}"
+        if call.name not in spec.blocks:
+            raise self.error(_unknown_kind(call.name, list(spec.blocks)), yaml_path, path)
+        if call.name in stack:
+            cycle = " → ".join((*stack[stack.index(call.name) :], call.name))
+            raise self.error(f"block {call.name} uses itself ({cycle})", yaml_path, where)
+        block = spec.blocks[call.name]
+        for arg in call.args:
+            if arg not in block.params:
+                hint = did_you_mean(str(arg), list(block.params))
+                raise self.error(
+                    f"unknown parameter '{arg}'{hint}; block {call.name} takes: {', '.join(block.params) or 'none'}",
+                    (*yaml_path, call.name, arg),
+                    where,
+                    key=True,
+                )
+        params = {**block.params, **call.args}
+        missing = [k for k, v in params.items() if v is None]
+        if missing:
+            raise self.error(f"block {call.name} needs parameter {', '.join(missing)}", yaml_path, where)
+        body_yaml: YamlPath = ("blocks", call.name, "layers")
+        unknown = _unknown_parameter(call.name, block.params, spec.vars)
+        defaults = substitute(block.params, dict(spec.vars), ("blocks", call.name, "params"), spec.source, unknown)
+        values = {**defaults, **call.args}
+        block_env = {**spec.vars, **values}  # a parameter hides a variable of the same name
+        body = substitute(block.layers, block_env, body_yaml, spec.source, unknown)
+        entries = self.validate(body, ("blocks", call.name), f"{path}.{call.name}")
+        seq = self.seq(entries, list(block.layers), f"{path}.{call.name}", body_yaml, "block", block_env,
+                       (*stack, call.name))  # fmt: skip
+        seq.block = BlockUse(call.name, values, written)
+        self.blocks_used.add(call.name)
+        return seq
+
+
+def _unknown(env: dict[str, Any], where: str) -> Any:
+    def message(name: str) -> str:
+        known = ", ".join(f"${k}" for k in env) or "none"
+        return f"unknown variable ${name}{did_you_mean(name, list(env))} in a {where} (known here: {known})"
+
+    return message
+
+
+def _unknown_parameter(block: str, params: dict[str, Any], variables: dict[str, Any]) -> Any:
+    def message(name: str) -> str:
+        known = ", ".join(params) or "none"
+        also = f"; the spec's vars: {', '.join(variables)}" if variables else ""
+        return (
+            f"unknown parameter ${name}{did_you_mean(name, [*params, *variables])} (block {block} takes: {known}{also})"
+        )
+
+    return message
+
+
+def _unknown_kind(name: str, blocks: list[str]) -> str:
+    """'unknown layer kind' with the closest kind or block, or the list of kinds when nothing is close."""
+    known = [*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES, *blocks]
+    hint = did_you_mean(name, known) or did_you_mean(name.lower(), known)
+    if hint:
+        return f"unknown layer kind '{name}'{hint}"
+    listing = ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES]))
+    defined = f"; blocks: {', '.join(blocks)}" if blocks else ""
+    return f"unknown layer kind '{name}'; the kinds are: {listing}{defined}"
+
+
+# --- names and forms -----------------------------------------------------------------------------
+
+# Attribute names a module already has (and Python keywords) get a trailing underscore.
+_RESERVED = {*dir(nn.Module), *keyword.kwlist, "program", "result", "net_shape", "spec"}
+
+
+def _module_like(node: Node) -> bool:
+    """A node that is one module in the compiled network (a layer, a block use, a repeat)."""
+    if isinstance(node, Layer):
+        return node.layer is None or not node.layer.is_tensor
+    return isinstance(node, Seq) and node.role in ("block", "repeat")
+
+
+def _is_tensor(node: Node) -> bool:
+    return isinstance(node, Layer) and node.layer is not None and node.layer.is_tensor
+
+
+def _form(seq: Seq) -> str:
+    """How a branch or a repeat copy is materialized (see the module docstring)."""
+    if not seq.children:
+        return EMPTY
+    chain = all(s is None for s in seq.sources)
+    if (
+        chain
+        and len(seq.children) == 1
+        and (_module_like(seq.children[0]) or (seq.role == "branch" and _is_tensor(seq.children[0])))
+    ):
+        return SINGLE
+    if chain and all(_module_like(c) for c in seq.children):
+        return SEQUENTIAL
+    return FLAT if seq.role == "branch" else SCOPE
+
+
+def _identifier(text: str) -> str:
+    name = re.sub(r"\W", "_", text).strip("_") or "module"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+def _base(node: Node, tap: str | None) -> str:
+    if tap:
+        return tap
+    if isinstance(node, Layer):
+        return "shortcut" if node.layer is None else (node.layer.attr or node.layer.kind)
+    if isinstance(node, Seq) and node.block is not None:
+        return node.block.name
+    if isinstance(node, Seq) and node.role == "repeat":
+        first = node.children[0] if node.children else None
+        if isinstance(first, Seq) and first.form == SINGLE and isinstance(first.children[0], Seq):
+            inner = first.children[0]
+            if inner.block is not None:
+                return inner.block.name + "s"  # repeat: [basic_block] -> basic_blocks
+        return "repeat"
+    return "module"
+
+
+def _name_scope(scope: Seq) -> None:
+    """Give every attribute of one scope module its name: bases from kinds, blocks, taps and branches; a base
+    used more than once is numbered in reading order (conv1, conv2)."""
+    items: list[tuple[Layer | Seq, str]] = []
+
+    def collect(seq: Seq, prefix: str) -> None:
+        for child, tap in zip(seq.children, seq.names, strict=True):
+            if isinstance(child, Merge):
+                for branch, name in zip(child.branches, child.branch_names, strict=True):
+                    if branch.form == SINGLE:
+                        only = branch.children[0]
+                        items.append((only, prefix + (branch.names[0] or name)))  # type: ignore[arg-type]
+                    elif branch.form == SEQUENTIAL:
+                        items.append((branch, prefix + name))
+                    elif branch.form == FLAT:
+                        collect(branch, f"{prefix}{name}_")
+            else:
+                items.append((child, prefix + _base(child, tap)))
+
+    collect(scope, "")
+    counts = Counter(_identifier(base) for _, base in items)
+    seen: Counter[str] = Counter()
+    taken: set[str] = set()
+    for node, base in items:
+        base = _identifier(base)
+        if counts[base] > 1:
+            seen[base] += 1
+            name = f"{base}{'_' if base[-1].isdigit() else ''}{seen[base]}"
+        else:
+            name = base
+        if name in _RESERVED:
+            name += "_"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        node.attr = name
+
+
+def _finish(node: Node) -> None:
+    """Decide every sequence's form (bottom-up), then name the attributes of every scope."""
+    if isinstance(node, Merge):
+        for branch in node.branches:
+            _finish(branch)
+        return
+    if not isinstance(node, Seq):
+        return
+    for child in node.children:
+        _finish(child)
+    if node.role in ("branch", "copy"):
+        node.form = _form(node)
+    if node.form == SCOPE:
+        _name_scope(node)
+
+
+@dataclass
+class Graph:
+    """The expanded spec: `root` is the spec's own sequence."""
+
+    spec: Spec
+    root: Seq
+    blocks_used: set[str]
+
+
+def expand(spec: Spec | str | Path) -> Graph:
+    """Expand a spec (or a path to one) into its graph."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    expander = _Expander(spec)
+    root = expander.seq(list(spec.layers), None, "layers", ("layers",), "root", dict(spec.vars), ())
+    _finish(root)
+    return Graph(spec, root, expander.blocks_used)

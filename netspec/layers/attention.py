@@ -1,0 +1,186 @@
+"""Tokens and attention: learned tensors, multi-head self-attention, Swin's shifted-window attention.
+
+Tokens are L×D per example (a sequence of L vectors of D features); Swin works on channels-last
+images H×W×C. A `parameter` is a learned tensor used as a merge branch: ViT's class token
+(concat along the tokens), its position embedding (add) and ConvNeXt's layer scale (multiply)
+are one line each. It belongs to the enclosing module, so it comes before that module's
+children in the state_dict, where torchvision has it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from annotated_types import Ge
+from pydantic import Field
+from torch import nn
+
+from netspec.layers.base import (
+    Flag,
+    LayerSpec,
+    ModuleCall,
+    NonNegativeOrPair,
+    Probability,
+    Shape,
+    ShapeError,
+    Size,
+    SizeOrPair,
+    call,
+    check_declared,
+    count,
+    pair,
+    register,
+)
+
+
+@register
+class Parameter(LayerSpec):
+    """A learned tensor of `shape` (one example's; it is expanded over the batch), read as a merge branch.
+
+    Stored as (1, *shape), as torchvision stores ViT's class token and position embedding, or exactly as
+    `shape` with `batch_dim: false` (ConvNeXt's C×1×1 layer scale).
+    """
+
+    kind: Literal["parameter"] = "parameter"
+    shape: Annotated[list[Size], Field(min_length=1)]
+    batch_dim: Flag = True
+    init: Literal["zeros", "ones", "constant", "normal", "trunc_normal", "uniform"] = "zeros"
+    value: float = 0.0  # for init: constant
+    std: Annotated[float, Ge(0.0)] = 0.02  # for normal and trunc_normal (truncated at ±2 std)
+    attr: ClassVar[str] = "param"
+    is_tensor: ClassVar[bool] = True
+
+    def stored_shape(self) -> Shape:
+        return (1, *self.shape) if self.batch_dim else tuple(self.shape)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(self.shape)
+
+    def num_params(self, shape: Shape) -> int:
+        return count(tuple(self.shape))
+
+    def make_tensor(self, shape: Shape) -> torch.Tensor:
+        tensor = torch.empty(self.stored_shape())
+        if self.init in ("zeros", "ones", "constant"):
+            return tensor.fill_({"zeros": 0.0, "ones": 1.0, "constant": self.value}[self.init])
+        if self.init == "normal":
+            return nn.init.normal_(tensor, std=self.std)
+        if self.init == "trunc_normal":
+            return nn.init.trunc_normal_(tensor, std=self.std, a=-2 * self.std, b=2 * self.std)
+        return nn.init.uniform_(tensor)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over N×L×D tokens, computed with F.scaled_dot_product_attention.
+
+    The parameters are nn.MultiheadAttention's (packed q/k/v projection `in_proj_weight`/`in_proj_bias`,
+    then `out_proj`), so torchvision's ViT weights load as they are.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim)) if bias else None
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention initializes them
+        if bias:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+@register
+class MultiheadAttention(LayerSpec):
+    """Self-attention over a sequence of tokens (L×D); D is inferred and must divide by num_heads."""
+
+    kind: Literal["multihead_attention"] = "multihead_attention"
+    num_heads: Size
+    embed_dim: Size | None = None
+    dropout: Probability = 0.0
+    bias: Flag = True
+    ranks: ClassVar[tuple[int, ...] | None] = (2,)
+    rank_hint: ClassVar[str] = "; make tokens first (flatten: {start_dim: 2} and transpose: {dim0: 1, dim1: 2})"
+    attr: ClassVar[str] = "attn"
+    torch_name: ClassVar[str] = "MultiheadAttention"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        check_declared("embed_dim", self.embed_dim, shape[1])
+        if shape[1] % self.num_heads:
+            raise ShapeError(f"{shape[1]} features are not divisible by num_heads {self.num_heads}")
+        return shape
+
+    def num_params(self, shape: Shape) -> int:
+        d = shape[1]
+        return 4 * d * d + (4 * d if self.bias else 0)
+
+    def macs(self, shape: Shape, out: Shape) -> int:
+        length, d = shape
+        return 4 * length * d * d + 2 * length * length * d  # q/k/v and output projections, QKᵀ and AV
+
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(SelfAttention, shape[1], self.num_heads, self.dropout, self.bias)
+
+
+@register
+class ShiftedWindowAttention(LayerSpec):
+    """Swin's window attention with relative position bias over a channels-last image H×W×C, cyclically
+    shifted by `shift_size` (torchvision's own ShiftedWindowAttention module)."""
+
+    kind: Literal["shifted_window_attention"] = "shifted_window_attention"
+    num_heads: Size
+    window_size: SizeOrPair = 7
+    shift_size: NonNegativeOrPair = 0
+    attention_dropout: Probability = 0.0
+    dropout: Probability = 0.0
+    qkv_bias: Flag = True
+    proj_bias: Flag = True
+    ranks: ClassVar[tuple[int, ...] | None] = (3,)
+    rank_hint: ClassVar[str] = "; Swin attends over channels-last images (permute: {dims: [0, 2, 3, 1]})"
+    attr: ClassVar[str] = "attn"
+    torch_name: ClassVar[str] = "ShiftedWindowAttention"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        if shape[2] % self.num_heads:
+            raise ShapeError(f"{shape[2]} channels are not divisible by num_heads {self.num_heads}")
+        return shape
+
+    def num_params(self, shape: Shape) -> int:
+        c = shape[2]
+        wh, ww = pair(self.window_size)
+        table = (2 * wh - 1) * (2 * ww - 1) * self.num_heads
+        return 3 * c * c + c * c + (3 * c if self.qkv_bias else 0) + (c if self.proj_bias else 0) + table
+
+    def macs(self, shape: Shape, out: Shape) -> int:
+        h, w, c = shape
+        wh, ww = pair(self.window_size)
+        tokens = math.ceil(h / wh) * wh * math.ceil(w / ww) * ww  # padded to whole windows
+        return 4 * tokens * c * c + 2 * tokens * wh * ww * c  # projections, QKᵀ and AV within each window
+
+    def module_call(self, shape: Shape) -> ModuleCall:
+        from torchvision.models.swin_transformer import ShiftedWindowAttention as TorchvisionSWA
+
+        return call(
+            TorchvisionSWA,
+            shape[2],
+            list(pair(self.window_size)),
+            list(pair(self.shift_size)),
+            self.num_heads,
+            qkv_bias=self.qkv_bias,
+            proj_bias=self.proj_bias,
+            attention_dropout=self.attention_dropout,
+            dropout=self.dropout,
+        )
