@@ -267,23 +267,46 @@ def build(spec: Spec | Graph | NetShape | str | Path, *, compile: bool = False, 
     return model
 
 
-def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> int:
     """Load a state_dict from a differently-named model whose tensors are in the same order.
 
-    This is how weights of a hand-written model load into its spec: same tensor shapes in the same
-    order, whatever the module names.
+    This is how weights of a hand-written model (a textbook's, torchvision's) load into its spec: same
+    tensor shapes in the same order, whatever the module names. Where a model registers a module's
+    tensors in another order than they run (torchvision's Swin PatchMerging creates `reduction` before
+    `norm`), the tensors are matched by position within each shape instead: the k-th tensor of a shape in
+    the source goes to the k-th tensor of that shape in the model. Returns how many tensors that moved.
     """
     target = model.state_dict()
     if len(source) != len(target):
         raise CheckpointError(f"the source has {len(source)} tensors but the model has {len(target)}")
-    mapped = {}
-    for (src_key, tensor), (key, expected) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != expected.shape:
+    pairs = list(zip(source.items(), target.items(), strict=True))
+    moved = 0
+    if any(tensor.shape != expected.shape for (_, tensor), (_, expected) in pairs):
+        pairs, moved = _match_within_shapes(source, target)
+    model.load_state_dict({key: tensor for (_, tensor), (key, _) in pairs})
+    return moved
+
+
+def _match_within_shapes(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> tuple[list[tuple[tuple[str, torch.Tensor], tuple[str, torch.Tensor]]], int]:
+    """Pair the k-th source tensor of each shape with the k-th model tensor of that shape."""
+    by_shape: dict[tuple[int, ...], list[tuple[str, torch.Tensor]]] = {}
+    for item in source.items():
+        by_shape.setdefault(tuple(item[1].shape), []).append(item)
+    pairs = []
+    for position, (key, expected) in enumerate(target.items()):
+        candidates = by_shape.get(tuple(expected.shape))
+        if not candidates:
+            src_key, tensor = list(source.items())[position]
             raise CheckpointError(
-                f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}"
+                f"tensor {src_key} has shape {tuple(tensor.shape)} but {key} needs {tuple(expected.shape)}, "
+                "and no other tensor of the source takes its place"
             )
-        mapped[key] = tensor
-    model.load_state_dict(mapped)
+        pairs.append((candidates.pop(0), (key, expected)))
+    source_keys = list(source)
+    moved = sum(source_keys.index(src[0]) != position for position, (src, _) in enumerate(pairs))
+    return pairs, moved
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

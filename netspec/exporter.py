@@ -13,11 +13,8 @@ with the inferred shape of every line in a comment.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
-import keyword
 import os
-import re
 import sys
 import tempfile
 import warnings
@@ -29,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from netspec.codegen import class_name, write_classes
 from netspec.compiler import build, load_weights
 from netspec.errors import NetspecError, UsageError
 from netspec.fileio import atomic_write_bytes, atomic_write_text
-from netspec.layers import ModuleCall, format_shape
-from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes, rows_of
+from netspec.layers import format_shape
+from netspec.shapes import NetShape, infer_shapes
 from netspec.spec import Spec
 
 FORMATS = ("onnx", "pt2", "python")
@@ -86,13 +84,37 @@ def export(
     if checkpoint is not None:
         load_weights(model, checkpoint)
     model.eval()
-    path = Path(out) if out is not None else Path(f"{net.name}{SUFFIXES[format]}")
-    if path.is_dir():
-        path = path / f"{net.name}{SUFFIXES[format]}"
-    if not path.parent.exists():
-        raise UsageError(f"{path.parent}: no such folder")
+    path = output_path(net.name, format, out)
     exporter = {"onnx": _export_onnx, "pt2": _export_pt2, "python": _export_python}[format]
     return exporter(net, model, path, batch, opset, checkpoint)
+
+
+def output_path(name: str, format: str, out: str | Path | None) -> Path:
+    """Where an export goes. A folder (existing, or written with a trailing slash, then created) gets
+    `<name>.<suffix>`; a file name without a suffix gets the format's; an existing file of another format is
+    never overwritten."""
+    suffix = SUFFIXES[format]
+    if out is None:
+        path = Path(f"{name}{suffix}")
+    elif str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        folder = Path(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{folder}: cannot create the folder ({exc.strerror})") from None
+        path = folder / f"{name}{suffix}"
+    else:
+        path = Path(out)
+        if not path.suffix:
+            path = path.with_name(path.name + suffix)
+    if not path.parent.exists():
+        raise UsageError(f"{path.parent}: no such folder (end --out with / to create a folder)")
+    if path.exists() and path.suffix != suffix:
+        raise UsageError(
+            f"{path} exists and is not a {suffix} file; a {format} export would overwrite it: give --out a "
+            f"{suffix} name or a folder"
+        )
+    return path
 
 
 def _inputs(net: NetShape, batch: int | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,139 +290,37 @@ def _export_pt2(
 # --- plain PyTorch ---------------------------------------------------------------------------
 
 
-def class_name(spec_name: str) -> str:
-    """`mobilenet_v2_small` -> `MobilenetV2Small`."""
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", spec_name) if w]
-    name = "".join(w[0].upper() + w[1:] for w in words) or "Net"
-    return name if name[0].isalpha() else f"Net{name}"
-
-
-def _format_call(call: ModuleCall, helpers: dict[type, str]) -> str:
-    """`nn.Conv2d(1, 6, kernel_size=5, padding=2)`: required arguments by position, the rest by name,
-    torch's defaults left out."""
-    cls = call.cls
-    if cls.__module__.startswith("torch.nn"):
-        qualname = f"nn.{cls.__name__}"
-    else:  # a module netspec defines: its source goes into the file
-        helpers.setdefault(cls, inspect.getsource(cls))
-        qualname = cls.__name__
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    bound = inspect.signature(cls.__init__).bind(None, *call.args, **call.kwargs).arguments
-    parts = []
-    for p in params:
-        if p.name not in bound:
-            continue
-        value = bound[p.name]
-        if p.default is not inspect.Parameter.empty:
-            if type(value) is type(p.default) and value == p.default:
-                continue
-            parts.append(f"{p.name}={value!r}")
-        else:
-            parts.append(repr(value))
-    return f"{qualname}({', '.join(parts)})"
-
-
-class _PythonWriter:
-    """Writes `__init__` (the module tree) and `forward` (straight-line code) for one shaped graph."""
-
-    def __init__(self) -> None:
-        self.helpers: dict[type, str] = {}
-        self.forward: list[str] = []
-        self.used: set[str] = {"self", "x", "torch", "nn", "F"}
-
-    def fresh(self, hint: str) -> str:
-        base = re.sub(r"\W", "_", hint) or "t"
-        base = f"{base}_" if keyword.iskeyword(base) or base[0].isdigit() else base
-        name, n = base, 2
-        while name in self.used:
-            name, n = f"{base}_{n}", n + 1
-        self.used.add(name)
-        return name
-
-    def module(self, node: ShapedNode, indent: int) -> str:
-        """The constructor expression of a node's module, nested as the compiler nests it."""
-        pad = " " * indent
-        if isinstance(node, LayerInfo):
-            return _format_call(node.layer.module_call(node.input_shape), self.helpers)  # type: ignore[union-attr]
-        if isinstance(node, ShapedMerge):
-            items = [
-                f'{pad}        "{name}": {self.module(branch, indent + 8)},'
-                for name, branch in zip(node.names, node.branches, strict=True)
-            ]
-            return f"nn.ModuleDict(\n{pad}    {{\n" + "\n".join(items) + f"\n{pad}    }}\n{pad})"
-        if not node.children:
-            return "nn.Identity()"  # an identity branch (no parameters, so no state_dict keys)
-        items = [f"{pad}    {self.module(child, indent + 4)},  # {_describe(child)}" for child in node.children]
-        return "nn.Sequential(\n" + "\n".join(items) + f"\n{pad})"
-
-    def emit(self, line: str, shape: tuple[int, ...] | None = None) -> None:
-        self.forward.append(f"        {line}" + (f"  # {format_shape(shape)}" if shape is not None else ""))
-
-    def seq(self, node: ShapedSeq, access: str, source: str, target: str) -> None:
-        """Code computing `target` from `source` through a sequence whose module is `access`."""
-        values = {0: source}  # tap positions -> variable names
-        current = source
-        for k, child in enumerate(node.children):
-            spec_source = node.sources[k] if node.sources else None
-            inputs = [current] if spec_source is None else [values[j] for j in spec_source]
-            self.node(child, f"{access}[{k}]", inputs, target)
-            current = target
-            name = node.names[k] if node.names else None
-            read_later = any(s is not None and k + 1 in s for s in node.sources or [])
-            if read_later:
-                values[k + 1] = self.fresh(name or f"t{k + 1}")
-                self.emit(f"{values[k + 1]} = {target}")
-        if current != target:  # an empty sequence: the identity
-            self.emit(f"{target} = {current}")
-
-    def node(self, node: ShapedNode, access: str, inputs: list[str], target: str) -> None:
-        if isinstance(node, LayerInfo):
-            self.emit(f"{target} = {access}({inputs[0]})", node.output_shape)
-        elif isinstance(node, ShapedMerge):
-            outs = []
-            for b, (name, branch) in enumerate(zip(node.names, node.branches, strict=True)):
-                source = inputs[b] if len(inputs) > 1 else inputs[0]
-                if not branch.children:
-                    outs.append(source)  # an identity branch is its input
-                    continue
-                out = self.fresh(name if not name.isdigit() else f"branch{name}")
-                self.seq(branch, f'{access}["{name}"]', source, out)
-                outs.append(out)
-            self.emit(f"{target} = {node.info.layer.code(outs)}", node.info.output_shape)  # type: ignore[union-attr]
-        else:
-            self.seq(node, access, inputs[0], target)
-
-
-def _describe(node: ShapedNode) -> str:
-    if isinstance(node, LayerInfo):
-        return f"{node.path} {node.kind}"
-    if isinstance(node, ShapedMerge):
-        return f"{node.info.path} {node.info.kind}"
-    first = next((n for n in rows_of(node)), None)
-    return f"{node.label or 'sequence'}" + (f" at {first.path.rsplit('.', 1)[0]}" if first else "")
-
-
-def python_source(net: NetShape, weights_file: str | None = None, source_file: str | None = None) -> str:
-    """A self-contained module (only torch imported) with one nn.Module class reproducing `net`."""
+def python_source(
+    net: NetShape,
+    weights_file: str | None = None,
+    source_file: str | None = None,
+    normalization: dict[str, Any] | None = None,
+) -> str:
+    """A self-contained module (torch, and torchvision where a layer is torchvision's) with one class per block
+    and one for the network, written as a person would (see netspec.codegen)."""
     from netspec import __version__
 
-    writer = _PythonWriter()
-    name = class_name(net.name)
-    children = [f"            {writer.module(c, 12)},  # {_describe(c)}" for c in net.root.children]
-    writer.seq(net.root, "self", "x", "x")
+    classes, helpers, imports, name = write_classes(net)
     load = (
         f'model.load_state_dict(torch.load("{weights_file}", weights_only=True))'
         if weights_file
         else 'model.load_state_dict(torch.load("runs/<run>/best.pt", weights_only=True)["model"])  # a netspec run'
     )
     description = f"{net.spec.description}\n\n" if net.spec.description else ""
-    helpers = "\n\n".join(writer.helpers.values())
-    uses_functional = "F." in helpers
+    helper_code = "\n\n\n".join(source.rstrip() for source in helpers.values())
+    uses_functional = "F." in helper_code
+    if normalization:
+        expects = (
+            f"Inputs are normalized as in training: x = (pixel / 255 - MEAN) / STD per channel, with MEAN = "
+            f"{tuple(normalization['mean'])} and STD = {tuple(normalization['std'])} (`preprocess` below)."
+        )
+    else:
+        expects = "Inputs are normalized as the data it was trained on (see the run's checkpoint)."
     lines = [
         f'"""{net.name}: generated by netspec {__version__} from {source_file or "a spec"}.',
         "",
         f"{description}Input {format_shape(net.input_shape)} (without the batch), output "
-        f"{format_shape(net.output_shape)}; {net.total_params:,} parameters.",
+        f"{format_shape(net.output_shape)}; {net.total_params:,} parameters. {expects}",
         "Its state_dict keys are netspec's, so the weights of a netspec checkpoint load directly:",
         "",
         f"    model = {name}()",
@@ -410,21 +330,28 @@ def python_source(net: NetShape, weights_file: str | None = None, source_file: s
         "import torch",
         *(["import torch.nn.functional as F"] if uses_functional else []),
         "from torch import nn",
+        *(f"from {module} import {', '.join(sorted(names))}" for module, names in sorted(imports.items())),
         "",
         "",
-        *([helpers.rstrip(), "", ""] if helpers else []),
-        f"class {name}(nn.Sequential):",
-        f'    """{net.name} as netspec builds it; `forward` is written out step by step."""',
-        "",
-        "    def __init__(self) -> None:",
-        "        super().__init__(",
-        *children,
-        "        )",
-        "",
-        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
-        f"        # x: {format_shape(net.input_shape)}",
-        *writer.forward,
-        "        return x",
+    ]
+    if normalization:
+        lines += [
+            f"MEAN = {tuple(normalization['mean'])!r}",
+            f"STD = {tuple(normalization['std'])!r}",
+            "",
+            "",
+            "def preprocess(images: torch.Tensor) -> torch.Tensor:",
+            '    """Images N×C×H×W with pixel values 0..255 (uint8 or float), normalized as in training."""',
+            "    mean = torch.tensor(MEAN).view(1, -1, 1, 1)",
+            "    std = torch.tensor(STD).view(1, -1, 1, 1)",
+            "    return (images.float() / 255 - mean) / std",
+            "",
+            "",
+        ]
+    if helper_code:
+        lines += [helper_code, "", ""]
+    lines += [
+        *classes,
         "",
         "",
         'if __name__ == "__main__":',
@@ -472,4 +399,5 @@ def _export_python(
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         atomic_write_bytes(weights_path, buffer.getvalue())
-    return ExportResult("python", path, diff, len(check), weights_path, notes=["imports only torch"])
+    imports = "imports torch and torchvision" if "from torchvision" in code else "imports only torch"
+    return ExportResult("python", path, diff, len(check), weights_path, notes=[imports])

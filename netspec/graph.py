@@ -18,8 +18,8 @@ Names. The compiled network (and the exported Python) is a tree of modules with 
 as a person writes it: the spec and every block use is a module ("scope") whose attributes are
 named after their kinds (`conv1`, `bn1`, `relu`), block names (`inception3`), tap names (`as:`),
 or merge branches (`body`, `shortcut`, `branch2`). A merge's branches belong to the enclosing
-scope: a branch of one module is that module, a plain chain an nn.Sequential, anything else is
-flattened into the scope (`body_conv1`). A repeat is an nn.Sequential of its copies.
+scope: a branch of one module is that module, a plain chain an nn.Sequential, anything else has
+its entries flattened into the scope. A repeat is an nn.Sequential of its copies.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Seq:
     form: str = SCOPE
     block: BlockUse | None = None
     attr: str | None = None
+    times_written: Any = None  # a repeat's `times` as its block body writes it (`$depth`), for the export
 
     @property
     def label(self) -> str | None:
@@ -264,7 +265,9 @@ class _Expander:
             written = dict(value) if isinstance(value, dict) else ({} if raw is not None else None)
             return Layer(entry, path, yaml_path, written)
         if isinstance(entry, Repeat):
-            return self.repeat(entry, path, yaml_path, env, stack)
+            seq = self.repeat(entry, path, yaml_path, env, stack)
+            seq.times_written = value.get("times") if isinstance(value, dict) and raw is not None else None
+            return seq
         if isinstance(entry, Residual):
             return self.residual(entry, value if isinstance(value, dict) else {}, path, yaml_path, env, stack)
         assert isinstance(entry, BlockCall)
@@ -486,21 +489,20 @@ def _name_scope(scope: Seq) -> None:
     used more than once is numbered in reading order (conv1, conv2)."""
     items: list[tuple[Layer | Seq, str]] = []
 
-    def collect(seq: Seq, prefix: str) -> None:
+    def collect(seq: Seq) -> None:
         for child, tap in zip(seq.children, seq.names, strict=True):
             if isinstance(child, Merge):
                 for branch, name in zip(child.branches, child.branch_names, strict=True):
                     if branch.form == SINGLE:
-                        only = branch.children[0]
-                        items.append((only, prefix + (branch.names[0] or name)))  # type: ignore[arg-type]
+                        items.append((branch.children[0], branch.names[0] or name))  # type: ignore[arg-type]
                     elif branch.form == SEQUENTIAL:
-                        items.append((branch, prefix + name))
+                        items.append((branch, name))
                     elif branch.form == FLAT:
-                        collect(branch, f"{prefix}{name}_")
+                        collect(branch)
             else:
-                items.append((child, prefix + _base(child, tap)))
+                items.append((child, _base(child, tap)))
 
-    collect(scope, "")
+    collect(scope)
     counts = Counter(_identifier(base) for _, base in items)
     seen: Counter[str] = Counter()
     taken: set[str] = set()

@@ -74,6 +74,7 @@ class ShapedSeq:
     block: BlockUse | None = None
     path: str = ""
     input_shape: Shape = ()
+    times_written: Any = None  # a repeat's `times` as written in a block body (`$depth`)
 
     @property
     def is_chain(self) -> bool:
@@ -199,7 +200,7 @@ class _Walker:
             copies.append(shaped)
         repeat = ShapedSeq(
             copies, list(node.sources), list(node.names), node.label, node.role, node.form, node.attr, None,
-            node.path, in_shapes[0],
+            node.path, in_shapes[0], node.times_written,
         )  # fmt: skip
         return repeat, shape
 

@@ -11,6 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
 ZOO = sorted(p.stem for p in SPECS.glob("*.yaml"))
+# Zoo specs of torchvision models: spec name -> torchvision's weights enum (its meta holds `_ops`, in GMACs).
+TORCHVISION_ZOO = {
+    "vit_b_16": "ViT_B_16_Weights",
+    "convnext_tiny": "ConvNeXt_Tiny_Weights",
+    "swin_t": "Swin_T_Weights",
+    "shufflenet_v2_x1_0": "ShuffleNet_V2_X1_0_Weights",
+}
 # Real MNIST (full train set, first 3,000 test images), read-only, beside the project.
 SHARED_DATA = Path(os.environ.get("NETSPEC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 HAS_MNIST = (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()

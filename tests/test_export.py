@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,10 @@ import torch
 
 import netspec
 from netspec.exporter import class_name, load_python_module
-from tests.conftest import SHARED_DATA, SPECS, ZOO, requires_mnist, run_cli
+from tests.conftest import SHARED_DATA, SPECS, TORCHVISION_ZOO, ZOO, requires_mnist, run_cli
 
 # ONNX and pt2 of these take several seconds each on 2 cores: they run under -m slow.
-HEAVY = {"alexnet", "vgg11", "googlenet", "densenet", "mobilenet_v2_small"}
+HEAVY = {"alexnet", "vgg11", "googlenet", "densenet", "mobilenet_v2_small", *TORCHVISION_ZOO}
 LIGHT = [n for n in ZOO if n not in HEAVY]
 FORMAT_CASES = [pytest.param(n, id=n) for n in LIGHT] + [pytest.param(n, id=n, marks=pytest.mark.slow) for n in HEAVY]
 
@@ -37,7 +38,7 @@ def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(na
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imports == {"torch"}
+    assert imports == ({"torch", "torchvision"} if name == "swin_t" else {"torch"})
     model, x = _model_and_batch(name)
     generated = getattr(load_python_module(result.path), class_name(name))().eval()
     assert list(generated.state_dict()) == list(model.state_dict())
@@ -47,7 +48,7 @@ def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(na
 
 
 def test_python_export_passes_ruff(tmp_path: Path):
-    for name in ("lenet", "googlenet", "unet_small", "se_resnet_small"):
+    for name in ("lenet", "googlenet", "unet_small", "se_resnet_small", "convnext_tiny", "swin_t", "vit_b_16"):
         netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--isolated", str(tmp_path)], capture_output=True, text=True
@@ -58,12 +59,43 @@ def test_python_export_passes_ruff(tmp_path: Path):
 def test_python_export_reads_like_the_network(tmp_path: Path):
     path = netspec.export(SPECS / "unet_small.yaml", format="python", out=tmp_path).path
     source = path.read_text()
-    assert "class UnetSmall(nn.Sequential):" in source
-    assert "nn.ConvTranspose2d(128, 64, 2, stride=2)" in source  # in_channels filled in, defaults left out
-    assert "enc3 = x" in source  # a named tap is a named variable
+    assert "class UnetSmall(nn.Module):" in source
+    assert "class DoubleConv(nn.Sequential):" in source  # one class per block, a chain needs no forward
+    assert "self.up3 = nn.ConvTranspose2d(128, 64, 2, stride=2)  # 64×16×16" in source  # in_channels filled in
+    assert "enc3 = self.enc3(x)  # 64×16×16" in source  # a named tap is a named variable
     assert "x = torch.cat([enc3, up3], dim=1)  # 128×16×16" in source  # with the shape of the line
     googlenet = netspec.export(SPECS / "googlenet.yaml", format="python", out=tmp_path).path.read_text()
-    assert "x = torch.cat([branch0, branch1, branch2, branch3], dim=1)  # 256×12×12" in googlenet
+    assert "def __init__(self, in_channels: int, c1: int, c2a: int, c2b: int, c3a: int, c3b: int, c4: int)" in (
+        googlenet
+    )
+    assert "nn.Conv2d(c2a, c2b, 3, padding=1)" in googlenet  # sizes as the block's parameters
+    assert "return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)" in (
+        googlenet
+    )
+    assert "self.inception1 = Inception(192, 64, 96, 128, 16, 32, 32)  # 256×12×12" in googlenet
+    assert not re.search(r"\]\[|\)\[\d", googlenet)  # no chained subscripts
+
+
+def _code_lines(source: str) -> int:
+    """Lines of code: no blank lines, comments or docstrings (as the book's code is counted)."""
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
+            first = node.body[0]
+            docstrings.update(range(first.lineno, first.end_lineno + 1))
+    return sum(
+        1
+        for number, line in enumerate(source.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#") and number not in docstrings
+    )
+
+
+@pytest.mark.parametrize(("name", "book_lines"), [("resnet18", 45), ("googlenet", 60)])
+def test_python_export_is_as_short_as_the_books_code(name: str, book_lines: int, tmp_path: Path):
+    # d2l's Residual + ResNet-18 stages are about 45 lines, its Inception + GoogLeNet about 60.
+    source = netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path).path.read_text()
+    assert _code_lines(source) <= 1.5 * book_lines
 
 
 @pytest.mark.parametrize("name", FORMAT_CASES)

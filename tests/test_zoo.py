@@ -11,7 +11,7 @@ from torch import nn
 
 import netspec
 from netspec.compiler import leaf_modules, trace_shapes
-from tests.conftest import SPECS, ZOO
+from tests.conftest import SPECS, TORCHVISION_ZOO, ZOO
 from tests.reference_models import REFERENCES
 
 # Parameter counts printed by the sources (d2l prints GoogLeNet's and ResNet-18's in its summaries).
@@ -24,11 +24,11 @@ EXPECTED_PARAMS = {
     "resnet18": 11_178_378,
 }
 # Specs that show what the graph language can do beyond the books: built, run forward and backward.
-BEYOND_THE_BOOK = ["mobilenet_v2_small", "se_resnet_small", "squeezenet_small", "unet_small"]
+BEYOND_THE_BOOK = ["mobilenet_v2_small", "se_resnet_small", "squeezenet_small", "unet_small", "vit_mnist"]
 
 
 def test_every_zoo_spec_has_a_reference_model_or_a_forward_backward_test():
-    assert sorted([*REFERENCES, *BEYOND_THE_BOOK]) == ZOO
+    assert sorted([*REFERENCES, *TORCHVISION_ZOO, *BEYOND_THE_BOOK]) == ZOO
 
 
 @pytest.mark.parametrize("name", BEYOND_THE_BOOK)

@@ -48,7 +48,7 @@ def format_shape(shape: Shape) -> str:
 
 
 def pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (value[0], value[1])
+    return (value[0], value[1]) if isinstance(value, (tuple, list)) else (value, value)  # type: ignore[return-value]
 
 
 def format_pair(value: int | tuple[int, int]) -> str:
