@@ -9,6 +9,7 @@ one epoch: batching, data movement and the steps, not the test pass.
     python -m bench.textbook_loop [--data-root ../shared/data] [--batch-size 256] [--repeats 3]
     python -m bench.textbook_loop --step [--compiled]   # train step only, same in-memory tensors
     python -m bench.textbook_loop --step --model googlenet --batch-size 32   # d2l's GoogLeNet, DenseNet, ...
+    python -m bench.textbook_loop --step --model vit_b_16 --batch-size 4     # torchvision's own module
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ def textbook_lenet() -> nn.Module:
 
 
 def textbook_model(name: str) -> nn.Module:
-    """The hand-written model that specs/<name>.yaml reproduces (the parity tests' reference)."""
+    """The hand-written model that specs/<name>.yaml reproduces (the parity tests' reference): the book's code,
+    or torchvision's own module for the torchvision specs (vit_b_16, convnext_tiny, swin_t, resnet50, ...)."""
     from tests.reference_models import REFERENCES
 
-    return REFERENCES[name]()
+    if name in REFERENCES:
+        return REFERENCES[name]()
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None)
 
 
 def textbook_epoch(data_root: str, batch_size: int, workers: int = 2, max_batches: int | None = None) -> float:

@@ -2,8 +2,8 @@
 
 The pipeline, one module per stage, each using only the ones before it:
 
-    source (YAML text) -> spec (pydantic) -> shapes -> compiler (nn.Module)
-        -> data / train, bench, exporter (ONNX, pt2, Python), diagram (PNG, SVG)
+    source (YAML text) -> spec (pydantic) -> graph (blocks, repeats, taps expanded) -> shapes
+        -> compiler (nn.Module) -> data / train, bench, exporter (ONNX, pt2, Python), diagram
 
 The CLI (`netspec.cli`) is a thin layer over these functions.
 """
@@ -15,7 +15,7 @@ from netspec.errors import NetspecError, SpecError
 from netspec.exporter import export
 from netspec.layers import LAYER_KINDS, LayerSpec
 from netspec.shapes import LayerInfo, NetShape, infer_shapes
-from netspec.spec import Spec, load_spec, parse_spec
+from netspec.spec import Spec, as_spec, load_spec, parse_spec
 
 __all__ = [
     "LAYER_KINDS",
@@ -28,6 +28,7 @@ __all__ = [
     "SpecError",
     "SpecNet",
     "TrainConfig",
+    "as_spec",
     "build",
     "draw",
     "export",

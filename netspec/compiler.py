@@ -254,8 +254,10 @@ def trace_shapes(model: SpecNet, x: torch.Tensor) -> dict[int, tuple[int, ...]]:
     return seen
 
 
-def build(spec: Spec | Graph | NetShape | str | Path, *, compile: bool = False, **compile_kwargs: object) -> nn.Module:
-    """Compile a spec (or a path to one) into a torch module.
+def build(
+    spec: Spec | Graph | NetShape | str | Path | dict[str, Any], *, compile: bool = False, **compile_kwargs: object
+) -> nn.Module:
+    """Compile a spec (a Spec, a path, YAML text or a dict) into a torch module.
 
     With `compile=True` the module is wrapped by `torch.compile(**compile_kwargs)`;
     the original stays reachable as `._orig_mod`.

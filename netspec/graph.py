@@ -48,9 +48,9 @@ from netspec.spec import (
     Residual,
     Spec,
     Tapped,
+    as_spec,
     did_you_mean,
     kind_key,
-    load_spec,
     spec_error_from_validation,
     substitute,
 )
@@ -421,7 +421,7 @@ def _unknown_parameter(block: str, params: dict[str, Any], variables: dict[str, 
 def _unknown_kind(name: str, blocks: list[str]) -> str:
     """'unknown layer kind' with the closest kind or block, or the list of kinds when nothing is close."""
     known = [*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES, *blocks]
-    hint = did_you_mean(name, known) or did_you_mean(name.lower(), known)
+    hint = did_you_mean(name, known, 0.7) or did_you_mean(name.lower(), known, 0.7)
     if hint:
         return f"unknown layer kind '{name}'{hint}"
     listing = ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES]))
@@ -546,10 +546,9 @@ class Graph:
     blocks_used: set[str]
 
 
-def expand(spec: Spec | str | Path) -> Graph:
-    """Expand a spec (or a path to one) into its graph."""
-    if not isinstance(spec, Spec):
-        spec = load_spec(spec)
+def expand(spec: Spec | str | Path | dict[str, Any]) -> Graph:
+    """Expand a spec (a Spec, a path, YAML text or a dict) into its graph."""
+    spec = as_spec(spec)
     expander = _Expander(spec)
     root = expander.seq(list(spec.layers), None, "layers", ("layers",), "root", dict(spec.vars), ())
     _finish(root)

@@ -312,7 +312,7 @@ def _projection(shape: Shape, out: Shape) -> Conv2d | None:
     return None
 
 
-def infer_shapes(spec: Spec | Graph | str | Path) -> NetShape:
+def infer_shapes(spec: Spec | Graph | str | Path | dict[str, Any]) -> NetShape:
     """Infer every layer's output shape, parameter count and MACs."""
     graph = spec if isinstance(spec, Graph) else expand(spec)
     walker = _Walker(graph.spec)

@@ -406,14 +406,14 @@ def entry_to_data(entry: Any) -> Any:
 # --- errors ----------------------------------------------------------------------------------
 
 
-def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+def closest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
     """The choice `word` is most likely a misspelling of, if any is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return close[0] if close else None
 
 
-def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    suggestion = closest(word, choices)
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str:
+    suggestion = closest(word, choices, cutoff)
     return f" (did you mean '{suggestion}'?)" if suggestion else ""
 
 
@@ -648,6 +648,22 @@ def load_spec(path: str | Path, variables: dict[str, Any] | None = None) -> Spec
     """Read, parse and validate a spec file; `variables` (name -> value) override its `vars:`."""
     data, source = read_yaml_file(path)
     return validate_spec(data, source, variables)
+
+
+def as_spec(spec: Spec | str | Path | dict[str, Any], variables: dict[str, Any] | None = None) -> Spec:
+    """A Spec from what the Python API was given: a Spec, a path to a YAML file, YAML text, or a dict (as
+    `yaml.safe_load` gives it); invalid ones raise the same located SpecError as the command line."""
+    if isinstance(spec, Spec):
+        return spec if not variables else validate_spec(spec.to_data(), spec.source, variables)
+    if isinstance(spec, dict):
+        return validate_spec(spec, SourceMap(file="<dict>"), variables)
+    if isinstance(spec, Path):
+        return load_spec(spec, variables)
+    if isinstance(spec, str):
+        if "\n" in spec or (": " in spec and not Path(spec).exists()):
+            return parse_spec(spec, "<string>", variables)
+        return load_spec(spec, variables)
+    raise SpecError(f"a spec is a path, YAML text, a dict or a netspec.Spec, not {type(spec).__name__}")
 
 
 # --- variables and expressions -----------------------------------------------------------------

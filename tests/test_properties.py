@@ -31,6 +31,7 @@ kernel = st.one_of(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.j
 # generated without touching this file; conv2d and linear are drawn twice as often.
 IMAGE_KINDS = [k for k, cls in LAYER_KINDS.items() if 3 in (cls.ranks or (3,)) and k != "flatten"] + ["conv2d"]
 VECTOR_KINDS = [k for k, cls in LAYER_KINDS.items() if 1 in (cls.ranks or (1,))] + ["linear"]
+TOKEN_KINDS = [k for k, cls in LAYER_KINDS.items() if 2 in (cls.ranks or (2,))] + ["multihead_attention", "linear"]
 
 
 def pair(values: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
@@ -109,6 +110,33 @@ KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         {}, optional={"p": st.floats(-0.5, 1.5), "mode": st.sampled_from(["row", "batch", "col"])}
     ),
     "channel_shuffle": st.fixed_dictionaries({"groups": st.integers(0, 4)}),
+    "layernorm2d": st.fixed_dictionaries({}, optional={"elementwise_affine": st.booleans(), "bias": st.booleans()}),
+    "flatten": st.fixed_dictionaries({}, optional={"start_dim": st.integers(-4, 3), "end_dim": st.integers(-4, 3)}),
+    "reshape": st.fixed_dictionaries({"shape": st.lists(st.integers(-1, 6), min_size=1, max_size=3)}),
+    "permute": st.fixed_dictionaries(
+        {"dims": st.one_of(st.permutations([0, 1, 2, 3]), st.permutations([0, 1, 2]), st.lists(st.integers(-1, 3)))}
+    ),
+    "transpose": st.fixed_dictionaries({"dim0": st.integers(-4, 3), "dim1": st.integers(-4, 3)}),
+    "slice": st.one_of(
+        st.fixed_dictionaries(
+            {"dim": st.integers(-4, 3)},
+            optional={"start": st.integers(-3, 3), "end": st.integers(-3, 5), "step": st.integers(0, 3)},
+        ),
+        st.fixed_dictionaries({"dim": st.integers(-4, 3), "index": st.integers(-3, 3)}),
+    ),
+    "parameter": st.fixed_dictionaries(
+        {"shape": st.lists(st.integers(0, 4), min_size=1, max_size=3)},
+        optional={"batch_dim": st.booleans(), "init": st.sampled_from(["zeros", "normal", "trunc_normal", "ones"])},
+    ),
+    "multihead_attention": st.fixed_dictionaries(
+        {"num_heads": st.integers(0, 4)}, optional={"dropout": st.floats(0, 0.5), "bias": st.booleans()}
+    ),
+    "shifted_window_attention": st.fixed_dictionaries(
+        {"num_heads": st.integers(1, 3)},
+        optional={"window_size": pair(st.integers(1, 4)), "shift_size": pair(st.integers(0, 2))},
+    ),
+    "prelu": st.fixed_dictionaries({}, optional={"num_parameters": st.integers(1, 4)}),
+    "softplus": st.fixed_dictionaries({}, optional={"beta": st.floats(0.5, 2)}),
 }
 MERGES = ["concat", "add", "multiply"]
 
@@ -197,6 +225,7 @@ FAMILIES = {
     # (input shapes, layer kinds): image stacks, vector stacks, and anything at all
     "image": (st.tuples(st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)), IMAGE_KINDS),
     "vector": (st.tuples(st.integers(1, 32)), VECTOR_KINDS),
+    "tokens": (st.tuples(st.integers(1, 10), st.sampled_from([4, 6, 8, 12])), TOKEN_KINDS),
     "any": (
         st.one_of(
             st.tuples(st.integers(1, 4), st.integers(1, 14), st.integers(1, 14)),
@@ -212,7 +241,7 @@ BLOCKS = {"blk": {"params": {"c": 4}, "layers": [{"conv2d": {"out_channels": "$c
 
 @st.composite
 def spec_data(draw: st.DrawFn) -> dict[str, Any]:
-    family = draw(st.sampled_from(["image", "image", "vector", "any"]))
+    family = draw(st.sampled_from(["image", "image", "vector", "tokens", "any"]))
     shapes, kinds = FAMILIES[family]
     layers = draw(st.lists(entries(kinds), min_size=1, max_size=6))
     if draw(st.integers(0, 2)) == 0:

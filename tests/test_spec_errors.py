@@ -7,11 +7,78 @@ from pathlib import Path
 import pytest
 
 from netspec.cli import main
+from netspec.layers import LAYER_KINDS, MERGE_KINDS
 
 HEADER = "name: t\ninput: [1, 28, 28]\nlayers:\n"
 
 # (spec text, the exact message after "error: ")
 CASES = [
+    # Tokens and ranks: dims count the batch as torch does; every message shows the shapes.
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - flatten: {start_dim: 4}\n",
+        "{f}:4:5: layers[0] flatten: start_dim 4 is out of range for a batch of rank 4 (dims -4..3) "
+        "(input 3×8×8 from the spec's input)",
+        id="flatten-dim-out-of-range",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - flatten: {begin: 2}\n",
+        "{f}:4:15: layers[0] flatten: unknown argument 'begin'; flatten takes: start_dim, end_dim",
+        id="flatten-unknown-argument",
+    ),
+    pytest.param(
+        "name: t\ninput: [197, 512]\nlayers:\n  - linear: {in_features: 768, out_features: 10}\n",
+        "{f}:4:5: layers[0] linear: expects 768 features in the last dimension, got 197×512 "
+        "(input 197×512 from the spec's input)",
+        id="linear-on-tokens",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - permute: {dims: [1, 0, 2, 3]}\n",
+        "{f}:4:5: layers[0] permute: dims [1, 0, 2, 3]: the batch (0) must stay first "
+        "(input 3×8×8 from the spec's input)",
+        id="permute-moves-the-batch",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - reshape: {shape: [5, 5]}\n",
+        "{f}:4:5: layers[0] reshape: cannot reshape 3×8×8 (192 values) to 5×5 (25 values) "
+        "(input 3×8×8 from the spec's input)",
+        id="reshape-count",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nlayers:\n  - multihead_attention: {num_heads: 5}\n",
+        "{f}:4:5: layers[0] multihead_attention: 64 features are not divisible by num_heads 5 "
+        "(input 16×64 from the spec's input)",
+        id="attention-heads",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nlayers:\n  - add:\n    - identity\n    - [parameter: {shape: [17, 64]}]\n",
+        "{f}:4:5: layers[0] add: branch 0 gives 16×64 but branch 1 gives 17×64 (shapes must agree to be added); "
+        "branches: layers[0].branch[0] 16×64, layers[0].branch[1] 17×64",
+        id="learned-tensor-shape",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - frobnicate\n",
+        "{f}:4:5: layers[0]: unknown layer kind 'frobnicate'; the kinds are: "
+        + ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, "repeat", "residual"])),
+        id="unknown-kind-lists-the-kinds",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nlayers:\n  - relu: {inplace: true}\n",
+        "{f}:4:12: layers[0] relu: unknown argument 'inplace'; relu takes: no arguments",
+        id="no-arguments",
+    ),
+    pytest.param(
+        # The first problem in the file is the unknown kind in the block (line 6), not the shape error at line 9:
+        # blocks are expanded before any shape is inferred.
+        "name: t\ninput: [1, 8, 8]\nblocks:\n  unit:\n    layers:\n      - conv2dd: {out_channels: 4}\n"
+        "layers:\n  - relu\n  - maxpool2d: {kernel_size: 9}\n  - unit\n",
+        "{f}:6:9: layers[2].unit[0]: unknown layer kind 'conv2dd' (did you mean 'conv2d'?)",
+        id="errors-in-file-order",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\ntrain:\n  optimiser: adam\nlayers:\n  - relu\n",
+        "{f}:4:3: unknown key 'train.optimiser' (did you mean 'optimizer'?)",
+        id="train-key-typo",
+    ),
     pytest.param(
         "name: t\ninput: [1, 12, 12]\nlayers:\n  - conv2d: {out_channels: 16, kernel_size: 5}\n"
         "  - relu\n  - maxpool2d: {kernel_size: 2}\n  - maxpool2d: {kernel_size: 5}\n",
