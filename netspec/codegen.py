@@ -335,11 +335,12 @@ def _unit_skeleton(seq: ShapedSeq, loose: frozenset[str] = frozenset(), loops: b
 
 
 class _Replan(Exception):
-    """A loop in a block class cannot be written for all its uses: plan that block with explicit copies."""
+    """A loop or a conditional shortcut in a block class cannot be written for all its uses: plan that block
+    again without it (explicit copies, or one class per variant)."""
 
-    def __init__(self, block: str) -> None:
+    def __init__(self, block: str, what: str) -> None:
         super().__init__(block)
-        self.block = block
+        self.block, self.what = block, what
 
 
 def _collect_scopes(node: ShapedNode, found: list[ShapedSeq]) -> None:
@@ -368,9 +369,11 @@ def _optional_branches(seq: ShapedSeq) -> dict[str, ShapedSeq]:
 class Writer:
     """Writes the whole file: units (classes) in dependency order, then the network's class."""
 
-    def __init__(self, net: NetShape, strict: set[str] | None = None) -> None:
+    def __init__(self, net: NetShape, strict: set[tuple[str, str]] | None = None) -> None:
         self.net = net
-        self.strict = strict or set()  # blocks whose repeats are written copy by copy
+        # (block, "loops" or "optional"): blocks whose repeats are written copy by copy, or whose shortcut
+        # variants are separate classes
+        self.strict = strict or set()
         self.helpers: dict[type, str] = {}  # netspec-defined modules: their source goes into the file
         self.imports: dict[str, set[str]] = {}  # `from X import Y` lines (torchvision's modules)
         self.units: dict[int, Unit] = {}  # id(scope) -> its class
@@ -419,17 +422,29 @@ class Writer:
         visit(self.net.root)
 
     def _block_params(self, name: str) -> dict[str, Any]:
-        return dict(self.net.spec.blocks[name].params)
+        """A block's parameters and their defaults, with the spec's variables in defaults put in."""
+        from netspec.spec import evaluate
+
+        params = {}
+        for key, default in self.net.spec.blocks[name].params.items():
+            if isinstance(default, str) and "$" in default:
+                try:
+                    default = evaluate(default, dict(self.net.spec.vars), lambda n: n)
+                except ValueError:
+                    default = None
+            params[key] = default
+        return params
 
     def _variants(self, members: list[ShapedSeq]) -> list[tuple[list[ShapedSeq], dict[str, str]]]:
         """Uses of one block grouped by structure; two groups that differ only in whether a residual shortcut is
         the identity become one class with a conditional shortcut when a parameter tells them apart."""
         groups: dict[Any, list[ShapedSeq]] = {}
-        loops = members[0].block is None or members[0].block.name not in self.strict
+        block = members[0].block
+        loops = block is None or (block.name, "loops") not in self.strict
         for scope in members:
             groups.setdefault(_unit_skeleton(scope, loops=loops), []).append(scope)
         variants = [(g, {}) for g in groups.values()]
-        if len(variants) == 2 and members[0].block is not None:
+        if len(variants) == 2 and block is not None and (block.name, "optional") not in self.strict:
             shortcuts = _optional_branches(members[0])
             loose = frozenset(shortcuts)
             a, b = (g for g, _ in variants)
@@ -823,8 +838,8 @@ class _Scope:
             if loop is not None:
                 return loop
             unit = self.instances[0].block
-            if self.symbolic and unit is not None and unit.name not in self.writer.strict:
-                raise _Replan(unit.name)
+            if self.symbolic and unit is not None and (unit.name, "loops") not in self.writer.strict:
+                raise _Replan(unit.name, "loops")
         # REPEAT (copies in order) and SEQUENTIAL (children in order): each item sees the previous item's output.
         items = []
         saved = dict(self.constants)
@@ -920,6 +935,8 @@ class _Scope:
                 self.only = uses
                 try:
                     code, _ = self.module([parallel[i].children[0] for i in uses], sizes)
+                except NotSymbolic:
+                    raise _Replan(self.instances[0].block.name, "optional") from None  # type: ignore[union-attr]
                 finally:
                     self.only = None
                 self.init.append(f"self.{name} = {code} if {condition} else nn.Identity()")
@@ -1056,7 +1073,7 @@ def write_classes(net: NetShape) -> tuple[list[str], dict[type, str], dict[str, 
 
     Only `torch`, `nn` and the returned helpers/imports are needed to run them.
     """
-    strict: set[str] = set()
+    strict: set[tuple[str, str]] = set()
     while True:
         writer = Writer(net, strict)
         try:
@@ -1066,7 +1083,7 @@ def write_classes(net: NetShape) -> tuple[list[str], dict[type, str], dict[str, 
             writer.units[id(net.root)] = root
             blocks.append(writer.write_unit(root))
         except _Replan as replan:
-            strict.add(replan.block)
+            strict.add((replan.block, replan.what))
             continue
         lines: list[str] = []
         for block in blocks:

@@ -18,7 +18,9 @@ import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from netspec.codegen import class_name
 from netspec.compiler import build, leaf_modules, trace_shapes
+from netspec.exporter import python_source
 from netspec.errors import SpecError
 from netspec.layers import LAYER_KINDS
 from netspec.shapes import infer_shapes
@@ -273,6 +275,15 @@ def check_spec(data: dict[str, Any], record: bool = True) -> None:
     assert trace_shapes(model, x) == {info.index: info.output_shape for info in net.layers}
     with torch.no_grad():
         assert tuple(model(x).shape[1:]) == net.output_shape
+    # The Python export of every built spec loads the model's state_dict strictly and computes the same.
+    namespace: dict[str, Any] = {}
+    exec(compile(python_source(net), "<export>", "exec"), namespace)  # the file netspec export writes
+    exported = namespace[class_name(net.name)]()
+    exported.load_state_dict(model.state_dict(), strict=True)
+    model.eval()
+    exported.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-5, atol=1e-5, equal_nan=True)
     if record:
         event("built")
 
