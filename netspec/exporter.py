@@ -111,7 +111,7 @@ def output_path(name: str, format: str, out: str | Path | None) -> Path:
         raise UsageError(f"{path.parent}: no such folder (end --out with / to create a folder)")
     if path.exists() and path.suffix != suffix:
         raise UsageError(
-            f"{path} exists and is not a {suffix} file; a {format} export would overwrite it: give --out a "
+            f"{path} exists and is not a {suffix} file; exporting {format} would overwrite it: give --out a "
             f"{suffix} name or a folder"
         )
     return path
