@@ -221,3 +221,20 @@ def test_trained_lenet_exports_with_its_weights_and_keeps_its_accuracy(tmp_path:
     torch.testing.assert_close(torch.from_numpy(onnx_out), expected, rtol=0, atol=1e-4)
     program = torch.export.load(str(tmp_path / "lenet.pt2")).module()
     torch.testing.assert_close(program(x), expected, rtol=0, atol=1e-5)
+
+
+def test_out_with_a_trailing_slash_is_a_folder_and_other_formats_are_never_overwritten(tmp_path: Path):
+    folder = tmp_path / "exp"
+    result = run_cli("export", "specs/mnist_cnn.yaml", "--format", "python", "--out", f"{folder}/")
+    assert result.returncode == 0, result.stderr
+    assert (folder / "mnist_cnn.py").is_file()  # a folder was created, not a file named "exp"
+    result = run_cli("export", "specs/mnist_cnn.yaml", "--format", "onnx", "--out", f"{folder}/")
+    assert result.returncode == 0, result.stderr
+    assert (folder / "mnist_cnn.onnx").is_file() and (folder / "mnist_cnn.py").is_file()
+    before = (folder / "mnist_cnn.py").read_bytes()
+    result = run_cli("export", "specs/mnist_cnn.yaml", "--format", "onnx", "--out", str(folder / "mnist_cnn.py"))
+    assert result.returncode == 2
+    assert "exists and is not a .onnx file" in result.stderr and "Traceback" not in result.stderr
+    assert (folder / "mnist_cnn.py").read_bytes() == before
+    result = run_cli("export", "specs/mnist_cnn.yaml", "--format", "pt2", "--out", str(tmp_path / "model"))
+    assert result.returncode == 0 and (tmp_path / "model.pt2").is_file()  # a name without a suffix gets one
