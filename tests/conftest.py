@@ -18,6 +18,7 @@ TORCHVISION_ZOO = {
     "swin_t": "Swin_T_Weights",
     "shufflenet_v2_x1_0": "ShuffleNet_V2_X1_0_Weights",
     "resnet50": "ResNet50_Weights",
+    "maxvit_t": "MaxVit_T_Weights",
 }
 # Real MNIST (full train set, first 3,000 test images), read-only, beside the project.
 SHARED_DATA = Path(os.environ.get("NETSPEC_SHARED_DATA", ROOT.parent / "shared" / "data"))

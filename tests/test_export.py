@@ -38,7 +38,7 @@ def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(na
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imports == ({"torch", "torchvision"} if name == "swin_t" else {"torch"})
+    assert imports == ({"torch", "torchvision"} if name in ("swin_t", "maxvit_t") else {"torch"})
     model, x = _model_and_batch(name)
     generated = getattr(load_python_module(result.path), class_name(name))().eval()
     assert list(generated.state_dict()) == list(model.state_dict())

@@ -184,3 +184,39 @@ class ShiftedWindowAttention(LayerSpec):
             attention_dropout=self.attention_dropout,
             dropout=self.dropout,
         )
+
+
+@register
+class RelativeAttention(LayerSpec):
+    """MaxViT's attention within partitions: G groups of P tokens (G×P×D), heads of `head_dim` features and a
+    learned relative position bias over the √P×√P window (torchvision's RelativePositionalMultiHeadAttention)."""
+
+    kind: Literal["relative_attention"] = "relative_attention"
+    head_dim: Size = 32
+    ranks: ClassVar[tuple[int, ...] | None] = (3,)
+    rank_hint: ClassVar[str] = "; partition the image into groups of tokens first (reshape and permute)"
+    attr: ClassVar[str] = "attn"
+    torch_name: ClassVar[str] = "RelativePositionalMultiHeadAttention"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        _, tokens, d = shape
+        if d % self.head_dim:
+            raise ShapeError(f"{d} features are not divisible by head_dim {self.head_dim}")
+        if math.isqrt(tokens) ** 2 != tokens:
+            raise ShapeError(f"{tokens} tokens per group are not a square window")
+        return shape
+
+    def num_params(self, shape: Shape) -> int:
+        _, tokens, d = shape
+        table = (2 * math.isqrt(tokens) - 1) ** 2 * (d // self.head_dim)
+        return 4 * d * d + 4 * d + table
+
+    def macs(self, shape: Shape, out: Shape) -> int:
+        groups, tokens, d = shape
+        return groups * (4 * tokens * d * d + 2 * tokens * tokens * d)  # projections, QKᵀ and AV in each group
+
+    def module_call(self, shape: Shape) -> ModuleCall:
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+        return call(RelativePositionalMultiHeadAttention, shape[2], self.head_dim, shape[1])
