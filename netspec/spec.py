@@ -76,15 +76,8 @@ class Repeat(BaseModel):
     times: Annotated[int, Strict(), Gt(0)]
     layers: RawEntries
 
-    @model_validator(mode="before")
-    @classmethod
-    def _body_is_a_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "layers" in data:
-            _check_raw_body(data["layers"])
-        return data
 
-
-def _check_raw_body(value: Any) -> None:
+def _check_raw_body(value: Any) -> Any:
     """A body kept as written (a repeat's or a block's) must still be a non-empty list of entries."""
     if not isinstance(value, list) or not value:
         raise PydanticCustomError("layer_list", "must be a non-empty list of layers", {})
@@ -95,6 +88,7 @@ def _check_raw_body(value: Any) -> None:
                 "a layer is a name like 'relu' or a one-key mapping like 'conv2d: ...', got {type}",
                 {"type": type(item).__name__},
             )
+    return value
 
 
 class Residual(BaseModel):
@@ -293,7 +287,11 @@ LayerEntry = Annotated[
 Branch = Annotated[list[LayerEntry], BeforeValidator(_normalize_branch)]
 # A body kept as written until the graph is expanded (a repeat's, a block's): the schema of entries for
 # editors, no validation here, and serialized back as written.
-RawEntries = Annotated[SkipValidation[list[LayerEntry]], PlainSerializer(lambda body: body, return_type=list)]
+RawEntries = Annotated[
+    SkipValidation[list[LayerEntry]],
+    BeforeValidator(_check_raw_body),
+    PlainSerializer(lambda body: body, return_type=list),
+]
 Repeat.model_rebuild()
 Residual.model_rebuild()
 Tapped.model_rebuild()
@@ -312,13 +310,6 @@ class BlockDef(BaseModel):
     params: dict[str, Any] = {}
     # Validated when the block is used, after its parameters are substituted.
     layers: RawEntries
-
-    @model_validator(mode="before")
-    @classmethod
-    def _body_is_a_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "layers" in data:
-            _check_raw_body(data["layers"])
-        return data
 
 
 ENTRY_LIST = TypeAdapter(list[LayerEntry])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Gt
 from torch import nn
@@ -11,13 +11,21 @@ from netspec.layers.base import Dim, LayerSpec, ModuleCall, Shape, ShapeError, S
 
 
 class _Activation(LayerSpec):
+    """An element-wise torch.nn module: named (and spelled in PyTorch) after it unless said otherwise."""
+
     module: ClassVar[type[nn.Module]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if not cls.torch_name and "module" in cls.__dict__:  # (an abstract base such as _SoftmaxLike has none)
+            cls.torch_name = cls.module.__name__
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(self.module, **self.args())
 
 
-def _activation(kind: str, module: type[nn.Module], attr: str | None = None) -> type[_Activation]:
+def _activation(kind: str, module: type[nn.Module]) -> type[_Activation]:
     """An argument-free activation kind, named after the kind and mapped to a torch.nn module."""
     cls = type(
         module.__name__,
@@ -26,8 +34,6 @@ def _activation(kind: str, module: type[nn.Module], attr: str | None = None) -> 
             "__annotations__": {"kind": Literal[kind]},  # type: ignore[valid-type]
             "kind": kind,
             "module": module,
-            "attr": attr or kind,
-            "torch_name": module.__name__,
             "__module__": __name__,
         },
     )
@@ -54,8 +60,6 @@ class LeakyReLU(_Activation):
     kind: Literal["leaky_relu"] = "leaky_relu"
     negative_slope: float = 0.01
     module: ClassVar[type[nn.Module]] = nn.LeakyReLU
-    attr: ClassVar[str] = "leaky_relu"
-    torch_name: ClassVar[str] = "LeakyReLU"
 
 
 @register
@@ -63,8 +67,6 @@ class GELU(_Activation):
     kind: Literal["gelu"] = "gelu"
     approximate: Literal["none", "tanh"] = "none"
     module: ClassVar[type[nn.Module]] = nn.GELU
-    attr: ClassVar[str] = "gelu"
-    torch_name: ClassVar[str] = "GELU"
 
 
 @register
@@ -72,8 +74,6 @@ class ELU(_Activation):
     kind: Literal["elu"] = "elu"
     alpha: float = 1.0
     module: ClassVar[type[nn.Module]] = nn.ELU
-    attr: ClassVar[str] = "elu"
-    torch_name: ClassVar[str] = "ELU"
 
 
 @register
@@ -82,8 +82,6 @@ class Softplus(_Activation):
     beta: float = 1.0
     threshold: float = 20.0
     module: ClassVar[type[nn.Module]] = nn.Softplus
-    attr: ClassVar[str] = "softplus"
-    torch_name: ClassVar[str] = "Softplus"
 
 
 @register
@@ -93,7 +91,6 @@ class PReLU(LayerSpec):
     kind: Literal["prelu"] = "prelu"
     num_parameters: Size = 1
     init: Annotated[float, Gt(-1e9)] = 0.25
-    attr: ClassVar[str] = "prelu"
     torch_name: ClassVar[str] = "PReLU"
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -122,13 +119,9 @@ class _SoftmaxLike(_Activation):
 class Softmax(_SoftmaxLike):
     kind: Literal["softmax"] = "softmax"
     module: ClassVar[type[nn.Module]] = nn.Softmax
-    attr: ClassVar[str] = "softmax"
-    torch_name: ClassVar[str] = "Softmax"
 
 
 @register
 class LogSoftmax(_SoftmaxLike):
     kind: Literal["log_softmax"] = "log_softmax"
     module: ClassVar[type[nn.Module]] = nn.LogSoftmax
-    attr: ClassVar[str] = "log_softmax"
-    torch_name: ClassVar[str] = "LogSoftmax"
