@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from netspec.codegen import class_name
 from netspec.compiler import build, leaf_modules, trace_shapes
-from netspec.exporter import python_source
 from netspec.errors import SpecError
+from netspec.exporter import python_source
 from netspec.layers import LAYER_KINDS
 from netspec.shapes import infer_shapes
 from netspec.spec import validate_spec
