@@ -743,8 +743,12 @@ class _Scope:
         """Statements computing a sequence from the variable `source` into `target` (taps get names of their
         own); returns the variable holding its output and that output's sizes."""
         template = seqs[0]
-        values = [(source, sizes)]
         read_later = {j for s in template.sources if s is not None for j in s}
+        if 0 in read_later and source == target:  # `from: input` reads the sequence's input after `target` changes
+            kept = self._fresh("inputs")
+            self.forward.append(f"{kept} = {source}")
+            source = kept
+        values = [(source, sizes)]
         for k, child in enumerate(template.children):
             parallel = [s.children[k] for s in seqs]
             src = template.sources[k]

@@ -290,6 +290,12 @@ def check_spec(data: dict[str, Any], record: bool = True) -> None:
 
 # Failing examples found while writing these tests, kept as regular regressions.
 REGRESSIONS = [
+    # The Python export kept `x` for the input while a later entry read the input by name (`from: input`).
+    {
+        "name": "g",
+        "input": [1],
+        "layers": [{"relu": {}, "as": "t0"}, {"identity": None, "from": "input"}, {"hardswish": {}}],
+    },
     # maxpool with ceil_mode: the last window must start inside the input (torch drops it).
     {"name": "g", "input": [1, 5, 5], "layers": [{"maxpool2d": {"kernel_size": 2, "stride": 2, "ceil_mode": True}}]},
     # avgpool with ceil_mode and padding: the same rule with padding.
