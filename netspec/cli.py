@@ -215,8 +215,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from netspec.exporter import export
 
     result = export(
-        _load(args), args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset
-    )
+        _load(args), args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset,
+        preprocess=not args.no_preprocess,
+    )  # fmt: skip
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -540,6 +541,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--batch", type=_batch, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
     )
     p.add_argument("--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument(
+        "--no-preprocess", action="store_true",
+        help="with --checkpoint: ONNX/pt2 take inputs already normalized, instead of raw pixels or features",
+    )  # fmt: skip
     _add_set_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from netspec.codegen import class_name, write_classes
-from netspec.compiler import build, load_weights
+from netspec.compiler import build, load_state
 from netspec.errors import NetspecError, UsageError
-from netspec.fileio import atomic_write_bytes, atomic_write_text
+from netspec.fileio import atomic_write_bytes, atomic_write_text, load_checkpoint
 from netspec.layers import format_shape
 from netspec.shapes import NetShape, infer_shapes
 from netspec.spec import Spec
@@ -65,6 +65,65 @@ class ExportResult:
         }
 
 
+@dataclass
+class Preprocessing:
+    """How the training run normalized its inputs (from a checkpoint): images are pixels 0..255 divided by
+    255, then (x - mean) / std per channel; table rows are (x - mean) / std per feature."""
+
+    kind: str  # image or table
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+
+    @property
+    def scale(self) -> float:
+        return 255.0 if self.kind == "image" else 1.0
+
+    def describe(self) -> str:
+        if self.kind == "image":
+            return "raw pixels 0..255, normalized inside"
+        return "raw feature values, standardized inside"
+
+
+class Normalized(nn.Module):
+    """A model that takes raw inputs: (x / scale - mean) / std, then the model (for ONNX and pt2 exports)."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, rank: int) -> None:
+        super().__init__()
+        self.model, self.scale = model, pre.scale
+        view = (-1, *([1] * (rank - 1)))  # per channel of an image, per feature of a row
+        self.register_buffer("mean", torch.tensor(pre.mean).view(view))
+        self.register_buffer("std", torch.tensor(pre.std).view(view))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x / self.scale - self.mean) / self.std)
+
+
+@dataclass
+class _Job:
+    net: NetShape
+    model: nn.Module  # the netspec model, with the checkpoint's weights
+    path: Path
+    batch: int | str
+    opset: int | None
+    checkpoint: Path | None
+    pre: Preprocessing | None  # from the checkpoint
+    preprocess: bool  # ONNX and pt2 take raw inputs (pre is baked in)
+
+    @property
+    def exported(self) -> nn.Module:
+        """What ONNX and pt2 export: the model, or the model behind its input normalization."""
+        if self.pre is None or not self.preprocess:
+            return self.model
+        return Normalized(self.model, self.pre, len(self.net.input_shape)).eval()
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        example, check = _inputs(self.net, self.batch)
+        if self.pre is not None and self.preprocess and self.pre.kind == "image":  # raw pixels
+            example, check = example.sigmoid() * 255, check.sigmoid() * 255
+        return example, check
+
+
 def export(
     spec: Spec | NetShape | str | Path,
     format: str = "onnx",
@@ -73,20 +132,42 @@ def export(
     out: str | Path | None = None,
     batch: int | str = "dynamic",
     opset: int | None = None,
+    preprocess: bool = True,
 ) -> ExportResult:
-    """Export a spec (with a run's trained weights if `checkpoint` is given) and check the result."""
+    """Export a spec (with a run's trained weights if `checkpoint` is given) and check the result.
+
+    With a checkpoint, the run's input normalization travels with the model: ONNX and pt2 take raw inputs
+    (pixels 0..255, or raw table features) and normalize them inside, unless `preprocess=False`; the Python
+    file states it and has a `preprocess` function.
+    """
     if format not in FORMATS:
         raise UsageError(f"unknown export format '{format}'; choose from {', '.join(FORMATS)}")
     if batch != "dynamic" and not (isinstance(batch, int) and batch > 0):
         raise UsageError(f"batch must be 'dynamic' or a positive whole number, got {batch!r}")
     net = spec if isinstance(spec, NetShape) else infer_shapes(spec)
     model = build(net)
+    pre = None
     if checkpoint is not None:
-        load_weights(model, checkpoint)
+        ckpt = load_checkpoint(checkpoint)
+        if "model" not in ckpt:
+            raise UsageError(f"{checkpoint}: holds no model weights")
+        load_state(model, ckpt["model"], str(checkpoint))
+        pre = _preprocessing(ckpt, len(net.input_shape))
     model.eval()
     path = output_path(net.name, format, out)
-    exporter = {"onnx": _export_onnx, "pt2": _export_pt2, "python": _export_python}[format]
-    return exporter(net, model, path, batch, opset, checkpoint)
+    job = _Job(net, model, path, batch, opset, Path(checkpoint) if checkpoint else None, pre, preprocess)
+    return {"onnx": _export_onnx, "pt2": _export_pt2, "python": _export_python}[format](job)
+
+
+def _preprocessing(ckpt: dict[str, Any], rank: int) -> Preprocessing | None:
+    """The input normalization a checkpoint's run used, if it says."""
+    norm = ckpt.get("normalization")
+    if not isinstance(norm, dict) or not norm.get("mean") or not norm.get("std"):
+        return None
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    kind = data.get("kind") or ("image" if rank == 3 else "table")
+    classes = tuple(str(c) for c in ckpt.get("classes") or ())
+    return Preprocessing(kind, tuple(map(float, norm["mean"])), tuple(map(float, norm["std"])), classes)
 
 
 def output_path(name: str, format: str, out: str | Path | None) -> Path:
@@ -228,21 +309,24 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor, batch: int | str, opset
         return file.read_bytes(), "torchscript"
 
 
-def _export_onnx(
-    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
-) -> ExportResult:
+def _export_onnx(job: _Job) -> ExportResult:
     try:
         import onnx
         import onnxruntime
     except ImportError:
         raise UsageError("ONNX export needs onnx and onnxruntime: pip install -e '.[export]'") from None
-    example, check = _inputs(net, batch)
+    net, model, batch, opset = job.net, job.exported, job.batch, job.opset
+    example, check = job.inputs()
     try:
         data, exporter = _onnx_bytes(model, example, batch, opset)
     except Exception as exc:
         raise _fail("onnx", net, exc, lambda m, x: _onnx_bytes(m, x, "dynamic", opset)) from None
     try:
-        onnx.checker.check_model(onnx.load_from_string(data))
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+        if job.pre is not None:  # what a reader of the file needs to feed it and read its output
+            onnx.helper.set_model_props(proto, _metadata(job))
+            data = proto.SerializeToString()
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         with _quiet():
@@ -255,9 +339,28 @@ def _export_onnx(
     with torch.no_grad():
         expected = model(check)
     diff = _compare("onnx", expected, torch.from_numpy(got))
-    atomic_write_bytes(path, data)
-    notes = [f"opset {_onnx_opset(data)}", f"{exporter} exporter", "checked in onnxruntime"]
-    return ExportResult("onnx", path, diff, len(check), notes=notes)
+    atomic_write_bytes(job.path, data)
+    notes = [f"opset {_onnx_opset(data)}", f"{exporter} exporter", "checked in onnxruntime", *_input_note(job)]
+    return ExportResult("onnx", job.path, diff, len(check), notes=notes)
+
+
+def _metadata(job: _Job) -> dict[str, str]:
+    import json
+
+    pre = job.pre
+    assert pre is not None
+    return {
+        "netspec_input": pre.describe() if job.preprocess else "normalized with mean and std",
+        "netspec_mean": json.dumps(list(pre.mean)),
+        "netspec_std": json.dumps(list(pre.std)),
+        "netspec_classes": json.dumps(list(pre.classes)),
+    }
+
+
+def _input_note(job: _Job) -> list[str]:
+    if job.pre is None:
+        return []
+    return [f"input: {job.pre.describe()}" if job.preprocess else "input: normalized as in training"]
 
 
 # --- torch.export ----------------------------------------------------------------------------
@@ -268,10 +371,9 @@ def _pt2_program(model: nn.Module, example: torch.Tensor, batch: int | str) -> A
         return torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch(batch))
 
 
-def _export_pt2(
-    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
-) -> ExportResult:
-    example, check = _inputs(net, batch)
+def _export_pt2(job: _Job) -> ExportResult:
+    net, model, batch = job.net, job.exported, job.batch
+    example, check = job.inputs()
     try:
         program = _pt2_program(model, example, batch)
     except Exception as exc:
@@ -283,8 +385,9 @@ def _export_pt2(
         reloaded = torch.export.load(str(file)).module()
     with torch.no_grad():
         diff = _compare("pt2", model(check), reloaded(check))
-    atomic_write_bytes(path, data)
-    return ExportResult("pt2", path, diff, len(check), notes=["reloaded with torch.export.load"])
+    atomic_write_bytes(job.path, data)
+    notes = ["reloaded with torch.export.load", *_input_note(job)]
+    return ExportResult("pt2", job.path, diff, len(check), notes=notes)
 
 
 # --- plain PyTorch ---------------------------------------------------------------------------
@@ -294,10 +397,11 @@ def python_source(
     net: NetShape,
     weights_file: str | None = None,
     source_file: str | None = None,
-    normalization: dict[str, Any] | None = None,
+    pre: Preprocessing | None = None,
 ) -> str:
     """A self-contained module (torch, and torchvision where a layer is torchvision's) with one class per block
-    and one for the network, written as a person would (see netspec.codegen)."""
+    and one for the network, written as a person would (see netspec.codegen); with the training run's input
+    normalization, its MEAN, STD, CLASSES and a `preprocess` function."""
     from netspec import __version__
 
     classes, helpers, imports, name = write_classes(net)
@@ -309,13 +413,17 @@ def python_source(
     description = f"{net.spec.description}\n\n" if net.spec.description else ""
     helper_code = "\n\n\n".join(source.rstrip() for source in helpers.values())
     uses_functional = "F." in helper_code
-    if normalization:
+    if pre is None:
+        expects = "It expects inputs normalized as the data it was trained on."
+    elif pre.kind == "image":
         expects = (
-            f"Inputs are normalized as in training: x = (pixel / 255 - MEAN) / STD per channel, with MEAN = "
-            f"{tuple(normalization['mean'])} and STD = {tuple(normalization['std'])} (`preprocess` below)."
+            "It expects images normalized as in training: (pixel / 255 - MEAN) / STD per channel; "
+            "`preprocess(images)` does it."
         )
     else:
-        expects = "Inputs are normalized as the data it was trained on (see the run's checkpoint)."
+        expects = (
+            "It expects rows standardized as in training: (x - MEAN) / STD per feature; `preprocess(rows)` does it."
+        )
     lines = [
         f'"""{net.name}: generated by netspec {__version__} from {source_file or "a spec"}.',
         "",
@@ -332,22 +440,25 @@ def python_source(
         "from torch import nn",
         *(f"from {module} import {', '.join(sorted(names))}" for module, names in sorted(imports.items())),
         "",
-        "",
     ]
-    if normalization:
+    if pre is not None:
+        view = "(1, -1, 1, 1)" if pre.kind == "image" else "(1, -1)"
+        scaled = "inputs.float() / 255" if pre.kind == "image" else "inputs.float()"
+        what = "Images N×C×H×W with pixel values 0..255 (uint8 or float)" if pre.kind == "image" else "Rows N×F"
         lines += [
-            f"MEAN = {tuple(normalization['mean'])!r}",
-            f"STD = {tuple(normalization['std'])!r}",
+            f"CLASSES = {list(pre.classes)!r}".replace("'", '"'),
+            f"MEAN = {pre.mean!r}",
+            f"STD = {pre.std!r}",
             "",
             "",
-            "def preprocess(images: torch.Tensor) -> torch.Tensor:",
-            '    """Images N×C×H×W with pixel values 0..255 (uint8 or float), normalized as in training."""',
-            "    mean = torch.tensor(MEAN).view(1, -1, 1, 1)",
-            "    std = torch.tensor(STD).view(1, -1, 1, 1)",
-            "    return (images.float() / 255 - mean) / std",
-            "",
+            "def preprocess(inputs: torch.Tensor) -> torch.Tensor:",
+            f'    """{what}, normalized as in training."""',
+            f"    mean = torch.tensor(MEAN).view{view}",
+            f"    std = torch.tensor(STD).view{view}",
+            f"    return ({scaled} - mean) / std",
             "",
         ]
+    lines.append("")
     if helper_code:
         lines += [helper_code, "", ""]
     lines += [
@@ -376,13 +487,11 @@ def load_python_module(path: Path) -> Any:
     return module
 
 
-def _export_python(
-    net: NetShape, model: nn.Module, path: Path, batch: int | str, opset: int | None, checkpoint: Any
-) -> ExportResult:
-    weights_path = path.with_suffix(".pt") if checkpoint is not None else None
-    source_file = net.spec.source.file
-    code = python_source(net, weights_path.name if weights_path else None, source_file)
-    _, check = _inputs(net, batch)
+def _export_python(job: _Job) -> ExportResult:
+    net, model, path = job.net, job.model, job.path
+    weights_path = path.with_suffix(".pt") if job.checkpoint is not None else None
+    code = python_source(net, weights_path.name if weights_path else None, net.spec.source.file, job.pre)
+    _, check = _inputs(net, job.batch)
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / f"{net.name}.py"
         file.write_text(code)

@@ -238,3 +238,58 @@ def test_out_with_a_trailing_slash_is_a_folder_and_other_formats_are_never_overw
     assert (folder / "mnist_cnn.py").read_bytes() == before
     result = run_cli("export", "specs/mnist_cnn.yaml", "--format", "pt2", "--out", str(tmp_path / "model"))
     assert result.returncode == 0 and (tmp_path / "model.pt2").is_file()  # a name without a suffix gets one
+
+
+def _checkpoint_with_normalization(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A run's checkpoint as netspec train writes it: weights, class names and the training data's mean/std."""
+    from netspec.fileio import save_checkpoint
+
+    torch.manual_seed(3)
+    model = netspec.build(SPECS / "mnist_cnn.yaml").eval()
+    path = tmp_path / "best.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "classes": [f"digit {d}" for d in range(10)],
+            "normalization": {"mean": [0.1307], "std": [0.3081]},
+            "data": {"kind": "image"},
+        },
+    )
+    return path, model
+
+
+def test_checkpoint_exports_carry_the_input_normalization(tmp_path: Path):
+    import onnx
+    import onnxruntime
+
+    checkpoint, model = _checkpoint_with_normalization(tmp_path)
+    raw = torch.randint(0, 256, (4, 1, 28, 28)).float()  # pixels as read from image files
+    with torch.no_grad():
+        expected = model((raw / 255 - 0.1307) / 0.3081)
+    onnx_file = netspec.export(SPECS / "mnist_cnn.yaml", format="onnx", checkpoint=checkpoint, out=tmp_path).path
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["output"], {"input": raw.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert json.loads(props["netspec_classes"])[3] == "digit 3" and json.loads(props["netspec_mean"]) == [0.1307]
+    program = torch.export.load(
+        str(netspec.export(SPECS / "mnist_cnn.yaml", format="pt2", checkpoint=checkpoint, out=tmp_path).path)
+    ).module()
+    torch.testing.assert_close(program(raw), expected, rtol=0, atol=1e-5)
+    # The Python file states the normalization and has a preprocess function for raw images.
+    result = netspec.export(SPECS / "mnist_cnn.yaml", format="python", checkpoint=checkpoint, out=tmp_path)
+    source = result.path.read_text()
+    assert "MEAN = (0.1307,)" in source and "def preprocess(" in source and 'CLASSES = ["digit 0",' in source
+    module = load_python_module(result.path)
+    generated = module.MnistCnn().eval()
+    generated.load_state_dict(torch.load(result.weights_path, weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(generated(module.preprocess(raw)), expected, rtol=0, atol=1e-6)
+    # --no-preprocess: the ONNX model takes normalized inputs, as the model itself does.
+    bare = netspec.export(
+        SPECS / "mnist_cnn.yaml", format="onnx", checkpoint=checkpoint, out=tmp_path / "bare.onnx", preprocess=False
+    ).path
+    session = onnxruntime.InferenceSession(str(bare), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["output"], {"input": ((raw / 255 - 0.1307) / 0.3081).numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
