@@ -87,8 +87,8 @@ class MemoryEstimate:
     peak_infer: int
     rows: list[RowMemory] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The `memory` object of `netspec build --json`."""
+    def to_dict(self, processes: int = 1) -> dict[str, Any]:
+        """The `memory` object of `netspec build --json`: bytes per process, and what they were predicted for."""
         return {
             "params": self.params,
             "grads": self.grads,
@@ -97,11 +97,17 @@ class MemoryEstimate:
             "peak_train": self.peak_train,
             "peak_infer": self.peak_infer,
             "buffers": self.buffers,
+            "output": self.output,
             "transient": self.transient,
-            "batch_size": self.batch_size,
-            "amp": self.amp,
-            "optimizer_name": self.optimizer,
-            "device": self.device,
+            "settings": {
+                "batch_size": self.batch_size,
+                "processes": processes,
+                "global_batch_size": self.batch_size * processes,
+                "amp": self.amp,
+                "optimizer": self.optimizer,
+                "momentum": self.momentum,
+                "device": self.device,
+            },
         }
 
 

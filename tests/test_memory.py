@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import netspec
 from netspec.errors import UsageError
 from netspec.layers import LAYER_KINDS, MERGE_KINDS
 from netspec.memory import (
+    BatchChoice,
     auto_batch_size,
     estimate,
     format_bytes,
@@ -20,7 +22,7 @@ from netspec.memory import (
     training_step_peak,
 )
 from netspec.spec import load_spec
-from tests.conftest import SPECS, ZOO, requires_cuda
+from tests.conftest import SPECS, ZOO, requires_cuda, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "memory"
 # Specs for the kinds the zoo does not use yet: ViT-, ConvNeXt- and Swin-style networks in miniature, and one
@@ -194,3 +196,27 @@ def test_predicted_peak_matches_cuda_max_memory_allocated(name: str):
     measured = training_step_peak(net, batch, device, optimizer="sgd", momentum=spec.train.momentum)
     predicted = estimate(net, batch, optimizer="sgd", momentum=spec.train.momentum, device="cuda").peak_train
     assert measured is not None and abs(predicted - measured) <= 0.10 * measured, (name, predicted, measured)
+
+
+def test_train_batch_size_auto_on_cpu_trains_with_the_chosen_batch(tmp_path):
+    result = run_cli(
+        "train", "specs/mlp.yaml", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu",
+        "--batch-size", "auto", "--memory-budget", "64MiB", "--out", str(tmp_path / "run"), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("batch size auto: "))
+    chosen = int(line.split(":")[1].split()[0])
+    assert "predicted peak" in line and "budget 64.0 MiB (--memory-budget 64.0 MiB)" in line
+    run = Path(json.loads(result.stdout)["run_dir"])
+    assert load_spec(run / "spec.yaml").train.batch_size == chosen  # the run's own record of its recipe
+    assert (
+        estimate(netspec.infer_shapes(SPECS / "mlp.yaml"), chosen, momentum=0.9, device="cpu").peak_train <= 64 * 2**20
+    )
+
+
+def test_the_auto_choice_says_its_figure_is_per_process():
+    choice = BatchChoice(48, 900 * 2**20, 1024**3, "90% of 1.1 GiB free on cuda:0", None, [64], processes=4)
+    assert choice.describe() == (
+        "batch size auto: 48 per process, on each of 4 processes (did not fit: 64): predicted peak 900.0 MiB; "
+        "budget 1.0 GiB (90% of 1.1 GiB free on cuda:0)"
+    )
