@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from netspec.errors import UsageError
-from netspec.layers.saved import ACTIVATION, INPUT, Run, Settings, Storage, Tensor, contiguous_strides
+from netspec.layers.saved import ACTIVATION, INPUT, WEIGHT_CAST, Run, Settings, Storage, Tensor, contiguous_strides
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -118,6 +118,7 @@ class _Step:
     inputs: list[Tensor]
     output: Tensor
     largest_intermediate: int
+    weight_casts: int  # bytes of autocast's weight copies it made (cached until the forward ends)
 
 
 @dataclass
@@ -157,14 +158,15 @@ class _Walker:
         if self.settings.training and requires_grad:
             for tensor in run.saved:
                 storage = tensor.storage
-                if storage.role in (ACTIVATION, INPUT) and storage not in self.counted:
+                if storage.role in (ACTIVATION, INPUT, WEIGHT_CAST) and storage not in self.counted:
                     self.counted.add(storage)
                     memory.saved += storage.nbytes
-        intermediates = [t.nbytes for t in run.created if t.storage is not out.storage]
+        intermediates = [t.nbytes for t in run.created if t.storage is not out.storage and t.storage.role == ACTIVATION]
         largest = max(intermediates, default=0)
         memory.transient = sum(x.nbytes for x in inputs if x.requires_grad) + out.nbytes + largest
         self.rows[info.index] = memory
-        self.steps.append(_Step(inputs, out, largest))
+        casts = sum(t.nbytes for t in run.created if t.storage.role == WEIGHT_CAST)
+        self.steps.append(_Step(inputs, out, largest, casts))
         return out
 
 
@@ -177,19 +179,21 @@ def _walk(net: NetShape, settings: Settings) -> tuple[_Walker, Tensor, Tensor]:
 
 def _inference_peak(steps: list[_Step], x: Tensor) -> int:
     """The most activation memory alive at once in an inference forward: the storages that a later step still
-    reads (the input batch throughout), the step's output and its largest intermediate."""
+    reads (the input batch throughout), the step's output and its largest intermediate, and under AMP the weight
+    copies autocast has made so far."""
     last_read: dict[Storage, int] = {x.storage: len(steps)}
     for i, step in enumerate(steps):
         for t in step.inputs:
             if t.storage.role == ACTIVATION:
                 last_read[t.storage] = i
     made_at: dict[Storage, int] = {x.storage: -1}
-    peak = 0
+    peak = casts = 0
     for i, step in enumerate(steps):
         if step.output.storage.role == ACTIVATION:
             made_at.setdefault(step.output.storage, i)
+        casts += step.weight_casts
         alive = sum(s.nbytes for s, made in made_at.items() if made == i or made < i <= last_read.get(s, made))
-        peak = max(peak, alive + step.largest_intermediate)
+        peak = max(peak, alive + step.largest_intermediate + casts)
     return peak
 
 

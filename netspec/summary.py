@@ -77,7 +77,7 @@ def summary_table(net: NetShape, memory: MemoryEstimate | None = None, width: in
     """The table of `netspec build`: one row per layer or merge (branches indented under it), then the totals.
 
     When the table is wider than `width` (a terminal of 80 columns), it narrows step by step, the least important
-    first: a row inside a merge shows its path from the merge's (`….residual[0]`), paths fold after a dot (a name
+    first: one space between columns instead of three, a row inside a merge shows its path from the merge's (`….residual[0]`), paths fold after a dot (a name
     too long for a line after an underscore) and kinds after an underscore, a merge's element-wise operations
     move into the MACs column (in parentheses), and last the row numbers go. The numbers never fold, and
     `--json` has every full path.
@@ -100,14 +100,14 @@ def summary_table(net: NetShape, memory: MemoryEstimate | None = None, width: in
             path = "…" + path[len(parent) :]
         return path + (f" → {info.name}" if info.name else "")
 
-    def build(path_width: int | None, narrow: bool = False, numbered: bool = True) -> Table:
+    def build(path_width: int | None, narrow: bool = False, numbered: bool = True, spacing: int = 0) -> Table:
         table = Table(
             title=f"{net.name}: input {format_shape(net.input_shape)} → output {format_shape(net.output_shape)}",
             title_justify="left",
             show_footer=True,
             box=box.SIMPLE_HEAD,
             show_edge=False,
-            padding=0,  # the box's blank separators keep one space between columns
+            padding=(0, spacing),  # the box's blank separators keep at least one space between columns
         )
         separate_elementwise = net.elementwise > 0 and not narrow
         if numbered:
@@ -149,9 +149,10 @@ def summary_table(net: NetShape, memory: MemoryEstimate | None = None, width: in
             table.add_row(*cells)
         return table
 
-    table = build(None)
-    if width is None or _natural_width(table) <= width:
-        return table
+    for spacing in (1, 0):
+        table = build(None, spacing=spacing)
+        if width is None or _natural_width(table) <= width:
+            return table
     longest = max(len("│ " * info.depth + path_of(info, True)) for info in net.layers)
     for numbered in (True, False):
         # Everything but the layer column at its natural width; the paths fold into what is left.

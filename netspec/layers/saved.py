@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "bool": 1}
 LOW_PRECISION = {"bf16": "bfloat16", "fp16": "float16"}
 
-# What a storage holds: only activations (and the input batch) count as saved activations.
-ACTIVATION, INPUT, PARAMETER, BUFFER = "activation", "input", "parameter", "buffer"
+# What a storage holds. Saved activations are the activations, the input batch and autocast's weight copies that
+# autograd keeps; parameters and buffers are the module's state. Autocast caches its weight copies until the
+# autocast region ends, so they stay alive through a whole forward.
+ACTIVATION, INPUT, WEIGHT_CAST, PARAMETER, BUFFER = "activation", "input", "weight cast", "parameter", "buffer"
 
 
 @dataclass(eq=False)
@@ -275,7 +277,13 @@ class Run:
         """A learned weight as a half-precision op sees it: the parameter, or under AMP autocast's cached
         half-precision copy (an allocation of its own, saved by the op)."""
         w = self.param(shape)
-        return self.new(w.shape, self.low_precision, requires_grad=True) if self.low_precision else w
+        if not self.low_precision:
+            return w
+        cast = Tensor(
+            w.shape, w.strides, Storage(w.numel * DTYPE_BYTES[self.low_precision], WEIGHT_CAST), self.low_precision
+        )
+        self.created.append(cast)
+        return cast
 
     def promote(self, *xs: Tensor) -> str:
         """The result type of an element-wise op on `xs` (float32 wins over half precision)."""
