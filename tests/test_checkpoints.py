@@ -37,4 +37,4 @@ def test_a_checkpoint_of_another_spec_says_which_tensors_do_not_fit(tmp_path: Pa
         load_weights(other, path)
     message = str(info.value)
     assert message.startswith(f"{path}: does not fit spec lenet_bn: ")
-    assert "is (" in message and "in the checkpoint but (" in message or "missing from the checkpoint" in message
+    assert ("is (" in message and "in the checkpoint but (" in message) or "missing from the checkpoint" in message
