@@ -484,6 +484,8 @@ def auto_batch_size(
             if not is_oom(exc):
                 raise
             measured = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # what the failed step cached goes back before a smaller try
         else:
             if device.type == "cuda" or measured is None or measured <= limit:
                 return BatchChoice(batch, predict(batch), limit, source, measured, tried, processes)
