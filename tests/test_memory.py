@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 import netspec
-from netspec.errors import UsageError
+from netspec.errors import SpecError, UsageError
 from netspec.layers import LAYER_KINDS, MERGE_KINDS
 from netspec.memory import (
     BatchChoice,
@@ -21,8 +23,9 @@ from netspec.memory import (
     parse_bytes,
     training_step_peak,
 )
-from netspec.spec import load_spec
+from netspec.spec import load_spec, validate_spec
 from tests.conftest import SPECS, ZOO, requires_cuda, run_cli
+from tests.test_properties import spec_data
 
 FIXTURES = Path(__file__).parent / "fixtures" / "memory"
 # Specs for the kinds the zoo does not use yet: ViT-, ConvNeXt- and Swin-style networks in miniature, and one
@@ -60,6 +63,24 @@ def test_autocast_copies_are_predicted_on_cpu(path: Path, amp: str):
     # Under autocast a convolution or matmul saves half-precision copies of its input and weight.
     predicted, measured = _prediction_and_measurement(path, 2, amp)
     assert predicted == measured
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec_data())
+def test_generated_specs_save_exactly_what_is_predicted(data: dict[str, Any]):
+    # The property tests' random specs (every kind with random arguments, blocks, repeats, residuals, merges, taps).
+    try:
+        net = netspec.infer_shapes(validate_spec(data))
+    except SpecError:
+        return
+    torch.manual_seed(0)
+    model = netspec.build(net)
+    try:
+        measured = measure_saved(model, torch.randn(2, *net.input_shape))
+    except ValueError as exc:  # torch's own refusal: batch norm over a single value per channel
+        assert "Expected more than 1 value per channel" in str(exc)
+        return
+    assert estimate(net, 2, device="cpu").activations == measured
 
 
 def test_every_layer_and_merge_kind_is_covered_by_the_memory_tests():

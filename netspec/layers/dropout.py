@@ -45,7 +45,11 @@ def dropout(run: Run, x: Tensor, p: float, feature: bool = False) -> Tensor:
     channels) a noise tensor of the input's type, per element (per channel). Identity at p=0 or in eval."""
     if not run.training or p == 0:
         return x
-    if run.device == "cuda" and not feature and p < 1:
+    if p == 1:  # torch multiplies by a zero scalar
+        zero = run.new((), x.dtype, requires_grad=False)
+        run.save(zero)
+        return run.pointwise(x, zero.expand(*x.shape))
+    if run.device == "cuda" and not feature:
         run.save(run.new(x.shape, "bool", like=x, requires_grad=False))
         return run.pointwise(x)
     noise = run.new(x.shape[:2] + (1,) * (x.dim - 2) if feature else x.shape, x.dtype, like=x, requires_grad=False)
