@@ -17,8 +17,9 @@ optimizer state only after the backward pass. Inference needs the parameters and
 the worst layer, every activation still to be read, its output and its largest intermediate.
 
 Known approximations: cuDNN and oneDNN workspaces, the CUDA caching allocator's rounding (512-byte
-blocks, 2 MiB segments), autocast's casts of biases and of inputs that are not saved, and
-channels_last layouts are not modelled. Activation checkpointing (torch.utils.checkpoint) would
+blocks, 2 MiB segments), autocast's casts of biases and of inputs that are not saved, channels_last
+layouts and torch.compile (whose partitioner saves its own set; predictions are for eager mode) are
+not modelled. Activation checkpointing (torch.utils.checkpoint) would
 replace a checkpointed segment's saved activations by its input, and add the largest segment's
 activations back as a transient during its recomputation.
 
@@ -245,8 +246,10 @@ def estimate(
 
 # --- formatting and parsing ------------------------------------------------------------------
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3}
-_UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "tb": 1000**4})
+# KiB/MiB/GiB and a bare K/M/G/T (as docker's -m 8g) are binary; KB/MB/GB/TB decimal.
+_UNITS = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgt", 1):
+    _UNITS.update({_prefix: 1024**_power, f"{_prefix}ib": 1024**_power, f"{_prefix}b": 1000**_power})
 
 
 def format_bytes(n: int | float | None) -> str:
@@ -261,7 +264,7 @@ def format_bytes(n: int | float | None) -> str:
 
 
 def parse_bytes(text: str) -> int:
-    """'8GiB', '512 MiB', '2GB', '1000000' -> bytes."""
+    """'8GiB', '8g', '512 MiB', '2GB' (decimal), '1000000' -> bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:

@@ -151,6 +151,7 @@ def test_parse_and_format_bytes():
     assert parse_bytes("8GiB") == 8 * 1024**3
     assert parse_bytes("512 MiB") == 512 * 1024**2
     assert parse_bytes("2GB") == 2 * 1000**3
+    assert parse_bytes("8g") == parse_bytes("8 GiB")
     assert parse_bytes("1000") == 1000
     with pytest.raises(ValueError, match="expected a size such as 8GiB"):
         parse_bytes("8 gigs")
