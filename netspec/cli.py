@@ -385,6 +385,13 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _momentum(text: str) -> float:
+    value = _parse_number(text, float, "a number", 0, inclusive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = _positive_float(text)
     if value > 1:
@@ -527,7 +534,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default: the spec's train section)"
     )
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer (default: the spec's)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)")
+    g.add_argument("--momentum", type=_momentum, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)")
     g.add_argument("--device", choices=("cpu", "cuda"), help="whose kernels' rules to follow (default: this machine's)")
     g.add_argument(
         "--nproc-per-node", type=_positive_int,
