@@ -7,13 +7,14 @@ Each variant gets warm-up steps first (for torch.compile the first call, which
 compiles, is timed on its own as compile time and never mixed into throughput),
 then `repeats` timed runs of `steps` steps each, synchronized on CUDA; the median
 run is reported with the minimum and maximum. Peak memory is the CUDA allocator's
-maximum, or on CPU the growth of the resident set (peak RSS) during the variant.
-A batch size that does not fit in memory is reported as "oom" and the sweep goes on.
+maximum, or on CPU the growth of the resident set (peak RSS) during the variant; beside
+it, the memory model's prediction for an eager step (memory.py). A batch size that
+does not fit in memory is reported as "oom" and the sweep goes on; `auto` picks the
+largest batch that fits (memory.auto_batch_size).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import platform
@@ -31,6 +32,8 @@ from torch import nn
 from netspec.compiler import build
 from netspec.device import autocast, resolve_device
 from netspec.errors import UsageError
+from netspec.memory import PeakMemory, auto_batch_size, estimate, format_bytes, is_oom
+from netspec.shapes import infer_shapes
 from netspec.spec import Spec, load_spec
 
 
@@ -64,6 +67,7 @@ class BenchResult:
     step_ms_median: float | None = None
     compile_s: float | None = None
     peak_mem_bytes: int | None = None
+    predicted_peak_bytes: int | None = None  # the memory model's, for an eager step
     repeats: int = 0
     status: str = "ok"
     speedup: float | None = None  # over eager fp32 at the same device, mode and batch size
@@ -104,60 +108,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-# --- memory ------------------------------------------------------------------------------------
-
-
-class _PeakMemory:
-    """CUDA: max allocated. CPU: resident-set growth, from the kernel's peak RSS (VmHWM)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.start = 0
-
-    def __enter__(self) -> _PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            _reset_peak_rss()
-            self.start = _rss("VmRSS")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    @property
-    def peak(self) -> int | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self.start
-        peak = _rss("VmHWM")
-        return max(peak - self.start, 0) if peak else None
-
-
-def _rss(field_name: str) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> None:
-    with contextlib.suppress(OSError):  # Linux: writing 5 resets VmHWM to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        phrase in text for phrase in ("out of memory", "can't allocate memory", "not enough memory")
-    )
 
 
 # --- one measurement ---------------------------------------------------------------------------
@@ -240,6 +190,16 @@ def prepare_step(
     return step, compile_s
 
 
+def predicted_peak(spec: Spec, device: torch.device, mode: str, batch_size: int, amp: str) -> int:
+    """The memory model's peak for a bench cell: a training step with the bench's optimizer (SGD with the spec's
+    momentum), or inference."""
+    memory = estimate(
+        infer_shapes(spec), batch_size, amp=amp, optimizer="sgd", momentum=spec.train.momentum,
+        device="cuda" if device.type == "cuda" else "cpu",
+    )  # fmt: skip
+    return memory.peak_train if mode == "train" else memory.peak_infer
+
+
 def measure(
     spec: Spec,
     device: torch.device,
@@ -254,9 +214,10 @@ def measure(
 ) -> BenchResult:
     """Measure one (device, mode, batch size, variant) cell."""
     result = BenchResult(str(device), mode, batch_size, variant.compile, variant.amp, variant.channels_last)
+    result.predicted_peak_bytes = predicted_peak(spec, device, mode, batch_size, variant.amp)
     step: Callable[[], None] | None = None
     try:
-        with _PeakMemory(device) as memory:
+        with PeakMemory(device) as memory:
             step, result.compile_s = prepare_step(spec, device, mode, batch_size, variant, compile_mode)
             for _ in range(warmup):
                 step()
@@ -276,7 +237,7 @@ def measure(
         result.peak_mem_bytes = memory.peak
         result.repeats = repeats
     except Exception as exc:
-        result.status = "oom" if _is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        result.status = "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     finally:
         step = None  # free the model and inputs before the next cell
         gc.collect()
@@ -303,7 +264,7 @@ def measure_end_to_end(spec: Spec, device: torch.device, batch_size: int, overri
         result.step_ms_median = 1000 * batch_size / run.last.examples_per_sec
         result.repeats = 1
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
         result.status = "oom"
     return result
@@ -323,7 +284,13 @@ def bench_table(report: BenchReport) -> Any:
     """The rich table of `netspec bench`."""
     from rich.table import Table
 
-    table = Table(title=f"{report.spec} — {report.env['cpu']}, torch {report.env['torch']}", title_justify="left")
+    table = Table(
+        title=f"{report.spec} — {report.env['cpu']}, torch {report.env['torch']}",
+        title_justify="left",
+        caption="peak mem: the CUDA allocator's maximum, or on CPU the growth of the resident set (rough: memory the "
+        "process already holds is not counted again). predicted: netspec's memory model for an eager step.",
+        caption_justify="left",
+    )
     for name, justify in (
         ("device", "left"),
         ("mode", "left"),
@@ -333,6 +300,7 @@ def bench_table(report: BenchReport) -> Any:
         ("ms/step", "right"),
         ("compile s", "right"),
         ("peak mem", "right"),
+        ("predicted", "right"),
         ("speedup", "right"),
         ("status", "left"),
     ):
@@ -349,28 +317,19 @@ def bench_table(report: BenchReport) -> Any:
             else (f"{r.examples_per_sec:,.0f}" if ok else "-"),
             f"{r.step_ms_median:.2f}" if r.step_ms_median else "-",
             f"{r.compile_s:.1f}" if r.compile_s else "-",
-            _format_bytes(r.peak_mem_bytes),
+            format_bytes(r.peak_mem_bytes),
+            format_bytes(r.predicted_peak_bytes),
             f"{r.speedup:.2f}×" if r.speedup else "-",
             r.status,
         )
     return table
 
 
-def _format_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n}"
-
-
 def bench(
     spec: Spec | str | Path,
     *,
     devices: list[str] | None = None,
-    batch_sizes: list[int] | None = None,
+    batch_sizes: list[int | str] | None = None,
     modes: list[str] | None = None,
     compile: str | None = None,
     amp: str | None = None,
@@ -382,8 +341,12 @@ def bench(
     end_to_end: bool = False,
     train_overrides: dict[str, Any] | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
+    memory_budget: int | None = None,
+    memory_fraction: float = 0.9,
+    on_message: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Benchmark a spec; arguments left None come from its `bench:` section."""
+    """Benchmark a spec; arguments left None come from its `bench:` section. A batch size "auto" is, per device,
+    the largest whose eager float32 training step fits the memory budget (memory.auto_batch_size)."""
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     cfg = spec.bench
@@ -401,7 +364,11 @@ def bench(
         "compile_mode": compile_mode,
     }
     for device in resolved:
-        for batch_size in sizes:
+        device_sizes = list(sizes)
+        if "auto" in device_sizes:
+            chosen = _auto_batch(spec, device, memory_budget, memory_fraction, on_message)
+            device_sizes = [chosen if b == "auto" else b for b in device_sizes]
+        for batch_size in device_sizes:
             jobs = [(None, None)] if end_to_end else [(m, v) for m in modes or cfg.modes for v in cells]
             results: list[BenchResult] = []
             for mode, variant in jobs:
@@ -417,6 +384,18 @@ def bench(
     if not report.results:
         raise UsageError("nothing to measure")
     return report
+
+
+def _auto_batch(
+    spec: Spec, device: torch.device, budget: int | None, fraction: float, report: Callable[[str], None] | None
+) -> int:
+    """The largest batch whose training step (eager, float32, the bench's SGD) fits the budget on `device`."""
+    choice = auto_batch_size(
+        infer_shapes(spec), device, optimizer="sgd", momentum=spec.train.momentum, budget=budget, fraction=fraction
+    )
+    if report:
+        report(f"{device}: {choice.describe()}")
+    return choice.batch_size
 
 
 def _add_speedups(results: list[BenchResult]) -> None:

@@ -36,9 +36,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from netspec.compiler import build
     from netspec.shapes import infer_shapes
-    from netspec.summary import summary_dict, summary_table
+    from netspec.summary import memory_table, summary_dict, summary_table
 
-    net = infer_shapes(_load(args))
+    spec = _load(args)
+    net = infer_shapes(spec)
     if args.compile:  # torch.compile is lazy: compile for real with one forward pass, so problems show now
         import time
 
@@ -49,11 +50,50 @@ def cmd_build(args: argparse.Namespace) -> int:
         with torch.no_grad():
             model(torch.zeros(2, *net.input_shape))
         print(f"torch.compile: compiled and ran a forward pass in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    memory, processes = _memory_estimate(args, spec, net)
     if args.json:
-        _print_json(summary_dict(net))
-    else:
-        Console().print(summary_table(net))
+        _print_json(summary_dict(net, memory, processes))
+        return 0
+    console = Console()
+    console.print(summary_table(net, memory, width=console.width))
+    if memory is not None:
+        console.print(memory_table(memory, processes))
     return 0
+
+
+def _memory_estimate(args: argparse.Namespace, spec: Any, net: Any) -> tuple[Any, int]:
+    """The memory model's prediction for `build --batch-size N` (per process with --nproc-per-node), or None."""
+    from netspec.memory import estimate
+
+    if args.batch_size is None:
+        if any(getattr(args, name) is not None for name in ("amp", "optimizer", "momentum", "nproc_per_node")):
+            raise UsageError("--amp, --optimizer, --momentum and --nproc-per-node describe memory: give --batch-size")
+        return None, 1
+    processes = args.nproc_per_node or 1
+    if args.batch_size % processes:
+        raise UsageError(
+            f"--batch-size {args.batch_size} does not divide among {processes} processes (the batch is global)"
+        )
+    cfg = spec.train
+    optimizer = args.optimizer or cfg.optimizer
+    momentum = args.momentum if args.momentum is not None else (cfg.momentum if optimizer == "sgd" else 0.0)
+    device = args.device or _memory_device(cfg.device)
+    memory = estimate(
+        net, args.batch_size // processes, amp=args.amp or cfg.amp, optimizer=optimizer, momentum=momentum,
+        device=device,
+    )  # fmt: skip
+    return memory, processes
+
+
+def _memory_device(name: str) -> str:
+    """Whose rules the memory model follows for a spec's device: cpu, or cuda (also for auto on a GPU machine)."""
+    from netspec.device import resolve_device
+
+    try:
+        kind = resolve_device(name).type
+    except UsageError:
+        kind = "cuda" if name.startswith("cuda") else "cpu"
+    return "cpu" if kind == "cpu" else "cuda"
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -81,6 +121,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and (args.spec is not None or _train_overrides(args) or args.set):
         raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
     launching = any(getattr(args, name) is not None for name in distributed.LAUNCH_OPTIONS)
+    if args.batch_size == "auto":
+        _choose_batch_size(args, launching)
+    elif args.memory_budget is not None or args.memory_fraction is not None:
+        raise UsageError("--memory-budget and --memory-fraction go with --batch-size auto")
     if launching and not distributed.is_worker():
         return _launch_training(args)
     resume = args.resume
@@ -114,6 +158,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run folder: {result.run_dir}")
     return 0
+
+
+def _choose_batch_size(args: argparse.Namespace, launching: bool) -> None:
+    """`train --batch-size auto`: the largest batch whose predicted peak fits the budget, confirmed by a real step
+    (memory.auto_batch_size). With --nproc-per-node the figure is per process and the global batch N times it."""
+    from netspec.device import resolve_device
+    from netspec.memory import auto_batch_size
+    from netspec.shapes import infer_shapes
+    from netspec.train import resolve_config
+
+    if args.spec is None:
+        raise UsageError("--batch-size auto needs a spec")
+    if args.nnodes not in (None, "1"):
+        raise UsageError("--batch-size auto chooses on one machine; with --nnodes give every machine the same number")
+    processes = (args.nproc_per_node or 1) if launching else 1
+    spec = _load(args)
+    cfg = resolve_config(spec, {k: v for k, v in _train_overrides(args).items() if k != "batch_size"})
+    choice = auto_batch_size(
+        infer_shapes(spec),
+        resolve_device(cfg.device),
+        amp=cfg.amp,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum if cfg.optimizer == "sgd" else 0.0,
+        budget=args.memory_budget,
+        fraction=args.memory_fraction or 0.9,
+        processes=processes,
+    )
+    print(choice.describe() + (f"; global batch {choice.batch_size * processes}" if processes > 1 else ""),
+          file=sys.stderr if args.json else sys.stdout, flush=True)  # fmt: skip
+    args.batch_size = choice.batch_size * processes
+    args.argv = [*_without_options(args.argv, ["--batch-size", "--memory-budget", "--memory-fraction"]),
+                 "--batch-size", str(args.batch_size)]  # fmt: skip
+    args.memory_budget = args.memory_fraction = None
 
 
 def _launch_training(args: argparse.Namespace) -> int:
@@ -196,6 +273,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         end_to_end=args.end_to_end,
         train_overrides={k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root)) if v},
+        memory_budget=args.memory_budget,
+        memory_fraction=args.memory_fraction or 0.9,
+        on_message=lambda line: console.print(f"[dim]{line}[/dim]"),
         on_result=lambda r: console.print(
             f"[dim]{r.device} {r.mode} batch {r.batch_size} {r.variant.label}: "
             + (f"{r.examples_per_sec:,.0f} examples/sec" if r.examples_per_sec else r.status)
@@ -283,6 +363,54 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _batch_sizes(text: str) -> list[int | str]:
+    """`64,256,auto`: whole numbers, or auto (the largest that fits: --memory-budget / --memory-fraction)."""
+    values = [
+        part.strip() if part.strip() == "auto" else _positive_int(part) for part in text.split(",") if part.strip()
+    ]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of whole numbers (or auto)")
+    return values
+
+
+def _batch_size_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _bytes(text: str) -> int:
+    from netspec.memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _momentum(text: str) -> float:
+    value = _parse_number(text, float, "a number", 0, inclusive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {value}")
+    return value
+
+
+def _add_memory_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--memory-budget", type=_bytes, metavar="SIZE",
+        help="for batch size auto: the memory a process may use (e.g. 8GiB); needed on CPU",
+    )  # fmt: skip
+    g.add_argument(
+        "--memory-fraction", type=_fraction, metavar="F",
+        help="for batch size auto on CUDA: the share of the device's free memory to fill (default: 0.9)",
+    )  # fmt: skip
+
+
 def _parse_number(text: str, cast: type, noun: str, minimum: float, inclusive: bool) -> Any:
     try:
         value = cast(text)
@@ -331,7 +459,7 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_options(g: argparse._ArgumentGroup) -> None:
+def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> None:
     from netspec.config import DATASETS
 
     g.add_argument("--dataset", choices=DATASETS, help="the dataset (default: the spec's train section)")
@@ -341,7 +469,14 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         "--resize", action="store_true", help="resize images to the spec's input size on the fly (as d2l's resize=)"
     )
     g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    g.add_argument("--batch-size", type=_positive_int, help="training batch size")
+    if auto_batch:
+        g.add_argument(
+            "--batch-size", type=_batch_size_or_auto,
+            help="training batch size, or auto: the largest that fits in memory (see --memory-budget)",
+        )  # fmt: skip
+        _add_memory_options(g)
+    else:
+        g.add_argument("--batch-size", type=_positive_int, help="training batch size")
     g.add_argument("--seed", type=int, help="random seed for initialization, shuffling and dropout (default: 0)")
 
 
@@ -379,17 +514,33 @@ def make_parser() -> argparse.ArgumentParser:
     p = _parser(
         sub,
         "build",
-        "validate a spec and show its layers, shapes, parameters and MACs",
+        "validate a spec and show its layers, shapes, parameters, MACs and (with --batch-size) memory",
         [
             "netspec build specs/lenet.yaml",
             "netspec build specs/googlenet.yaml --json",
             "netspec build x.yaml --set width=64",
+            "netspec build specs/resnet18.yaml --batch-size 128 --amp bf16 --optimizer adam",
         ],
     )
     p.add_argument("spec", help="path to a YAML spec")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--compile", action="store_true", help="also compile it with torch.compile (one forward pass)")
     _add_set_option(p)
+    g = p.add_argument_group("memory (predicted from the shapes; see the README's Memory section)")
+    g.add_argument(
+        "--batch-size", type=_positive_int,
+        help="predict the memory of training at this (global) batch size: a 'saved' column and a memory summary",
+    )  # fmt: skip
+    g.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default: the spec's train section)"
+    )
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer (default: the spec's)")
+    g.add_argument("--momentum", type=_momentum, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)")
+    g.add_argument("--device", choices=("cpu", "cuda"), help="whose kernels' rules to follow (default: this machine's)")
+    g.add_argument(
+        "--nproc-per-node", type=_positive_int,
+        help="processes sharing the batch (DDP): the figures are per process, at batch-size / N",
+    )  # fmt: skip
     p.set_defaults(func=cmd_build)
 
     p = _parser(sub, "schema", "print the JSON Schema of the spec language (for editors)",
@@ -404,11 +555,12 @@ def make_parser() -> argparse.ArgumentParser:
             "netspec train specs/lenet.yaml --dataset mnist --data-root ../shared/data",
             "netspec train specs/mlp.yaml --epochs 2 --lr 0.03 --json",
             "netspec train --resume runs/lenet-20261124-120000",
+            "netspec train specs/resnet18.yaml --batch-size auto --memory-fraction 0.8  # CUDA",
         ],
     )
     p.add_argument("spec", nargs="?", help="path to a YAML spec (omit with --resume)")
     g = p.add_argument_group("data and device")
-    _add_data_options(g)
+    _add_data_options(g, auto_batch=True)
     g = p.add_argument_group("the recipe (overrides of the spec's train section)")
     _add_recipe_options(g)
     _add_set_option(g)
@@ -455,12 +607,16 @@ def make_parser() -> argparse.ArgumentParser:
             "netspec bench specs/lenet.yaml --device cpu --batch-sizes 64,256,1024 --compile both",
             "netspec bench specs/resnet_small.yaml --device cuda --amp bf16 --channels-last --json --out r.json",
             "netspec bench specs/lenet.yaml --end-to-end --dataset mnist --data-root ../shared/data",
+            "netspec bench specs/resnet_small.yaml --device cpu --batch-sizes 32,auto --memory-budget 2GiB",
         ],
     )
     p.add_argument("spec", help="path to a YAML spec")
     g = p.add_argument_group("what to measure")
     g.add_argument("--device", action="append", help="cpu, cuda, cuda:N (repeatable; default: every available)")
-    g.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="batch sizes to sweep, e.g. 64,256,1024")
+    g.add_argument(
+        "--batch-sizes", type=_batch_sizes, metavar="N,N,...",
+        help="batch sizes to sweep, e.g. 64,256,1024; auto: the largest whose training step fits (see --memory-*)",
+    )  # fmt: skip
     g.add_argument("--modes", type=lambda t: t.split(","), metavar="train,infer", help="train, infer or both")
     g.add_argument("--compile", choices=("off", "on", "both"), help="eager, torch.compile, or both side by side")
     g.add_argument(
@@ -471,6 +627,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
     _add_set_option(g)
+    _add_memory_options(g)
     g = p.add_argument_group("timing")
     g.add_argument("--warmup", type=int, help="untimed steps before timing (default: 5)")
     g.add_argument("--steps", type=_positive_int, help="steps per timed repeat (default: 20)")

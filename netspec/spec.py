@@ -212,6 +212,10 @@ def _argument_names_of(kind: str) -> list[str]:
     return argument_names(cls) if cls is not None else []
 
 
+# Any argument may be written as an expression: `$width * 2`, `round(0.25 * $w)`, `1 - 0.9997`.
+Expression = Annotated[str, Field(pattern=r"[$0-9]", title="Expression")]
+
+
 def _layer_input_schema_type() -> Any:
     """The YAML form of a layer entry, for the JSON Schema that editors use."""
     entries: list[Any] = []
@@ -226,7 +230,12 @@ def _layer_input_schema_type() -> Any:
     }
     kinds = [*LAYER_KINDS.items(), *MERGE_ENTRIES.items(), ("repeat", Repeat), ("residual", Residual)]
     for kind, cls in kinds:
-        fields = {n: (cls.model_fields[n].annotation, cls.model_fields[n]) for n in argument_names(cls)}
+        fields = {}
+        for n in argument_names(cls):
+            info = cls.model_fields[n]
+            typed = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            default = ... if info.is_required() else info.default
+            fields[n] = (typed | Expression, Field(default, description=info.description))  # type: ignore[operator]
         args_model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)
         value_type = args_model | None if can_be_bare(cls) else args_model  # type: ignore[operator]
         if kind in MERGE_ENTRIES:
@@ -284,7 +293,10 @@ LayerEntry = Annotated[
     Discriminator(_entry_tag),
     BeforeValidator(_normalize_entry, json_schema_input_type=_layer_input_schema_type()),
 ]
-Branch = Annotated[list[LayerEntry], BeforeValidator(_normalize_branch)]
+Branch = Annotated[
+    list[LayerEntry],
+    BeforeValidator(_normalize_branch, json_schema_input_type=list[LayerEntry] | Literal["identity"] | None),
+]
 # A body kept as written until the graph is expanded (a repeat's, a block's): the schema of entries for
 # editors, no validation here, and serialized back as written.
 RawEntries = Annotated[

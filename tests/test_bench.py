@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+import netspec
+from netspec.memory import estimate, largest_fitting
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {
@@ -21,6 +23,7 @@ RESULT_KEYS = {
     "step_ms_median",
     "compile_s",
     "peak_mem_bytes",
+    "predicted_peak_bytes",
     "repeats",
     "status",
     "speedup",
@@ -70,6 +73,11 @@ def test_bench_json_and_oom_in_a_sweep(tmp_path):
         assert r["step_ms_median"] == pytest.approx(16 / r["examples_per_sec"] * 1000, rel=0.5)
         assert r["compile_s"] is None  # eager
     assert all(r["speedup"] == 1.0 for r in ok if r["amp"] == "none")
+    # Beside each measured peak, the memory model's prediction (an eager step with the bench's SGD).
+    net = netspec.infer_shapes(ROOT / "specs" / "lenet.yaml")
+    for r in ok:
+        memory = estimate(net, 16, amp=r["amp"], device="cpu")
+        assert r["predicted_peak_bytes"] == (memory.peak_train if r["mode"] == "train" else memory.peak_infer)
     huge = [r for r in rows if r["batch_size"] == 100000000]
     assert huge and all(r["status"] == "oom" and r["examples_per_sec"] is None for r in huge)
 
@@ -94,6 +102,22 @@ def test_bench_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "examples/s" in result.stdout and "eager" in result.stdout and "infer" in result.stdout
+    assert "predicted" in result.stdout and "rough" in result.stdout  # CPU peaks are resident-set growth
+
+
+def test_bench_auto_batch_size_fits_the_memory_budget():
+    result = run_cli(
+        "bench", "specs/mlp.yaml", "--device", "cpu", "--batch-sizes", "auto", "--memory-budget", "32MiB",
+        "--modes", "infer", "--warmup", "0", "--steps", "1", "--repeats", "1", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    net = netspec.infer_shapes(ROOT / "specs" / "mlp.yaml")
+    fit = largest_fitting(lambda b: estimate(net, b, momentum=0.9, device="cpu").peak_train, 32 * 1024**2)
+    assert 0 < row["batch_size"] <= fit  # the largest predicted fit, or smaller if a real step took more
+    assert f"batch size auto: {row['batch_size']}" in result.stderr
+    result = run_cli("bench", "specs/mlp.yaml", "--device", "cpu", "--batch-sizes", "auto")
+    assert result.returncode == 2 and "needs --memory-budget" in result.stderr
 
 
 def test_bench_rejects_bad_devices():

@@ -95,6 +95,10 @@ def test_totals_agree_with_torchinfo(name: str):
     assert stats.total_params == net.total_params == sum(p.numel() for p in model.parameters())
     if name in EXPECTED_PARAMS:
         assert net.total_params == EXPECTED_PARAMS[name]
+    # torchinfo counts a linear layer once per example (not per token) and no attention matmuls: for token
+    # models torchvision's own figures are the reference (tests/test_torchvision_zoo.py).
+    if any(len(info.input_shape) > 1 for info in net.layers if info.kind == "linear"):
+        return
     # torchinfo also counts each bias addition and each batch-norm parameter as a MAC; like netspec's `macs`
     # it leaves out the element-wise additions and multiplications of merges (netspec's `elementwise`).
     extra = 0

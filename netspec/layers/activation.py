@@ -8,12 +8,17 @@ from annotated_types import Gt
 from torch import nn
 
 from netspec.layers.base import Dim, LayerSpec, ModuleCall, Shape, ShapeError, Size, axis, call, register
+from netspec.layers.saved import Run, Tensor
+
+# What an activation's backward needs (torch's derivatives.yaml): its input, or its output.
+INPUT, OUTPUT, NOTHING = "input", "output", "nothing"
 
 
 class _Activation(LayerSpec):
     """An element-wise torch.nn module: named (and spelled in PyTorch) after it unless said otherwise."""
 
     module: ClassVar[type[nn.Module]]
+    saves: ClassVar[str] = INPUT
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -24,8 +29,15 @@ class _Activation(LayerSpec):
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(self.module, **self.args())
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        if self.saves == NOTHING:
+            return run.input  # nn.Identity returns the tensor it is given
+        out = run.pointwise(run.input)
+        run.save(out if self.saves == OUTPUT else run.input)
+        return out
 
-def _activation(kind: str, module: type[nn.Module]) -> type[_Activation]:
+
+def _activation(kind: str, module: type[nn.Module], saves: str = INPUT) -> type[_Activation]:
     """An argument-free activation kind, named after the kind and mapped to a torch.nn module."""
     cls = type(
         module.__name__,
@@ -34,25 +46,26 @@ def _activation(kind: str, module: type[nn.Module]) -> type[_Activation]:
             "__annotations__": {"kind": Literal[kind]},  # type: ignore[valid-type]
             "kind": kind,
             "module": module,
+            "saves": saves,
             "__module__": __name__,
         },
     )
     return register(cls)  # type: ignore[return-value]
 
 
-for _kind, _module in (
-    ("relu", nn.ReLU),
-    ("relu6", nn.ReLU6),
-    ("hardswish", nn.Hardswish),
-    ("hardsigmoid", nn.Hardsigmoid),
-    ("sigmoid", nn.Sigmoid),
-    ("tanh", nn.Tanh),
-    ("silu", nn.SiLU),
-    ("mish", nn.Mish),
-    ("selu", nn.SELU),
-    ("identity", nn.Identity),
+for _kind, _module, _saves in (
+    ("relu", nn.ReLU, OUTPUT),
+    ("relu6", nn.ReLU6, INPUT),
+    ("hardswish", nn.Hardswish, INPUT),
+    ("hardsigmoid", nn.Hardsigmoid, INPUT),
+    ("sigmoid", nn.Sigmoid, OUTPUT),
+    ("tanh", nn.Tanh, OUTPUT),
+    ("silu", nn.SiLU, INPUT),
+    ("mish", nn.Mish, INPUT),
+    ("selu", nn.SELU, INPUT),
+    ("identity", nn.Identity, NOTHING),
 ):
-    _activation(_kind, _module)
+    _activation(_kind, _module, saves=_saves)
 
 
 @register
@@ -83,6 +96,11 @@ class Softplus(_Activation):
     threshold: float = 20.0
     module: ClassVar[type[nn.Module]] = nn.Softplus
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        x = run.upcast(run.input)  # float32 under CUDA autocast
+        run.save(x)
+        return run.pointwise(x)
+
 
 @register
 class PReLU(LayerSpec):
@@ -102,6 +120,11 @@ class PReLU(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return self.num_parameters
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        x = run.lower(run.input)  # autocast runs prelu in half precision
+        run.save(x, run.weight((self.num_parameters,)))
+        return run.pointwise(x)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.PReLU, self.num_parameters, self.init)
 
@@ -113,6 +136,16 @@ class _SoftmaxLike(_Activation):
     def output_shape(self, shape: Shape) -> Shape:
         axis(self.dim, len(shape))
         return shape
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return softmax(run, run.input)
+
+
+def softmax(run: Run, x: Tensor) -> Tensor:
+    """softmax and log_softmax save their output (float32 under CUDA autocast)."""
+    out = run.pointwise(run.upcast(x))
+    run.save(out)
+    return out
 
 
 @register

@@ -18,6 +18,7 @@ from annotated_types import Ge
 from pydantic import Field
 from torch import nn
 
+from netspec.layers.activation import softmax
 from netspec.layers.base import (
     Flag,
     LayerSpec,
@@ -34,6 +35,9 @@ from netspec.layers.base import (
     pair,
     register,
 )
+from netspec.layers.dropout import dropout
+from netspec.layers.linear import linear, matmul
+from netspec.layers.saved import Run, Tensor
 
 
 @register
@@ -61,6 +65,9 @@ class Parameter(LayerSpec):
 
     def num_params(self, shape: Shape) -> int:
         return count(tuple(self.shape))
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.param(self.stored_shape()).expand(run.batch, *self.shape)  # a view of the parameter
 
     def make_tensor(self, shape: Shape) -> torch.Tensor:
         tensor = torch.empty(self.stored_shape())
@@ -130,6 +137,14 @@ class MultiheadAttention(LayerSpec):
         length, d = shape
         return 4 * length * d * d + 2 * length * length * d  # q/k/v and output projections, QKᵀ and AV
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """As SelfAttention.forward: q, k and v are views of one projection; the fused kernels' output is
+        token-major, so the output projection reads a view of it."""
+        n, (length, d), heads = run.batch, run.shape, self.num_heads
+        qkv = linear(run, run.input, 3 * d).view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = scaled_dot_product_attention(run, qkv.select(0), qkv.select(0, 1), qkv.select(0, 2), self.dropout)
+        return linear(run, run.reshape(out.transpose(1, 2), n, length, d), d)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(SelfAttention, shape[1], self.num_heads, self.dropout, self.bias)
 
@@ -170,6 +185,32 @@ class ShiftedWindowAttention(LayerSpec):
         tokens = math.ceil(h / wh) * wh * math.ceil(w / ww) * ww  # padded to whole windows
         return 4 * tokens * c * c + 2 * tokens * wh * ww * c  # projections, QKᵀ and AV within each window
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """As torchvision's shifted_window_attention: pad (and roll) the image, partition it into windows
+        (copies), attention with matmul and softmax inside each window, then the reverse moves."""
+        n, (h, w, c), heads = run.batch, run.shape, self.num_heads
+        (wh, ww), (sh, sw) = pair(self.window_size), pair(self.shift_size)
+        ph, pw = -(-h // wh) * wh, -(-w // ww) * ww
+        shifted = (sh if wh < ph else 0) + (sw if ww < pw else 0) > 0  # no shift where one window covers it all
+        windows, tokens = n * (ph // wh) * (pw // ww), wh * ww
+        run.buffer((tokens * tokens,), "int64")  # relative_position_index
+        x = run.new((n, ph, pw, c))  # F.pad copies even when it adds nothing
+        x = run.new(x.shape) if shifted else x  # torch.roll
+        x = run.reshape(x.view(n, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5), windows, tokens, c)
+        qkv = linear(run, x, 3 * c).view(windows, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.select(0), qkv.select(0, 1), qkv.select(0, 2)
+        attn = matmul(run, run.pointwise(q), run.lower(k.transpose(-2, -1)))  # q scaled
+        bias = run.new((1, heads, tokens, tokens), "float32")  # gathered from the table: float32 under AMP
+        attn = run.pointwise(attn, bias.expand(*attn.shape))
+        if shifted:  # the mask is added to a new tensor; nothing saved
+            attn = run.pointwise(attn)
+        attn = dropout(run, softmax(run, attn), self.attention_dropout)
+        x = matmul(run, run.lower(attn), run.lower(v))
+        x = dropout(run, linear(run, run.reshape(x.transpose(1, 2), windows, tokens, c), c), self.dropout)
+        x = run.reshape(x.view(n, ph // wh, pw // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5), n, ph, pw, c)
+        x = run.new(x.shape, x.dtype) if shifted else x  # torch.roll back
+        return run.contiguous(x.narrow(1, h).narrow(2, w))
+
     def module_call(self, shape: Shape) -> ModuleCall:
         from torchvision.models.swin_transformer import ShiftedWindowAttention as TorchvisionSWA
 
@@ -184,6 +225,23 @@ class ShiftedWindowAttention(LayerSpec):
             attention_dropout=self.attention_dropout,
             dropout=self.dropout,
         )
+
+
+def scaled_dot_product_attention(run: Run, q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+    """F.scaled_dot_product_attention on N×heads×L×E. A fused kernel (CUDA's flash or memory-efficient
+    attention; CPU's flash kernel, which takes no dropout) saves q, k, v, its output (token-major) and a
+    float32 log-sum-exp per query. CPU training with dropout runs the math path in float32: it keeps the
+    scaled q and k, the attention matrix, its dropout mask and the dropped matrix, and v as a matrix."""
+    q, k, v = run.lower(q), run.lower(k), run.lower(v)
+    n, heads, length, e = q.shape
+    if run.device == "cuda" or dropout_p == 0 or not run.training:
+        out = run.new((n, length, heads, e), q.dtype).transpose(1, 2)
+        run.save(q, k, v, out, run.new((n, heads, length), "float32", requires_grad=False))
+        return out
+    dtype = q.dtype
+    q, k, v = run.to(q, "float32"), run.to(k, "float32"), run.to(v, "float32")
+    attn = matmul(run, run.pointwise(q), run.pointwise(k).transpose(-2, -1))
+    return run.to(matmul(run, dropout(run, softmax(run, attn), dropout_p), v), dtype)
 
 
 @register
@@ -215,6 +273,21 @@ class RelativeAttention(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         groups, tokens, d = shape
         return groups * (4 * tokens * d * d + 2 * tokens * tokens * d)  # projections, QKᵀ and AV in each group
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """As torchvision's forward: the packed q/k/v projection, q·kᵀ and attn·v as einsums (bmm on copies of
+        the permuted heads), the relative position bias added before the softmax, the merge projection."""
+        n, (groups, tokens, d) = run.batch, run.shape
+        heads, dh = d // self.head_dim, self.head_dim
+        run.buffer((tokens * tokens,), "int64")  # relative_position_index
+        qkv = linear(run, run.input, 3 * d)
+        q, k, v = (qkv.narrow(-1, d).view(n, groups, tokens, heads, dh).permute(0, 1, 3, 2, 4) for _ in range(3))
+        k = run.pointwise(k)  # scaled
+        attn = matmul(run, run.lower(q), run.lower(k.transpose(-2, -1)))
+        bias = run.new((1, heads, tokens, tokens), "float32")  # gathered from the table
+        attn = softmax(run, run.pointwise(attn, bias.expand(*attn.shape)))
+        out = matmul(run, run.lower(attn), run.lower(v))
+        return linear(run, run.reshape(out.permute(0, 1, 3, 2, 4), n, groups, tokens, d), d)
 
     def module_call(self, shape: Shape) -> ModuleCall:
         from torchvision.models.maxvit import RelativePositionalMultiHeadAttention

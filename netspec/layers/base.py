@@ -6,6 +6,7 @@ knows, from the shape of one example (never the batch):
 - ``output_shape(shape)``: the shape rule (raises `ShapeError` with the numbers);
 - ``num_params(shape)`` and ``macs(shape, out)``: what the summary shows (MACs count
   multiply-accumulates of convolutions, linear layers and attention matmuls);
+- ``saved_for_backward(run)``: what autograd keeps for backward, for the memory model (layers/saved.py);
 - ``module_call(shape)``: the torch module, as a constructor call (the export prints it).
 
 Dimensions (`dim`, `start_dim`, `dims`, ...) are counted as torch counts them, with the
@@ -26,6 +27,8 @@ import torch
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Strict
 from torch import nn
+
+from netspec.layers.saved import Run, Tensor
 
 Shape = tuple[int, ...]
 Combine = Callable[[list[torch.Tensor]], torch.Tensor]
@@ -134,6 +137,11 @@ class LayerSpec(BaseModel):
     def macs(self, shape: Shape, out: Shape) -> int:
         return 0
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """Memory: replay the forward on `run.input` (symbolic, see layers/saved.py), mark with `run.save(...)`
+        what autograd keeps for backward, and return the output. Default: saves nothing, a new output."""
+        return run.output()
+
     def module_call(self, shape: Shape) -> ModuleCall:
         """The torch module for an input of `shape`, as a constructor call (export prints it as code)."""
         raise NotImplementedError
@@ -204,6 +212,10 @@ class MergeSpec(BaseModel):
     def elementwise_ops(self, shapes: list[Shape], out: Shape) -> int:
         """Element-wise operations (one add or multiply per output element and extra input); not MACs."""
         return (len(shapes) - 1) * count(out)
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """Memory, as LayerSpec's (`run.inputs` are the branch outputs). Default: saves nothing."""
+        return run.pointwise(*run.inputs)
 
     def build(self) -> Combine:
         """The function that combines the list of branch outputs (plain, so torch.compile traces it)."""

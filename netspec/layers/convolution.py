@@ -25,6 +25,7 @@ from netspec.layers.base import (
     pair,
     register,
 )
+from netspec.layers.saved import Run, Tensor
 
 
 def check_channels(channels: int, declared: int | None, out_channels: int, groups: int) -> None:
@@ -104,6 +105,9 @@ class Conv2d(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         return count(out) * self._weights_per_output(shape)
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return convolution(run, (self.out_channels, self._weights_per_output(run.shape)))
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(
             nn.Conv2d,
@@ -162,6 +166,9 @@ class ConvTranspose2d(LayerSpec):
     def macs(self, shape: Shape, out: Shape) -> int:
         return count(shape) * self._weights_per_input()  # every input element scatters into a K×K window
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return convolution(run, (run.shape[0], self._weights_per_input()))
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(
             nn.ConvTranspose2d,
@@ -175,6 +182,18 @@ class ConvTranspose2d(LayerSpec):
             bias=self.bias,
             dilation=self.dilation,
         )
+
+
+def convolution(run: Run, weight_shape: tuple[int, ...]) -> Tensor:
+    """A convolution saves its input and its weight (half-precision copies of both under AMP); its output takes
+    the memory format its input suggests (channels_last in, channels_last out)."""
+    x = run.lower(run.input)
+    run.save(x, run.weight(weight_shape))
+    out = run.output(x.dtype)
+    if x.is_channels_last():
+        n, c, h, w = out.shape
+        out = run.new((n, h, w, c), x.dtype).permute(0, 3, 1, 2)
+    return out
 
 
 PositiveFloat = Annotated[float, Gt(0.0)]

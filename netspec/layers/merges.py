@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from netspec.layers.base import Combine, Dim, MergeMismatch, MergeSpec, Shape, axis, register_merge
+from netspec.layers.saved import Run, Tensor
 
 
 def _same_rank(shapes: list[Shape]) -> None:
@@ -51,6 +52,9 @@ class Concat(MergeSpec):
     def elementwise_ops(self, shapes: list[Shape], out: Shape) -> int:
         return 0
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.output(run.promote(*run.inputs))  # a new contiguous tensor; saves nothing
+
     def build(self) -> Combine:
         return functools.partial(torch.cat, dim=self.dim)
 
@@ -90,6 +94,14 @@ class Multiply(MergeSpec):
                     raise MergeMismatch(0, i, f"dimension {d + 1} differs ({a} vs {b}) and neither is 1 to broadcast")
                 out[d] = max(a, b)
         return tuple(out)
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """a * b keeps b for a's gradient and a for b's (a learned tensor is a parameter, not an activation)."""
+        out = run.inputs[0]
+        for x in run.inputs[1:]:
+            run.save(x if out.requires_grad else None, out if x.requires_grad else None)
+            out = run.pointwise(out, x)
+        return out
 
     def build(self) -> Combine:
         return functools.partial(_fold, operator.mul)

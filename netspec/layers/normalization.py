@@ -21,6 +21,7 @@ from netspec.layers.base import (
     check_declared,
     register,
 )
+from netspec.layers.saved import Run, Tensor
 
 Eps = Annotated[float, Gt(0.0)]
 
@@ -40,6 +41,15 @@ class _BatchNorm(LayerSpec):
 
     def num_params(self, shape: Shape) -> int:
         return 2 * shape[0] if self.affine else 0
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """Its input and the batch's per-channel mean and inverse std (besides its weight and running
+        statistics, which are module state)."""
+        c = run.shape[0]
+        if self.track_running_stats:
+            run.buffer((c,)), run.buffer((c,)), run.buffer((), "int64")  # running mean, var, batches tracked
+        run.save(run.input, *(run.new((c,), "float32", requires_grad=False) for _ in range(2)))
+        return run.pointwise(run.input)
 
     def module_call(self, shape: Shape) -> ModuleCall:
         module = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
@@ -89,6 +99,12 @@ class GroupNorm(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return 2 * shape[0] if self.affine else 0
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """Its input and each group's mean and inverse std (float32)."""
+        x = run.upcast(run.input)
+        run.save(x, *(run.new((run.batch, self.num_groups), "float32", requires_grad=False) for _ in range(2)))
+        return run.pointwise(x)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.GroupNorm, self.num_groups, shape[0], self.eps, self.affine)
 
@@ -113,8 +129,20 @@ class LayerNorm(LayerSpec):
     def num_params(self, shape: Shape) -> int:
         return shape[-1] * (int(self.elementwise_affine) + int(self.elementwise_affine and self.bias))
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return layer_norm(run, run.input)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.LayerNorm, shape[-1], self.eps, self.elementwise_affine, bias=self.bias)
+
+
+def layer_norm(run: Run, x: Tensor) -> Tensor:
+    """layer_norm over the last dimension saves its input as given (a view stays a view) and each
+    row's mean and inverse std (float32); its output is contiguous whatever the input's layout."""
+    x = run.upcast(x)
+    stats = (*x.shape[:-1], 1)
+    run.save(x, *(run.new(stats, "float32", requires_grad=False) for _ in range(2)))
+    return run.new(x.shape, x.dtype)
 
 
 class LayerNorm2dModule(nn.LayerNorm):
@@ -145,6 +173,9 @@ class LayerNorm2d(LayerSpec):
 
     def num_params(self, shape: Shape) -> int:
         return shape[0] * (int(self.elementwise_affine) + int(self.elementwise_affine and self.bias))
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return layer_norm(run, run.input.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # as LayerNorm2dModule
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(LayerNorm2dModule, shape[0], self.eps, self.elementwise_affine, bias=self.bias)

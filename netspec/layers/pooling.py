@@ -21,6 +21,7 @@ from netspec.layers.base import (
     register,
 )
 from netspec.layers.convolution import window_shape
+from netspec.layers.saved import Run, Tensor
 
 
 class _Pool2d(LayerSpec):
@@ -55,6 +56,12 @@ class MaxPool2d(_Pool2d):
     def _dilation(self) -> int | tuple[int, int]:
         return self.dilation
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """Its input and the int64 index of each output's maximum."""
+        out = run.output()
+        run.save(run.input, run.new(out.shape, "int64", requires_grad=False))
+        return out
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.MaxPool2d, self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
 
@@ -66,6 +73,10 @@ class AvgPool2d(_Pool2d):
     divisor_override: Size | None = None
     attr: ClassVar[str] = "avgpool"
     torch_name: ClassVar[str] = "AvgPool2d"
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        run.save(run.input)
+        return run.output()
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(
@@ -90,6 +101,12 @@ class AdaptiveAvgPool2d(LayerSpec):
     def output_shape(self, shape: Shape) -> Shape:
         self.check_rank(shape)
         return (shape[0], *pair(self.output_size))
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """To 1×1 torch takes the mean (which keeps nothing); other sizes keep the input."""
+        if pair(self.output_size) != (1, 1):
+            run.save(run.input)
+        return run.output()
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.AdaptiveAvgPool2d, self.output_size)

@@ -25,6 +25,7 @@ from netspec.layers.base import (
     format_shape,
     register,
 )
+from netspec.layers.saved import Run, Tensor
 
 
 @register
@@ -43,6 +44,9 @@ class Flatten(LayerSpec):
         if start > end:
             raise ShapeError(f"start_dim {self.start_dim} comes after end_dim {self.end_dim} for {format_shape(shape)}")
         return (*shape[:start], count(shape[start : end + 1]), *shape[end + 1 :])
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.reshape(run.input, run.batch, *run.out_shape)  # a view, or a copy of a non-contiguous input
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(nn.Flatten, self.start_dim, self.end_dim)
@@ -90,6 +94,9 @@ class Reshape(LayerSpec):
             )
         return tuple(self.shape)
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.reshape(run.input, run.batch, *run.out_shape)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(ReshapeModule, tuple(self.output_shape(shape)))
 
@@ -130,6 +137,9 @@ class Permute(LayerSpec):
             raise ShapeError(f"dims {self.dims}: the batch (0) must stay first")
         return tuple(shape[d - 1] for d in normal[1:])  # type: ignore[operator]
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.input.permute(*(d % run.input.dim for d in self.dims))  # a view
+
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(PermuteModule, list(self.dims))
 
@@ -160,6 +170,9 @@ class Transpose(LayerSpec):
         out = list(shape)
         out[a], out[b] = out[b], out[a]
         return tuple(out)
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        return run.input.transpose(self.dim0 % run.input.dim, self.dim1 % run.input.dim)  # a view
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(TransposeModule, self.dim0, self.dim1)
@@ -212,6 +225,10 @@ class Slice(LayerSpec):
         length = len(range(*slice(self.start, self.end, self.step).indices(size)))
         return (*shape[:a], length, *shape[a + 1 :])
 
+    def saved_for_backward(self, run: Run) -> Tensor:
+        x, dim = run.input, self.dim % run.input.dim  # a view either way
+        return x.select(dim) if self.index is not None else x.narrow(dim, run.out_shape[dim - 1], self.step)
+
     def module_call(self, shape: Shape) -> ModuleCall:
         if self.index is not None:
             return call(SliceModule, self.dim, index=self.index)
@@ -246,6 +263,10 @@ class ChannelShuffle(LayerSpec):
         if shape[0] % self.groups:
             raise ShapeError(f"{shape[0]} channels are not divisible by groups {self.groups}")
         return shape
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        n, (c, h, w) = run.batch, run.shape
+        return run.reshape(run.input.view(n, self.groups, c // self.groups, h, w).transpose(1, 2), n, c, h, w)
 
     def module_call(self, shape: Shape) -> ModuleCall:
         return call(ChannelShuffleModule, self.groups)
