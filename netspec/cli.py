@@ -272,6 +272,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             storage=args.storage,
             train_overrides={k: v for k, v in _train_overrides(args).items() if k != "epochs"},
             variables=_assignments(args.set),
+            nproc_per_node=args.nproc_per_node,
         )
         result = sweep(plan, out=args.out, report=report)
     if args.json:
@@ -535,6 +536,11 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: DIR/study.db)",
     )
+    g.add_argument(
+        "--nproc-per-node", type=_positive_int, metavar="N",
+        help="run each trial as a torch.distributed job of N processes on this machine (as netspec train "
+        "--nproc-per-node N; the batch size is the global batch)",
+    )  # fmt: skip
     g.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=cmd_sweep)
 

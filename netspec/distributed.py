@@ -12,9 +12,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import json
 import os
+import re
 import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -258,3 +264,99 @@ def stop_with_launcher() -> None:
 def under_torchrun() -> bool:
     """Started by torch's elastic launcher, perhaps as the only worker (an elastic job down to one machine)."""
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
+class TrainingJob:
+    """`netspec train ... --nproc-per-node N` in a child process, followed from outside.
+
+    The job goes through the same launcher as a user's `netspec train --nproc-per-node N` (torch's
+    elastic launcher); its output lines are passed on, and the epochs that its rank 0 writes to the
+    run folder's metrics.json are handed to `on_epoch` as they finish. If `on_epoch` raises (a sweep
+    prunes the trial), the job is stopped the way Ctrl-C stops it (its workers save first).
+    """
+
+    def __init__(self, train_args: list[str], options: dict[str, Any], report: Callable[[str], None]) -> None:
+        self.command = [sys.executable, "-m", "netspec.cli", *train_args]
+        for name in LAUNCH_OPTIONS:
+            if options.get(name) is not None:
+                self.command += [f"--{name.replace('_', '-')}", str(options[name])]
+        self.report = report
+        self.lines: list[str] = []
+
+    def follow(self, run_dir: Path, on_epoch: Callable[[dict[str, Any]], None], poll: float = 0.5) -> list[dict]:
+        """Run the job to its end; its epochs (metrics.json rows). Raises WorkerFailed or Interrupted."""
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NETSPEC_DEBUG")}
+        process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
+        reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        reader.start()
+        seen = 0
+        try:
+            while True:
+                done = process.poll() is not None
+                rows = _read_metrics(run_dir)
+                for row in rows[seen:]:
+                    seen += 1
+                    on_epoch(row)
+                if done:
+                    break
+                time.sleep(poll)
+        except KeyboardInterrupt:  # Ctrl-C reached the job's launcher too (one process group); else pass it on
+            _wait(process, grace=5, then=signal.SIGINT)
+            raise Interrupted(f"interrupted; the workers saved the run's exact state in {run_dir}") from None
+        except BaseException:  # pruned, or the sweep's database gone: stop the job as Ctrl-C does (workers save)
+            _wait(process, grace=0, then=signal.SIGINT)
+            raise
+        finally:
+            reader.join(timeout=30)
+        if process.returncode == 0:
+            return rows
+        if process.returncode == Interrupted.exit_code:
+            raise Interrupted(f"the job was interrupted; the workers saved the run's exact state in {run_dir}")
+        raise WorkerFailed(self._failure(process.returncode))
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            # The epoch lines go on; the error lines are summed up in one by whoever reads the failure, and the
+            # launcher's own log lines (W1125 12:00:00.000 ...) and final "run folder:" line say nothing new.
+            if not (line.startswith(("run folder: ", "error: ", "[rank ")) or _TORCH_LOG.match(line)):
+                self.report(line)
+
+    def _failure(self, code: int) -> str:
+        """The message that says why the job failed: a worker's own error (diverged, out of memory, a bad
+        setting) rather than the others' "lost contact"; else the launcher's line naming the dead worker."""
+        errors = [line.split("error: ", 1)[1] for line in self.lines if line.split("] ", 1)[-1].startswith("error: ")]
+        own = [e for e in errors if not e.startswith(("a worker stopped", "lost contact"))]
+        launcher = [e for e in errors if e.startswith("a worker stopped")]
+        if own:
+            return own[0]
+        if launcher:
+            return launcher[-1]
+        return f"the training job ended with exit code {code}: {self.lines[-1] if self.lines else 'no output'}"
+
+
+_TORCH_LOG = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d")
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):  # not written yet (it is replaced atomically, never half-written)
+        return []
+    return rows if isinstance(rows, list) else []
+
+
+def _wait(process: subprocess.Popen[str], grace: float, then: signal.Signals) -> None:
+    """Give a job `grace` seconds to end, then send it `then`; kill it if that does not end it in 120 s."""
+    for sig in (then, signal.SIGKILL):
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            process.send_signal(sig)
+            grace = 120
+    process.wait()

@@ -5,9 +5,10 @@ and `--resume` work on any of them. Optuna does the rest: its samplers (grid, TP
 random) choose the settings, its MedianPruner stops hopeless trials from their per-epoch
 test accuracy, and its RDB storage (an SQLite file in DIR, or any URL given with
 --storage) holds the study, so that a sweep resumes after a kill and several processes
-or machines can work on one study at once. A worker that dies is noticed by Optuna's
-heartbeat; its trial is retried (`RetryFailedTrialCallback`) and continues from the
-trial's last checkpoint.
+or machines can work on one study at once (netspec.storage). A worker that dies is noticed
+by Optuna's heartbeat; its trial is retried by another worker and continues from the
+trial's last checkpoint. With --nproc-per-node N each trial is a torch.distributed job,
+launched as `netspec train --nproc-per-node N` launches one (netspec.distributed).
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from netspec.config import SweepConfig, TrainConfig
+from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
 from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, closest, load_spec, parse_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
-from netspec.train import TrainResult, _save_figure, resolve_config, train
+from netspec.train import EpochMetrics, TrainResult, _save_figure, resolve_config, train
 
 Reporter = Callable[[str], None]
 SPEC_KEY = "spec"  # the dimension that chooses among several specs
@@ -121,6 +124,7 @@ class SweepPlan:
     storage: str | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)  # --set, for every trial
+    nproc_per_node: int | None = None  # each trial a torchrun job of this many processes (None: in-process)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +138,7 @@ class SweepPlan:
             "storage": self.storage,
             "train_overrides": self.train_overrides,
             "variables": self.variables,
+            "nproc_per_node": self.nproc_per_node,
         }
 
     @classmethod
@@ -144,12 +149,15 @@ class SweepPlan:
             **{k: data[k] for k in ("sampler", "trials", "epochs", "prune", "seed", "storage")},
             train_overrides=data["train_overrides"],
             variables=data["variables"],
+            nproc_per_node=data.get("nproc_per_node"),
         )
 
     @property
     def study_name(self) -> str:
-        """The same for every worker given the same sweep, so that they share one study."""
-        digest = hashlib.sha256(json.dumps(self.to_dict() | {"storage": None}, sort_keys=True).encode())
+        """The same for every worker given the same sweep, so that they share one study (where and how the
+        trials run, --storage and --nproc-per-node, may differ between workers)."""
+        what = {k: v for k, v in self.to_dict().items() if k != "nproc_per_node"} | {"storage": None}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
         return f"{'+'.join(self.specs)}-{digest.hexdigest()[:10]}"
 
     def grid_size(self) -> int:
@@ -176,6 +184,7 @@ def make_plan(
     storage: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     variables: dict[str, Any] | None = None,
+    nproc_per_node: int | None = None,
 ) -> SweepPlan:
     """Read the specs and check every setting every trial will use; raise before any trial runs."""
     if not spec_paths:
@@ -203,6 +212,7 @@ def make_plan(
         storage=storage or section.storage,
         train_overrides=dict(train_overrides or {}),
         variables=dict(variables or {}),
+        nproc_per_node=nproc_per_node,
     )
     if len(specs) > 1:
         plan.dimensions.insert(0, Dimension(SPEC_KEY, values=list(specs)))
@@ -256,12 +266,19 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
             if key not in seen:
                 seen.add(key)
                 infer_shapes(load_spec(spec_path, variables=variables))
-            resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
+            cfg = resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
         except SpecError as exc:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             raise SpecError(
                 f"{exc.message} (with {shown})", file=exc.file, line=exc.line, column=exc.column, where=exc.where
             ) from None
+        workers = plan.nproc_per_node
+        if workers and cfg.batch_size % workers:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise UsageError(
+                f"--nproc-per-node {workers}: batch size {cfg.batch_size} (with {shown}) does not divide among "
+                f"{workers} processes; the batch size is the global batch, so give one divisible by {workers}"
+            )
 
 
 def _spec_name(plan: SweepPlan, path: Path) -> str:
@@ -392,16 +409,36 @@ class _Sweeper:
     def _train(
         self, spec: Spec, overrides: dict[str, Any], run_dir: Path, resume: bool, on_epoch: Callable[[Any], None]
     ) -> TrainResult:
-        """Train the trial in this process."""
-        return train(
-            None if resume else spec,
-            None if resume else overrides,
-            out=None if resume else run_dir,
-            resume=run_dir if resume else None,
-            report=lambda line: self.report(f"  {line}"),
-            progress=False,
-            on_epoch=on_epoch,
-        )
+        """Train the trial in this process, or (--nproc-per-node N) as a torchrun job of N processes."""
+
+        def report(line: str) -> None:
+            self.report(f"  {line}")
+
+        if self.plan.nproc_per_node is None:
+            return train(
+                None if resume else spec,
+                None if resume else overrides,
+                out=None if resume else run_dir,
+                resume=run_dir if resume else None,
+                report=report,
+                progress=False,
+                on_epoch=on_epoch,
+            )
+        if resume:
+            args = ["train", "--resume", str(run_dir)]
+        else:
+            # The trial's own spec, its variables resolved and its train section complete: the job needs no
+            # other setting (the run folder will hold the same spec.yaml).
+            cfg = resolve_config(spec, overrides)
+            ensure_writable_dir(run_dir)
+            spec_file = run_dir / "spec.yaml"
+            atomic_write_text(
+                spec_file, yaml.safe_dump(spec.model_copy(update={"train": cfg}).to_data(), sort_keys=False)
+            )
+            args = ["train", str(spec_file), "--out", str(run_dir)]
+        job = TrainingJob([*args, "--no-progress"], {"nproc_per_node": self.plan.nproc_per_node}, report)
+        epochs = job.follow(run_dir, lambda row: on_epoch(EpochMetrics(**row)))
+        return TrainResult([EpochMetrics(**row) for row in epochs], "distributed", str(run_dir))
 
     def _is_duplicate(self, trial: Any) -> bool:
         """GridSampler may hand a grid point that another worker is running to a late trial (a race between
