@@ -441,6 +441,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--rdzv-conf", metavar="KEY=VALUE,...",
         help="c10d rendezvous settings, e.g. last_call_timeout=5,join_timeout=600 (seconds)",
     )  # fmt: skip
+    g.add_argument("--local-addr", help="this machine's address for the others (default: its host name's)")
     g.add_argument("--max-restarts", type=int, help="restart the workers this many times after a failure")
     g.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl when every worker has a GPU, else gloo")
     g.add_argument(

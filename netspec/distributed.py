@@ -34,7 +34,7 @@ from netspec.errors import Interrupted, NetspecError, UsageError
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NETSPEC_DIST_TIMEOUT", "120")))
 # Launcher options that `netspec train` passes on to torch.distributed.run.
 LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
-                  "rdzv_backend", "rdzv_id", "rdzv_conf", "max_restarts")  # fmt: skip
+                  "rdzv_backend", "rdzv_id", "rdzv_conf", "local_addr", "max_restarts")  # fmt: skip
 
 
 class WorkerFailed(NetspecError):

@@ -179,6 +179,21 @@ def is_connection_lost(exc: BaseException) -> bool:
     return False
 
 
+def _driver_message(exc: BaseException) -> str:
+    """The database driver's own words for an error that SQLAlchemy and Optuna wrapped."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        original = getattr(seen, "orig", None)
+        if original is not None:
+            exc = original
+            break
+        seen = seen.__cause__ or seen.__context__
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
 class _StaleTrialRetry:
     """Optuna's heartbeat callback: retry a trial whose worker stopped sending heartbeats, and say so."""
 
@@ -261,8 +276,7 @@ def _retrying_storage_class() -> type:
                 now = time.monotonic()
                 if self._lost_since is None:
                     self._lost_since = now
-                    original = getattr(exc, "orig", None) or exc.__cause__ or exc
-                    reason = (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+                    reason = _driver_message(exc)
                     self._report(
                         f"lost the connection to the study's database {_where(self._url)} ({reason}); "
                         f"retrying for up to {self._retry_for} s"

@@ -494,7 +494,7 @@ class _Sweeper:
                 )
                 announced = True
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes a waiting retry
-            time.sleep(setting(HEARTBEAT_ENV))
+            time.sleep(min(setting(HEARTBEAT_ENV), 5))
 
     def _all_started(self, trials: list[Any]) -> bool:
         """Every grid point (or --trials trials) is finished or being run by some worker."""

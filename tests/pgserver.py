@@ -65,7 +65,8 @@ class PostgresServer:
 
     @classmethod
     def create(cls) -> PostgresServer:
-        folder = Path(tempfile.mkdtemp(prefix="netspec-pg-"))
+        # As root, the server's user must reach the folder: /tmp, not a TMPDIR that may be root's alone.
+        folder = Path(tempfile.mkdtemp(prefix="netspec-pg-", dir="/tmp" if os.geteuid() == 0 else None))
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             os.chown(folder, entry.pw_uid, entry.pw_gid)

@@ -44,7 +44,8 @@ def _rendezvous(kind: str, port: int, node_rank: int) -> list[str]:
     if kind == "static":
         return ["--nnodes", "2", "--node-rank", str(node_rank), "--master-addr", "127.0.0.1",
                 "--master-port", str(port)]  # fmt: skip
-    return ["--nnodes", "1:2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    return ["--nnodes", "1:2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--local-addr", "127.0.0.1"]  # fmt: skip
 
 
 class Node:
