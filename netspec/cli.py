@@ -127,7 +127,9 @@ def _launch_training(args: argparse.Namespace) -> int:
     worker_args = _without_options(args.argv, [f"--{n.replace('_', '-')}" for n in distributed.LAUNCH_OPTIONS])
     run_dir = Path(args.resume) if args.resume else None
     nodes = int(args.nnodes) if args.nnodes and str(args.nnodes).isdigit() else None
-    if run_dir is None and args.out is not None and (Path(args.out) / "last.pt").exists():
+    low, _, high = str(args.nnodes or 1).partition(":")
+    joins_late = bool(high) and low != high  # an elastic job: a machine may join while it runs
+    if run_dir is None and args.out is not None and (Path(args.out) / "last.pt").exists() and not joins_late:
         # The workers would continue it (that is how a restarted worker picks its run up): say so instead.
         raise UsageError(f"--out {args.out} already holds a run; continue it with --resume {args.out}, or give "
                          "another --out")  # fmt: skip
