@@ -285,10 +285,7 @@ class TrainingJob:
 
     def follow(self, run_dir: Path, on_epoch: Callable[[dict[str, Any]], None], poll: float = 0.5) -> list[dict]:
         """Run the job to its end; its epochs (metrics.json rows). Raises WorkerFailed or Interrupted."""
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NETSPEC_DEBUG")}
-        process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-        )
+        process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         reader = threading.Thread(target=self._read, args=(process,), daemon=True)
         reader.start()
         seen = 0

@@ -329,6 +329,7 @@ def _recover(study: Any, report: Reporter) -> None:
 class _Sweeper:
     def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
         self.plan, self.out, self.report = plan, out, report
+        self.abandoned: int | None = None  # a trial another worker took over from this one
 
     def study(self, storage: Any, resume: bool) -> Any:
         optuna = _optuna()

@@ -154,6 +154,7 @@ def test_workers_ride_out_a_server_restart(write_spec, tmp_path: Path, postgres_
             'cannot connect to the database server at 127.0.0.1:{port}: database "nosuchdb" does not exist',
         ),
     ],
+    ids=["wrong-password", "nothing-listening", "no-database"],
 )
 def test_a_database_that_cannot_be_used_is_one_line_before_any_folder(
     write_spec, capsys, tmp_path: Path, postgres_server: Any, postgres_url: str, case: str, message: str
