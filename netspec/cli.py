@@ -128,8 +128,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if launching and not distributed.is_worker():
         return _launch_training(args)
     resume = args.resume
-    if distributed.restarted() and args.out and (Path(args.out) / "last.pt").exists():
-        resume = args.out  # torchrun restarted this worker (--max-restarts): continue, do not start over
+    if distributed.under_torchrun():
+        distributed.stop_with_launcher()
+        # A worker restarted by --max-restarts, or one on a machine that joined an elastic job late, continues
+        # the run in --out.
+        resume = distributed.agreed_resume(args.resume, args.out)
     # With --json, stdout carries only the JSON object; the epoch lines go to stderr.
     out = sys.stderr if args.json else sys.stdout
     try:
@@ -201,13 +204,23 @@ def _launch_training(args: argparse.Namespace) -> int:
     worker_args = _without_options(args.argv, [f"--{n.replace('_', '-')}" for n in distributed.LAUNCH_OPTIONS])
     run_dir = Path(args.resume) if args.resume else None
     nodes = int(args.nnodes) if args.nnodes and str(args.nnodes).isdigit() else None
+    low, _, high = str(args.nnodes or 1).partition(":")
+    joins_late = bool(high) and low != high  # an elastic job: a machine may join while it runs
+    if run_dir is None and args.out is not None and (Path(args.out) / "last.pt").exists() and not joins_late:
+        # The workers would continue it (that is how a restarted worker picks its run up): say so instead.
+        raise UsageError(f"--out {args.out} already holds a run; continue it with --resume {args.out}, or give "
+                         "another --out")  # fmt: skip
+    if run_dir is None and args.out is None and str(args.nnodes or 1) != "1":
+        raise UsageError(
+            f"--nnodes {args.nnodes}: a job across machines needs --out RUN_DIR, the same folder on every machine "
+            "(on a file system they share, so that any of them can write and resume it)"
+        )
     if run_dir is None:
         spec = _load(args)
         world = (args.nproc_per_node or 1) * (nodes or 1)
         distributed.check_batch_size(
             resolve_config(spec, _train_overrides(args)).batch_size, distributed.Dist(0, world)
         )
-    if run_dir is None and (args.node_rank in (None, 0)):
         # The launcher picks the run folder, so that every worker (and this message) names the same one.
         run_dir = new_run_dir(spec.name, args.out)
         if args.out is None:
@@ -342,6 +355,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             storage=args.storage,
             train_overrides={k: v for k, v in _train_overrides(args).items() if k != "epochs"},
             variables=_assignments(args.set),
+            nproc_per_node=args.nproc_per_node,
         )
         result = sweep(plan, out=args.out, report=report)
     if args.json:
@@ -577,6 +591,12 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--master-port", type=_positive_int, help="port on the rank-0 machine (static rendezvous)")
     g.add_argument("--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous, instead of --master-addr/--node-rank")
     g.add_argument("--rdzv-backend", help="rendezvous backend (static or c10d; default: torchrun's)")
+    g.add_argument("--rdzv-id", help="job id shared by the machines of one c10d rendezvous (default: none)")
+    g.add_argument(
+        "--rdzv-conf", metavar="KEY=VALUE,...",
+        help="c10d rendezvous settings, e.g. last_call_timeout=5,join_timeout=600 (seconds)",
+    )  # fmt: skip
+    g.add_argument("--local-addr", help="this machine's address for the others (default: its host name's)")
     g.add_argument("--max-restarts", type=int, help="restart the workers this many times after a failure")
     g.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl when every worker has a GPU, else gloo")
     g.add_argument(
@@ -677,6 +697,11 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: DIR/study.db)",
     )
+    g.add_argument(
+        "--nproc-per-node", type=_positive_int, metavar="N",
+        help="run each trial as a torch.distributed job of N processes on this machine (as netspec train "
+        "--nproc-per-node N; the batch size is the global batch)",
+    )  # fmt: skip
     g.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=cmd_sweep)
 

@@ -5,9 +5,10 @@ and `--resume` work on any of them. Optuna does the rest: its samplers (grid, TP
 random) choose the settings, its MedianPruner stops hopeless trials from their per-epoch
 test accuracy, and its RDB storage (an SQLite file in DIR, or any URL given with
 --storage) holds the study, so that a sweep resumes after a kill and several processes
-or machines can work on one study at once. A worker that dies is noticed by Optuna's
-heartbeat; its trial is retried (`RetryFailedTrialCallback`) and continues from the
-trial's last checkpoint.
+or machines can work on one study at once (netspec.storage). A worker that dies is noticed
+by Optuna's heartbeat; its trial is retried by another worker and continues from the
+trial's last checkpoint. With --nproc-per-node N each trial is a torch.distributed job,
+launched as `netspec train --nproc-per-node N` launches one (netspec.distributed).
 """
 
 from __future__ import annotations
@@ -18,20 +19,25 @@ import io
 import json
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from netspec.config import SweepConfig, TrainConfig
+from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
 from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, closest, load_spec, parse_value
-from netspec.train import TrainResult, _save_figure, resolve_config, train
+from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
+from netspec.storage import quiet_optuna as _optuna
+from netspec.train import EpochMetrics, TrainResult, _save_figure, resolve_config, train
 
 Reporter = Callable[[str], None]
 SPEC_KEY = "spec"  # the dimension that chooses among several specs
@@ -118,6 +124,7 @@ class SweepPlan:
     storage: str | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)  # --set, for every trial
+    nproc_per_node: int | None = None  # each trial a torchrun job of this many processes (None: in-process)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +138,7 @@ class SweepPlan:
             "storage": self.storage,
             "train_overrides": self.train_overrides,
             "variables": self.variables,
+            "nproc_per_node": self.nproc_per_node,
         }
 
     @classmethod
@@ -141,12 +149,15 @@ class SweepPlan:
             **{k: data[k] for k in ("sampler", "trials", "epochs", "prune", "seed", "storage")},
             train_overrides=data["train_overrides"],
             variables=data["variables"],
+            nproc_per_node=data.get("nproc_per_node"),
         )
 
     @property
     def study_name(self) -> str:
-        """The same for every worker given the same sweep, so that they share one study."""
-        digest = hashlib.sha256(json.dumps(self.to_dict() | {"storage": None}, sort_keys=True).encode())
+        """The same for every worker given the same sweep, so that they share one study (where and how the
+        trials run, --storage and --nproc-per-node, may differ between workers)."""
+        what = {k: v for k, v in self.to_dict().items() if k != "nproc_per_node"} | {"storage": None}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
         return f"{'+'.join(self.specs)}-{digest.hexdigest()[:10]}"
 
     def grid_size(self) -> int:
@@ -173,6 +184,7 @@ def make_plan(
     storage: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     variables: dict[str, Any] | None = None,
+    nproc_per_node: int | None = None,
 ) -> SweepPlan:
     """Read the specs and check every setting every trial will use; raise before any trial runs."""
     if not spec_paths:
@@ -200,6 +212,7 @@ def make_plan(
         storage=storage or section.storage,
         train_overrides=dict(train_overrides or {}),
         variables=dict(variables or {}),
+        nproc_per_node=nproc_per_node,
     )
     if len(specs) > 1:
         plan.dimensions.insert(0, Dimension(SPEC_KEY, values=list(specs)))
@@ -253,12 +266,19 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
             if key not in seen:
                 seen.add(key)
                 infer_shapes(load_spec(spec_path, variables=variables))
-            resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
+            cfg = resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
         except SpecError as exc:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             raise SpecError(
                 f"{exc.message} (with {shown})", file=exc.file, line=exc.line, column=exc.column, where=exc.where
             ) from None
+        workers = plan.nproc_per_node
+        if workers and cfg.batch_size % workers:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise UsageError(
+                f"--nproc-per-node {workers}: batch size {cfg.batch_size} (with {shown}) does not divide among "
+                f"{workers} processes; the batch size is the global batch, so give one divisible by {workers}"
+            )
 
 
 def _spec_name(plan: SweepPlan, path: Path) -> str:
@@ -282,59 +302,7 @@ def _folder_name(number: int, params: dict[str, Any]) -> str:
 def _retry_callback() -> Any:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return RetryHeartbeatStaleTrialCallback(max_retry=3)
-
-
-def _optuna() -> Any:
-    """The optuna module, quiet: netspec reports each trial itself, and uses Optuna's experimental
-    heartbeat, retry callback and matplotlib plots on purpose."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
-
-
-def _storage(url: str, attempts: int = 5) -> Any:
-    """Optuna's storage at a database URL; a URL it cannot use is a UsageError."""
-    import time
-
-    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
-
-    optuna = _optuna()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            # The heartbeat lets Optuna notice a worker that died (on this machine or another); its trial
-            # is then retried, and the retry resumes the trial's run folder from its last checkpoint.
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=20,
-                grace_period=60,
-                heartbeat_stale_trial_callback=_retry_callback(),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            )
-        except ArgumentError:
-            raise UsageError(
-                f"--storage {url}: not a database URL (e.g. sqlite:///study.db, postgresql://host/db)"
-            ) from None
-        except ImportError:
-            scheme = url.split(":", 1)[0]
-            raise UsageError(
-                f"--storage {url}: no Python driver for {scheme} is installed "
-                "(e.g. pip install psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)"
-            ) from None
-        except (IntegrityError, OperationalError, ProgrammingError) as exc:
-            # Workers that start together on a new database all create Optuna's tables and version rows
-            # (check, then insert); the losers of that race find them in place on the next try.
-            if attempt < attempts and (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
-                time.sleep(0.1 * attempt)
-                continue
-            reason = str(exc.orig).strip().splitlines()[0]
-            raise UsageError(f"--storage {url}: cannot use this database ({reason})") from None
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 def _retried_numbers(trials: list[Any]) -> set[int]:
@@ -361,6 +329,7 @@ def _recover(study: Any, report: Reporter) -> None:
 class _Sweeper:
     def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
         self.plan, self.out, self.report = plan, out, report
+        self.abandoned: int | None = None  # a trial another worker took over from this one
 
     def study(self, storage: Any, resume: bool) -> Any:
         optuna = _optuna()
@@ -392,7 +361,6 @@ class _Sweeper:
         params = {d.key: d.suggest(trial) for d in plan.dimensions}
         if self._is_duplicate(trial):
             trial.set_user_attr("duplicate", True)
-            trial.study.stop()
             raise optuna.TrialPruned("another worker runs this grid point")
         spec_path, variables, overrides = plan.split(params)
         run_dir = Path(trial.user_attrs.get("run_dir") or self.out / "trials" / _folder_name(trial.number, params))
@@ -417,15 +385,15 @@ class _Sweeper:
             total_epochs = resolve_config(spec, overrides).epochs
             trial.set_user_attr("spec", spec.name)
             trial.set_user_attr("params", infer_shapes(spec).total_params)
-            result: TrainResult = train(
-                None if resume else spec,
-                None if resume else overrides,
-                out=None if resume else run_dir,
-                resume=run_dir if resume else None,
-                report=lambda line: self.report(f"  {line}"),
-                progress=False,
-                on_epoch=on_epoch,
-            )
+            result = self._train(spec, overrides, run_dir, resume, on_epoch)
+        except (StorageLost, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            if not isinstance(exc, StorageLost):
+                self.abandoned = trial.number
+                self.report(
+                    f"  trial {trial.number}: another worker took it over (this worker's heartbeats were late, "
+                    "e.g. while the database was unreachable); this worker leaves it"
+                )
+            raise
         except (optuna.TrialPruned, Interrupted) as exc:
             if isinstance(exc, Interrupted):
                 trial.set_user_attr("interrupted", True)
@@ -438,6 +406,40 @@ class _Sweeper:
             self.report(f"  trial {trial.number} failed: {message.splitlines()[0]}")
             raise TrialFailed(message) from None
         return result.last.test_accuracy
+
+    def _train(
+        self, spec: Spec, overrides: dict[str, Any], run_dir: Path, resume: bool, on_epoch: Callable[[Any], None]
+    ) -> TrainResult:
+        """Train the trial in this process, or (--nproc-per-node N) as a torchrun job of N processes."""
+
+        def report(line: str) -> None:
+            self.report(f"  {line}")
+
+        if self.plan.nproc_per_node is None:
+            return train(
+                None if resume else spec,
+                None if resume else overrides,
+                out=None if resume else run_dir,
+                resume=run_dir if resume else None,
+                report=report,
+                progress=False,
+                on_epoch=on_epoch,
+            )
+        if resume:
+            args = ["train", "--resume", str(run_dir)]
+        else:
+            # The trial's own spec, its variables resolved and its train section complete: the job needs no
+            # other setting (the run folder will hold the same spec.yaml).
+            cfg = resolve_config(spec, overrides)
+            ensure_writable_dir(run_dir)
+            spec_file = run_dir / "spec.yaml"
+            atomic_write_text(
+                spec_file, yaml.safe_dump(spec.model_copy(update={"train": cfg}).to_data(), sort_keys=False)
+            )
+            args = ["train", str(spec_file), "--out", str(run_dir)]
+        job = TrainingJob([*args, "--no-progress"], {"nproc_per_node": self.plan.nproc_per_node}, report)
+        epochs = job.follow(run_dir, lambda row: on_epoch(EpochMetrics(**row)))
+        return TrainResult([EpochMetrics(**row) for row in epochs], "distributed", str(run_dir))
 
     def _is_duplicate(self, trial: Any) -> bool:
         """GridSampler may hand a grid point that another worker is running to a late trial (a race between
@@ -460,27 +462,52 @@ class _Sweeper:
         return False
 
     def run(self, study: Any) -> None:
-        from optuna.study import MaxTrialsCallback
+        while True:
+            self.abandoned = None
+            try:
+                study.optimize(self.objective, catch=(TrialFailed,), callbacks=[self._after_trial], gc_after_trial=True)
+                return
+            except ValueError:  # Optuna cannot record a trial another worker took over: go on with the next
+                if self.abandoned is None:
+                    raise
+
+    def _after_trial(self, study: Any, trial: Any) -> None:
+        """Go on while the sweep has trials to start. At the end of a shared sweep, wait for the trials that
+        other workers run, so that a trial whose worker dies is taken over (Optuna's heartbeat) and every
+        worker ends with the whole table."""
+        import optuna
         from optuna.trial import TrialState
 
-        callbacks: list[Any] = []
-        if self.plan.sampler == "grid":
-            callbacks.append(self._stop_when_grid_started)
-        else:
-            done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            callbacks.append(MaxTrialsCallback(self.plan.trials or 1, states=done))
-        study.optimize(self.objective, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
-
-    def _stop_when_grid_started(self, study: Any, trial: Any) -> None:
-        """Stop once every grid point is finished or being run by some worker (no point runs twice)."""
-        from optuna.trial import TrialState
-
-        active = (TrialState.RUNNING, TrialState.WAITING, *[s for s in TrialState if s.is_finished()])
-        started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False) if t.state in active}
-        if started >= set(range(self.plan.grid_size())):
-            waiting = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
-            if not waiting:
+        announced = False
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.WAITING for t in trials) or not self._all_started(trials):
+                return
+            running = [t.number for t in trials if t.state == TrialState.RUNNING]
+            if not running or self.plan.storage is None:
                 study.stop()
+                return
+            if not announced:
+                grace = setting(GRACE_ENV)
+                self.report(
+                    f"waiting for trial{'s' if len(running) > 1 else ''} {', '.join(map(str, running))} on other "
+                    f"workers; a trial whose worker dies is taken over here after {grace} s without a heartbeat"
+                )
+                announced = True
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes a waiting retry
+            time.sleep(min(setting(HEARTBEAT_ENV), 5))
+
+    def _all_started(self, trials: list[Any]) -> bool:
+        """Every grid point (or --trials trials) is finished or being run by some worker."""
+        from optuna.trial import TrialState
+
+        if self.plan.sampler == "grid":
+            active = (TrialState.RUNNING, TrialState.WAITING, *[s for s in TrialState if s.is_finished()])
+            started = {t.system_attrs.get("grid_id") for t in trials if t.state in active}
+            return started >= set(range(self.plan.grid_size()))
+        retried = _retried_numbers(trials)
+        counted = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return len([t for t in trials if t.state in counted and t.number not in retried]) >= (self.plan.trials or 1)
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -723,11 +750,11 @@ def sweep(
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}"
         # A shared --storage is opened first, so that a bad URL is refused before the run folder is made.
-        storage = _storage(plan.storage) if plan.storage is not None else None
+        storage = open_storage(plan.storage, report) if plan.storage is not None else None
         folder = ensure_writable_dir(Path(out))
         atomic_write_json(folder / "sweep.json", plan.to_dict())
     if storage is None:
-        storage = _storage(plan.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}")
+        storage = open_storage(plan.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}", report)
     sweeper = _Sweeper(plan, folder, report)
     study = sweeper.study(storage, resume is not None)
     try:

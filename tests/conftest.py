@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,3 +58,54 @@ def write_spec(tmp_path: Path):
         return path
 
     return write
+
+
+def free_port() -> int:
+    """A local port nothing listens on now (picked by the kernel from its ephemeral range)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `condition` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the session (skipped only where PostgreSQL is not installed)."""
+    from tests import pgserver
+
+    reason = pgserver.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = pgserver.PostgresServer.create()
+    try:
+        server.start()
+        server.admin(f"CREATE ROLE {pgserver.USER} LOGIN PASSWORD '{pgserver.PASSWORD}'")
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A new, empty database of the session's server, owned by a password-authenticated role."""
+    from tests import pgserver
+
+    if not postgres_server.running():  # a test that restarts the server may have failed half-way
+        postgres_server.start()
+    name = f"t{next(_DATABASES)}_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40]
+    postgres_server.admin(f"CREATE DATABASE {name} OWNER {pgserver.USER}")
+    return postgres_server.url(name)

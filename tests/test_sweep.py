@@ -275,10 +275,10 @@ def test_killed_sweep_resumes_without_running_a_finished_trial_twice(write_spec,
 
 
 def _open_storage(url: str, barrier: Any) -> None:
-    from netspec.sweep import _storage
+    from netspec.storage import open_storage
 
     barrier.wait()  # all at once, as workers started together by a job script
-    _storage(url)
+    open_storage(url)
 
 
 def test_workers_that_start_together_on_a_new_storage_all_connect(tmp_path: Path):
