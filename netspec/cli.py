@@ -111,15 +111,19 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from netspec.config import TrainConfig
 
     given = {name: getattr(args, name, None) for name in TrainConfig.model_fields}
-    return {name: value for name, value in given.items() if value not in (None, False)}
+    return {name: value for name, value in given.items() if value is not None and value is not False}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from netspec import distributed
     from netspec.train import train
 
-    if args.resume is not None and (args.spec is not None or _train_overrides(args) or args.set):
-        raise UsageError("--resume continues a run with its own spec and settings; give no spec or overrides")
+    extra = {k for k in _train_overrides(args) if k != "epochs"}
+    if args.resume is not None and (args.spec is not None or extra or args.set):
+        raise UsageError(
+            "--resume continues a run with its own spec and settings; give no spec or overrides (but --epochs N, "
+            "to extend it)"
+        )
     launching = any(getattr(args, name) is not None for name in distributed.LAUNCH_OPTIONS)
     if args.batch_size == "auto":
         _choose_batch_size(args, launching)
@@ -138,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(
             _load(args) if args.spec is not None and resume is None else None,
-            _train_overrides(args) if resume is None else None,
+            _train_overrides(args) if resume is None else {"epochs": args.epochs},
             out=args.out if resume is None else None,
             resume=resume,
             report=lambda line: print(line, file=out, flush=True),
@@ -248,19 +252,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from netspec.train import evaluate_checkpoint
+    from netspec.predict import evaluate_run
 
-    accuracy, confusion, classes = evaluate_checkpoint(_load(args), args.checkpoint, _train_overrides(args))
+    if args.checkpoint is not None:  # netspec eval SPEC --checkpoint FILE (the spec given, not the run's)
+        args.spec = args.run
+        spec, target = _load(args), args.checkpoint
+    else:
+        if args.set:
+            raise UsageError("--set changes a spec: give the spec and --checkpoint, or a run folder alone")
+        spec, target = None, args.run
+    overrides = {k: v for k, v in _train_overrides(args).items()}
+    result, classes, what = evaluate_run(target, overrides, split=args.split, spec=spec)
+    key = f"{args.split}_accuracy"
     if args.json:
-        _print_json({"test_accuracy": accuracy, "classes": classes, "confusion": confusion.tolist()})
+        _print_json({key: result.accuracy, f"{args.split}_loss": result.loss, "classes": classes,
+                     "confusion": result.confusion.tolist()})  # fmt: skip
         return 0
-    print(f"test accuracy {accuracy:.4f} on {int(confusion.sum())} images")
+    print(f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f} on {what}")
     table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     table.add_column("")
     for name in classes:
-        table.add_column(name[:8], justify="right")
-    for name, row in zip(classes, confusion.tolist(), strict=True):
+        table.add_column(name[:10], justify="right")
+    for name, row in zip(classes, result.confusion.tolist(), strict=True):
         table.add_row(name, *map(str, row))
+    Console().print(table)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from netspec.predict import predict
+
+    results = predict(args.run, args.inputs, top_k=args.top, device=args.device or "cpu")
+    if args.json:
+        _print_json([r.to_dict() for r in results])
+        return 0
+    table = Table(title_justify="left")
+    table.add_column("input", overflow="fold")
+    table.add_column("class")
+    table.add_column("prob.", justify="right")
+    if args.top > 1:
+        table.add_column("then", overflow="fold")
+    for r in results:
+        then = ", ".join(f"{c} {p:.2f}" for c, p in r.top[1:])
+        table.add_row(r.input, r.top[0][0], f"{r.top[0][1]:.3f}", *([then] if args.top > 1 else []))
     Console().print(table)
     return 0
 
@@ -292,6 +329,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         on_result=lambda r: console.print(
             f"[dim]{r.device} {r.mode} batch {r.batch_size} {r.variant.label}: "
             + (f"{r.examples_per_sec:,.0f} examples/sec" if r.examples_per_sec else r.status)
+            + (" (unstable)" if r.stable is False else "")
             + "[/dim]"
         ),
     )
@@ -300,7 +338,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        console.print(bench_table(report))
+        console.print(bench_table(report, console.width))
     return 0
 
 
@@ -476,12 +514,27 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
 def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> None:
     from netspec.config import DATASETS
 
-    g.add_argument("--dataset", choices=DATASETS, help="the dataset (default: the spec's train section)")
-    g.add_argument("--data-root", help="folder holding the dataset in torchvision's layout (default: data)")
-    g.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
     g.add_argument(
-        "--resize", action="store_true", help="resize images to the spec's input size on the fly (as d2l's resize=)"
+        "--data", metavar="PATH",
+        help="your own data: a folder of class folders (or of train/ val/ test/ folders), or a CSV table",
+    )  # fmt: skip
+    g.add_argument("--label", metavar="COLUMN", help="a table's label column (default: the last column)")
+    g.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images (counted) instead of stopping")
+    g.add_argument("--dataset", choices=DATASETS, help="a built-in dataset (default: the spec's train section)")
+    g.add_argument("--data-root", help="folder holding the built-in datasets in torchvision's layout (default: data)")
+    g.add_argument("--download", action="store_true", help="download the built-in dataset if missing (needs internet)")
+    g.add_argument(
+        "--resize", action="store_true", help="resize built-in images to the spec's input size on the fly (as d2l's)"
     )
+    g.add_argument(
+        "--val-split", type=_split_fraction, metavar="F",
+        help="share of the training examples held out for validation when the data has none (default: 0.1; "
+        "0: none, and best.pt is then chosen on test)",
+    )  # fmt: skip
+    g.add_argument(
+        "--test-split", type=_split_fraction, metavar="F",
+        help="share of the examples held out for testing when the data has no test split (default: 0.1)",
+    )  # fmt: skip
     g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     if auto_batch:
         g.add_argument(
@@ -491,17 +544,57 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
         _add_memory_options(g)
     else:
         g.add_argument("--batch-size", type=_positive_int, help="training batch size")
-    g.add_argument("--seed", type=int, help="random seed for initialization, shuffling and dropout (default: 0)")
+    g.add_argument("--test-batch-size", type=_positive_int, help="batch size of evaluation (default: 1024)")
+    g.add_argument(
+        "--seed", type=int, help="random seed for initialization, splits, shuffling and dropout (default: 0)"
+    )
+    g.add_argument("--synthetic-size", type=_positive_int, help="training examples of the synthetic dataset")
 
 
 def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--epochs", type=_positive_int, help="number of epochs")
+    g.add_argument("--epochs", type=_positive_int, help="number of epochs (with --resume: extend the run to N)")
     g.add_argument("--lr", type=_positive_float, help="learning rate")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer")
+    g.add_argument("--momentum", type=_momentum, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    g.add_argument("--weight-decay", type=_non_negative_float, help="weight decay")
     g.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"), help="learning-rate schedule")
+    g.add_argument("--step-size", type=_positive_int, help="epochs between decays (scheduler step)")
+    g.add_argument("--gamma", type=_positive_float, help="decay factor (scheduler step)")
+    g.add_argument("--init", choices=("default", "xavier_uniform", "kaiming"), help="weight initialization")
+    g.add_argument("--label-smoothing", type=_momentum, help="label smoothing of the loss (0 <= s < 1)")
+    g.add_argument("--grad-clip", type=_positive_float, help="clip the gradient norm to this value")
+    g.add_argument("--augment", action="store_true", help="random crop (padding 4) and flip of training images")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
     g.add_argument("--compile", action="store_true", help="train through torch.compile")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
+    g.add_argument("--patience", type=_positive_int, help="early stopping: epochs without improvement of --monitor")
+    g.add_argument(
+        "--monitor", choices=("val_loss", "val_accuracy"), help="what --patience watches (default: val_loss)"
+    )
+    g.add_argument(
+        "--init-from", metavar="FILE",
+        help="start from these weights: a netspec checkpoint or a PyTorch state_dict (matched by name or position)",
+    )  # fmt: skip
+    g.add_argument(
+        "--skip-mismatched", action="store_true",
+        help="with --init-from: keep tensors whose shapes differ (a new head) at their initialization",
+    )  # fmt: skip
+    g.add_argument(
+        "--freeze", action="append", metavar="PREFIX",
+        help="keep the parameters under this state_dict prefix fixed (repeatable), e.g. --freeze features",
+    )  # fmt: skip
+
+
+def _split_fraction(text: str) -> float:
+    value = _parse_number(text, float, "a number", 0, inclusive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _parse_number(text, float, "a number", 0, inclusive=True)
 
 
 def _parser(sub: Any, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -608,16 +701,44 @@ def make_parser() -> argparse.ArgumentParser:
     p = _parser(
         sub,
         "eval",
-        "test accuracy and confusion matrix of a saved checkpoint",
-        ["netspec eval specs/lenet.yaml --checkpoint runs/lenet-.../best.pt --dataset mnist"],
+        "accuracy, loss and confusion matrix of a finished run on its own test split",
+        [
+            "netspec eval runs/lenet-20261124-120000",
+            "netspec eval runs/shapes --split val --json",
+            "netspec eval specs/lenet.yaml --checkpoint runs/lenet-.../best.pt   # with another spec file",
+        ],
     )
-    p.add_argument("spec", help="path to the YAML spec the checkpoint was trained from")
-    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt from a run folder")
-    g = p.add_argument_group("data and device")
-    _add_data_options(g)
+    p.add_argument("run", metavar="RUN_OR_SPEC", help="a run folder (or its best.pt); with --checkpoint, the spec")
+    p.add_argument("--checkpoint", help="a checkpoint to evaluate with the spec given (instead of a run folder)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="which split (default: test)")
+    g = p.add_argument_group("data and device (default: the run's own)")
+    g.add_argument("--data", metavar="PATH", help="the run's folder or table, if it has moved")
+    g.add_argument("--dataset", choices=__import__("netspec.config").config.DATASETS,
+                   help="a built-in dataset, if not the run's (with a spec and --checkpoint)")  # fmt: skip
+    g.add_argument("--data-root", help="folder holding the built-in datasets, if not the run's")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    g.add_argument("--test-batch-size", "--batch-size", dest="test_batch_size", type=_positive_int,
+                   help="evaluation batch size (default: the run's, 1024)")  # fmt: skip
     _add_set_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, spec=None)
+
+    p = _parser(
+        sub,
+        "predict",
+        "classify images or table rows with a finished run (its spec, classes and normalization)",
+        [
+            "netspec predict runs/shapes-20261124-120000 cat.png dog.jpg",
+            "netspec predict runs/shapes photos/ --top 1 --json",
+            "netspec predict runs/iris new_rows.csv",
+        ],
+    )
+    p.add_argument("run", metavar="RUN", help="a run folder (its best.pt is used) or a checkpoint file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or a CSV table")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show per input (default: 3)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_predict)
 
     p = _parser(
         sub,
@@ -734,11 +855,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = _parser(
         sub,
         "draw",
-        "draw the network as a PNG or SVG diagram (shapes on the edges, branches side by side)",
-        ["netspec draw specs/lenet.yaml --out lenet.png", "netspec draw specs/resnet_small.yaml --out r.svg --detail"],
+        "draw the network as a picture (shapes on the edges, branches side by side, long networks in columns)",
+        ["netspec draw specs/lenet.yaml --out lenet.png", "netspec draw specs/resnet_small.yaml --out r.pdf --detail"],
     )
     p.add_argument("spec", help="path to a YAML spec")
-    p.add_argument("--out", required=True, help="the picture to write: a .png or .svg file")
+    p.add_argument(
+        "--out", required=True, help="the picture to write; its suffix picks the format: .png, .svg, .pdf, .jpg, ..."
+    )
     p.add_argument(
         "--style", choices=("graph", "blocks"), default="graph",
         help="graph: a box per layer (default); blocks: a box per top-level entry",

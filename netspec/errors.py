@@ -56,6 +56,13 @@ class DataError(NetspecError):
     """A dataset that cannot be found or read."""
 
 
+class BadDataError(DataError):
+    """The user's own data (an image folder or a table) cannot be used as it is: a bad cell, a missing
+    column, an empty class folder, a corrupt image. Like a bad spec, it is the input's fault: exit 2."""
+
+    exit_code = 2
+
+
 class CheckpointError(NetspecError):
     """A checkpoint that cannot be read, or one that is not a netspec checkpoint."""
 

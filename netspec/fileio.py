@@ -57,8 +57,11 @@ def save_checkpoint(paths: Path | list[Path], checkpoint: dict[str, Any]) -> Non
         atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a netspec checkpoint safely, with one clear error for every way it can be bad."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", allow_plain: bool = False
+) -> dict[str, Any]:
+    """Load a netspec checkpoint safely, with one clear error for every way it can be bad. With `allow_plain`,
+    any dict that torch.load reads with weights_only=True (a state_dict saved by PyTorch) is returned too."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -71,6 +74,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupted, truncated or another format)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or truncated: {exc})") from None
+    if allow_plain and isinstance(checkpoint, dict):
+        return checkpoint
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a netspec checkpoint")
     return checkpoint

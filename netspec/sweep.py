@@ -3,7 +3,7 @@
 Each trial is an ordinary `netspec train` run folder under DIR/trials/, so `netspec eval`
 and `--resume` work on any of them. Optuna does the rest: its samplers (grid, TPE,
 random) choose the settings, its MedianPruner stops hopeless trials from their per-epoch
-test accuracy, and its RDB storage (an SQLite file in DIR, or any URL given with
+validation accuracy (never the test split's: test accuracy is only reported), and its RDB storage (an SQLite file in DIR, or any URL given with
 --storage) holds the study, so that a sweep resumes after a kill and several processes
 or machines can work on one study at once (netspec.storage). A worker that dies is noticed
 by Optuna's heartbeat; its trial is retried by another worker and continues from the
@@ -37,7 +37,7 @@ from netspec.shapes import infer_shapes
 from netspec.spec import Spec, closest, load_spec, parse_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
-from netspec.train import EpochMetrics, TrainResult, _save_figure, resolve_config, train
+from netspec.train import EpochMetrics, TrainResult, _save_figure, load_data, resolve_config, train
 
 Reporter = Callable[[str], None]
 SPEC_KEY = "spec"  # the dimension that chooses among several specs
@@ -259,6 +259,7 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
         options = dim.values if dim.values is not None else [dim.low, dim.high]
         combos = [{**c, dim.key: v} for c in combos for v in options]
     seen: set[str] = set()
+    fitted: set[str] = set()
     for params in combos[:2000]:
         spec_path, variables, overrides = plan.split(params)
         key = json.dumps([str(spec_path), variables], sort_keys=True, default=str)
@@ -267,6 +268,11 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
                 seen.add(key)
                 infer_shapes(load_spec(spec_path, variables=variables))
             cfg = resolve_config(loaded[_spec_name(plan, spec_path)], overrides)
+            # The network must fit its data (input and classes) in every trial: refused now, not in trial 7.
+            data_key = json.dumps([key, cfg.data, cfg.dataset, cfg.label, cfg.resize], default=str)
+            if data_key not in fitted:
+                fitted.add(data_key)
+                load_data(infer_shapes(load_spec(spec_path, variables=variables)), cfg)
         except SpecError as exc:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             raise SpecError(
@@ -373,9 +379,10 @@ class _Sweeper:
             trial.set_user_attr("train_accuracy", metrics.train_accuracy)
             trial.set_user_attr("train_loss", metrics.train_loss)
             trial.set_user_attr("examples_per_sec", metrics.examples_per_sec)
+            trial.set_user_attr("val_accuracy", metrics.val_accuracy)
             trial.set_user_attr("test_accuracy", metrics.test_accuracy)
             trial.set_user_attr("epochs_run", metrics.epoch)
-            trial.report(metrics.test_accuracy, metrics.epoch)
+            trial.report(selection_accuracy(metrics.val_accuracy, metrics.test_accuracy), metrics.epoch)
             # Pruning saves the epochs still to come; a trial at its last epoch has finished anyway.
             if plan.prune and metrics.epoch < total_epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
@@ -405,7 +412,12 @@ class _Sweeper:
             trial.set_user_attr("error", message.splitlines()[0][:500])
             self.report(f"  trial {trial.number} failed: {message.splitlines()[0]}")
             raise TrialFailed(message) from None
-        return result.last.test_accuracy
+        # The trial's value is its best.pt's validation accuracy; the test accuracy beside it is that same
+        # model's, for the report only.
+        trial.set_user_attr("val_accuracy", result.best.val_accuracy)
+        trial.set_user_attr("test_accuracy", result.best.test_accuracy)
+        trial.set_user_attr("selected_on", result.selected_on)
+        return selection_accuracy(result.best.val_accuracy, result.best.test_accuracy)
 
     def _train(
         self, spec: Spec, overrides: dict[str, Any], run_dir: Path, resume: bool, on_epoch: Callable[[Any], None]
@@ -521,8 +533,8 @@ class SweepResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        done = [t for t in self.trials if t["state"] == "complete" and t["test_accuracy"] is not None]
-        return max(done, key=lambda t: t["test_accuracy"]) if done else None
+        done = [t for t in self.trials if t["state"] == "complete" and _score(t) is not None]
+        return max(done, key=_score) if done else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"sweep_dir": str(self.sweep_dir), "best": self.best, "trials": self.trials}
@@ -544,6 +556,7 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
                 "spec": attrs.get("spec", _spec_name(plan, spec_path)),
                 "overrides": {k: v for k, v in t.params.items() if k != SPEC_KEY},
                 "state": t.state.name.lower(),
+                "val_accuracy": attrs.get("val_accuracy"),
                 "test_accuracy": attrs.get("test_accuracy"),
                 "train_accuracy": attrs.get("train_accuracy"),
                 "train_loss": attrs.get("train_loss"),
@@ -555,15 +568,25 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
                 "error": attrs.get("error"),
             }
         )
-    rows.sort(key=lambda r: (r["state"] != "complete", -(r["test_accuracy"] or -1.0), r["number"]))
+    rows.sort(key=lambda r: (r["state"] != "complete", -(_score(r) or -1.0), r["number"]))
     return SweepResult(out, [d.key for d in plan.dimensions if d.key != SPEC_KEY], rows)
+
+
+def selection_accuracy(val: float | None, test: float | None) -> float | None:
+    """What a sweep chooses on: validation accuracy; test only for runs without a validation split (val_split 0,
+    which their own output says)."""
+    return val if val is not None else test
+
+
+def _score(row: dict[str, Any]) -> float | None:
+    return selection_accuracy(row.get("val_accuracy"), row.get("test_accuracy"))
 
 
 def write_results(result: SweepResult, plan: SweepPlan) -> None:
     out = result.sweep_dir
     atomic_write_json(out / "results.json", result.to_dict())
     buffer = io.StringIO()
-    columns = ["number", "spec", *result.keys, "state", "test_accuracy", "train_accuracy", "train_loss",
+    columns = ["number", "spec", *result.keys, "state", "val_accuracy", "test_accuracy", "train_accuracy", "train_loss",
                "examples_per_sec", "params", "epochs_run", "seconds", "run_dir", "error"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -625,9 +648,12 @@ def _plot_curves(result: SweepResult) -> None:
         xs = [m["epoch"] for m in epochs]
         style = "-o" if row["state"] == "complete" else ":x"
         label = f"#{row['number']} {_trial_label(row, several)}"
-        acc_ax.plot(xs, [m["test_accuracy"] for m in epochs], style, label=label, markersize=4)
+        acc_ax.plot(xs, [selection_accuracy(m.get("val_accuracy"), m.get("test_accuracy")) for m in epochs], style,
+                    label=label, markersize=4)  # fmt: skip
         loss_ax.plot(xs, [m["train_loss"] for m in epochs], style, label=label, markersize=4)
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per trial (dotted: pruned/failed)")
+    acc_ax.set(
+        xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per trial (dotted: pruned/failed)"
+    )
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss per trial", yscale="log")
     from matplotlib.ticker import MaxNLocator
 
@@ -643,18 +669,18 @@ def _plot_curves(result: SweepResult) -> None:
 
 def _plot_gap(result: SweepResult) -> None:
     plt = _plt()
-    rows = [r for r in result.trials if r["test_accuracy"] is not None and r["train_accuracy"] is not None]
+    rows = [r for r in result.trials if _score(r) is not None and r["train_accuracy"] is not None]
     several = len({r["spec"] for r in result.trials}) > 1
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.5), dpi=100)
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["train_accuracy"] for r in rows], 0.4, label="train accuracy")
-    ax.bar([x + 0.2 for x in xs], [r["test_accuracy"] for r in rows], 0.4, label="test accuracy")
+    ax.bar([x + 0.2 for x in xs], [_score(r) for r in rows], 0.4, label="validation accuracy")
     ax.set_xticks(list(xs), [f"#{r['number']} {_trial_label(r, several)}" for r in rows], rotation=40, ha="right",
                   fontsize=7)  # fmt: skip
-    low = min([r["test_accuracy"] for r in rows] + [r["train_accuracy"] for r in rows], default=0.0)
+    low = min([_score(r) for r in rows] + [r["train_accuracy"] for r in rows], default=0.0)
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.set_ylabel("accuracy")
-    ax.set_title("train vs test accuracy per trial (the gap is overfitting)")
+    ax.set_title("train vs validation accuracy per trial (the gap is overfitting)")
     ax.legend()
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -670,8 +696,8 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
         params = {**row["overrides"], SPEC_KEY: row["spec"]}
         i, j = vy.index(params[ky]), vx.index(params[kx])
         notes[i][j] = row["state"]
-        if row["test_accuracy"] is not None and row["state"] == "complete":
-            grid[i][j] = row["test_accuracy"]
+        if _score(row) is not None and row["state"] == "complete":
+            grid[i][j] = _score(row)
     values = [v for line in grid for v in line if not math.isnan(v)]
     if not values:
         return
@@ -679,7 +705,7 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
     image = ax.imshow(grid, cmap="viridis")
     ax.set_xticks(range(len(vx)), [str(v) for v in vx])
     ax.set_yticks(range(len(vy)), [str(v) for v in vy])
-    ax.set(xlabel=kx, ylabel=ky, title="test accuracy")
+    ax.set(xlabel=kx, ylabel=ky, title="validation accuracy")
     for i, line in enumerate(grid):
         for j, value in enumerate(line):
             if math.isnan(value):  # a failed or pruned cell stays blank, with its state written in it
@@ -700,7 +726,9 @@ def results_table(result: SweepResult) -> Any:
     title = "sweep: no trial completed"
     if best is not None:
         title = (
-            f"best: trial {best['number']} ({_trial_label(best, several)}): test accuracy {best['test_accuracy']:.4f}"
+            f"best: trial {best['number']} ({_trial_label(best, several)}), chosen on validation accuracy "
+            f"{_score(best):.4f}"
+            + (f"; its test accuracy {best['test_accuracy']:.4f}" if best["test_accuracy"] else "")
         )
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
@@ -708,7 +736,7 @@ def results_table(result: SweepResult) -> Any:
         table.add_column("spec")
     for key in result.keys:
         table.add_column(key, justify="right")
-    for name in ("test acc", "train acc", "train loss", "examples/s", "params", "state", "time s"):
+    for name in ("val acc", "test acc", "train acc", "train loss", "examples/s", "params", "state", "time s"):
         table.add_column(name, justify="right" if name != "state" else "left")
 
     def num(value: Any, fmt: str) -> str:
@@ -719,7 +747,7 @@ def results_table(result: SweepResult) -> Any:
         cells += [str(row["overrides"].get(k, "")) for k in result.keys]
         state = row["state"] + (f": {row['error'][:40]}" if row["error"] else "")
         cells += [
-            num(row["test_accuracy"], ".4f"), num(row["train_accuracy"], ".4f"), num(row["train_loss"], ".4f"),
+            num(row["val_accuracy"], ".4f"), num(row["test_accuracy"], ".4f"), num(row["train_accuracy"], ".4f"), num(row["train_loss"], ".4f"),
             num(row["examples_per_sec"], ",.0f"), num(row["params"], ","), state, num(row["seconds"], ".1f"),
         ]  # fmt: skip
         table.add_row(*cells)

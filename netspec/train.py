@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import signal
 import time
@@ -27,12 +28,12 @@ from pydantic import ValidationError
 from torch import nn
 
 from netspec import distributed
-from netspec.compiler import SpecNet, build, load_weights
-from netspec.config import TrainConfig
-from netspec.data import DatasetInfo, DeviceLoader, dataset_info, load_split
+from netspec.compiler import SpecNet, build, transfer_state_dict
+from netspec.config import Augment, TrainConfig
+from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
 from netspec.device import autocast, resolve_device
 from netspec.distributed import SINGLE, Dist, check_batch_size
-from netspec.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
+from netspec.errors import CheckpointError, DataError, Interrupted, TrainingDiverged, UsageError
 from netspec.fileio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -42,19 +43,32 @@ from netspec.fileio import (
     save_checkpoint,
 )
 from netspec.layers import format_shape
+from netspec.shapes import NetShape, infer_shapes, rows_of
 from netspec.spec import Spec, load_spec, validate_spec
 
 
 @dataclass
 class EpochMetrics:
+    """One epoch's figures. val_* are None without a validation split, test_* without a test split."""
+
     epoch: int
     train_loss: float
     train_accuracy: float
-    test_accuracy: float
     examples_per_sec: float
     lr: float
     seconds: float
     examples: int = 0  # training examples seen in the epoch (over all processes)
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+
+# The columns of metrics.csv, in the order people read them.
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr",
+    "seconds", "examples_per_sec", "examples",
+)  # fmt: skip
 
 
 @dataclass
@@ -62,21 +76,36 @@ class TrainResult:
     epochs: list[EpochMetrics]
     device: str
     run_dir: str
-    confusion: list[list[int]] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # of the test split (validation without one)
     classes: list[str] = field(default_factory=list)
+    best_epoch: int | None = None  # the epoch best.pt holds, chosen on validation (on test with val_split 0)
+    selected_on: str = "val_accuracy"
+    stopped_early: bool = False
 
     @property
     def last(self) -> EpochMetrics:
         return self.epochs[-1]
 
+    @property
+    def best(self) -> EpochMetrics:
+        return next((m for m in self.epochs if m.epoch == self.best_epoch), self.last)
+
     def to_dict(self) -> dict[str, Any]:
-        keys = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec", "examples")
+        keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                "examples_per_sec", "examples")  # fmt: skip
         return {
             "epochs": [{k: getattr(m, k) for k in keys} for m in self.epochs],
+            "val_accuracy": self.last.val_accuracy,
             "test_accuracy": self.last.test_accuracy,
             "train_loss": self.last.train_loss,
             "train_accuracy": self.last.train_accuracy,
             "examples_per_sec": self.last.examples_per_sec,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best.val_accuracy,
+            "best_test_accuracy": self.best.test_accuracy,
+            "selected_on": self.selected_on,
+            "stopped_early": self.stopped_early,
+            "classes": self.classes,
             "device": self.device,
             "run_dir": self.run_dir,
         }
@@ -112,12 +141,14 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of the trainable (not frozen) parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(
@@ -137,23 +168,35 @@ def make_scheduler(
 # --- evaluation --------------------------------------------------------------------------------
 
 
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy
+    accuracy: float
+    confusion: torch.Tensor  # rows: true class, columns: predicted
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none", dist: Dist = SINGLE
-) -> tuple[float, torch.Tensor]:
-    """Accuracy and confusion matrix (rows: true class, columns: predicted); in a distributed run each
-    rank evaluates its share of the test split and the confusion matrices are summed."""
+) -> Evaluation:
+    """Loss, accuracy and confusion matrix of a split; in a distributed run each rank evaluates its share and
+    the sums are reduced."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=loader.device)
     for x, y in loader:
         with autocast(loader.device, amp):
-            pred = model(x).argmax(1)
-        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+            logits = model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
     model.train(was_training)
+    loss_sum = loss_sum.cpu()
     dist.sum_(confusion)
+    dist.sum_(loss_sum)
     confusion = confusion.view(num_classes, num_classes).cpu()
-    return confusion.trace().item() / max(int(confusion.sum()), 1), confusion
+    n = max(int(confusion.sum()), 1)
+    return Evaluation(loss_sum.item() / n, confusion.trace().item() / n, confusion)
 
 
 # --- run folder --------------------------------------------------------------------------------
@@ -172,31 +215,49 @@ def new_run_dir(name: str, out: str | Path | None) -> Path:
 
 
 def write_metrics(run_dir: Path, epochs: list[EpochMetrics]) -> None:
+    """metrics.json and metrics.csv: one row per epoch; a value that was not measured is an empty cell."""
     rows = [asdict(m) for m in epochs]
     atomic_write_json(run_dir / "metrics.json", rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(EpochMetrics.__dataclass_fields__))
+    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in METRIC_COLUMNS} for row in rows)
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
-def plot_curves(path: Path, epochs: list[EpochMetrics], title: str) -> None:
+def plot_curves(path: Path, epochs: list[EpochMetrics], title: str, steps: list[list[float]] | None = None) -> None:
+    """Loss (per training step, and per epoch for val/test) and accuracy on two panels sharing the epoch axis,
+    so that a one-epoch run shows a real curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     xs = [m.epoch for m in epochs]
-    ax.plot(xs, [m.train_loss for m in epochs], "-o", label="train loss")
-    ax.plot(xs, [m.train_accuracy for m in epochs], "--s", label="train acc")
-    ax.plot(xs, [m.test_accuracy for m in epochs], "-.^", label="test acc")
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_xlim(0.8, max(xs) + 0.2)
+    if steps:
+        sx, sy = zip(*steps, strict=True)
+        loss_ax.plot(sx, sy, "-", color="tab:blue", alpha=0.35, linewidth=0.8, label="train loss (steps)")
+    loss_ax.plot(xs, [m.train_loss for m in epochs], "-o", color="tab:blue", label="train loss (epoch)")
+    for key, style, color in (("val", "--s", "tab:orange"), ("test", "-.^", "tab:green")):
+        points = [(m.epoch, getattr(m, f"{key}_loss")) for m in epochs if getattr(m, f"{key}_loss") is not None]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} loss")
+        points = [(m.epoch, getattr(m, f"{key}_accuracy")) for m in epochs if getattr(m, f"{key}_accuracy") is not None]
+        if points:
+            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} acc")
+    acc_ax.plot(xs, [m.train_accuracy for m in epochs], "-o", color="tab:blue", label="train acc")
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0, max(xs) + 0.1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     _save_figure(fig, path)
 
 
@@ -285,9 +346,10 @@ class Trainer:
         dist: Dist = SINGLE,
         device: torch.device | None = None,
         sync_bn: bool | None = None,
+        recorded_split: dict[str, list[int]] | None = None,
     ) -> None:
-        # Everything that can fail on bad input (device, data, shapes) happens here, before
-        # any file is written: a failed start leaves no partial run folder behind.
+        # Everything that can fail on bad input (device, data, shapes, weights to start from) happens here,
+        # before any file is written: a failed start leaves no partial run folder behind.
         # In a distributed run (`dist`, see netspec.distributed) only rank 0 reports and writes.
         self.spec, self.cfg, self.dist = spec, cfg, dist
         self.report = report if dist.is_main else (lambda line: None)
@@ -295,14 +357,26 @@ class Trainer:
         self.run_dir = Path()
         self.device = device or resolve_device(cfg.device)
         check_batch_size(cfg.batch_size, dist)
-        self.info = checked_dataset(spec, cfg)
-        self.train_loader = make_loader(spec, cfg, self.info, self.device, train=True, dist=dist)
-        self.test_loader = make_loader(spec, cfg, self.info, self.device, train=False, dist=dist)
+        net = infer_shapes(spec)
+        self.data = load_data(net, cfg, recorded_split)
+        self.info = self.data.info
+        for note in self.data.notes:
+            self.report(note)
+        self.train_loader = make_loader(spec, cfg, self.data, self.data.train, self.device, train=True, dist=dist)
+        self.val_loader, self.test_loader = (
+            make_loader(spec, cfg, self.data, part, self.device, train=False, dist=dist) if part else None
+            for part in (self.data.val, self.data.test)
+        )
+        # Selection (best.pt, early stopping, a sweep's pruner) uses validation; only with val_split 0 and no
+        # validation split in the data does it fall back on test, and says so.
+        self.selected_on = "val_accuracy" if self.val_loader is not None else "test_accuracy"
 
         torch.manual_seed(cfg.seed)
-        model = build(spec)
+        model = build(net)
         assert isinstance(model, SpecNet)
         init_weights(model, cfg.init)
+        self.start_note = start_from(model, cfg) if cfg.init_from else None
+        self.trainable = freeze(model, cfg.freeze)
         self.model: SpecNet = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -317,11 +391,29 @@ class Trainer:
             label_smoothing=cfg.label_smoothing, reduction="sum" if dist.active else "mean"
         )
         self.epochs: list[EpochMetrics] = []
+        self.steps: list[list[float]] = []  # [epoch + fraction, training loss] at each loss check
         self.epoch = 0  # completed epochs
         self.batch = 0  # completed batches of the current epoch
         self.partial = _Progress()
-        self.best = -1.0
+        self.best: float | None = None  # the best value of cfg.monitor (patience) so far
+        self.best_accuracy = -1.0  # the best selection accuracy so far (best.pt)
+        self.best_epoch: int | None = None
+        self.stale_epochs = 0  # epochs since `best` last improved
+        self.stopped_early = False
         self.confusion: torch.Tensor | None = None  # of the last evaluation in this call
+        self.board: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
+
+    def describe(self) -> str:
+        """The run's first line: its data, splits, parameters and where selection looks."""
+        total = sum(p.numel() for p in self.model.parameters())
+        frozen = f" ({self.trainable:,} trainable)" if self.trainable != total else ""
+        selection = "best.pt chosen on validation accuracy"
+        if self.selected_on == "test_accuracy":
+            selection = "no validation split (val_split 0): best.pt is chosen on TEST accuracy"
+        return (
+            f"{self.spec.name} on {self.info.name}: {self.data.counts()} examples, {len(self.info.classes)} classes; "
+            f"{total:,} parameters{frozen}; {selection}"
+        )
 
     # -- checkpoints --
 
@@ -340,7 +432,19 @@ class Trainer:
             "batch": self.batch,
             "partial": asdict(self.partial),
             "metrics": [asdict(m) for m in self.epochs],
-            "best_test_accuracy": self.best,
+            "steps": self.steps,
+            "selection": {
+                "on": self.selected_on,
+                "best_accuracy": self.best_accuracy,
+                "best_epoch": self.best_epoch,
+                "monitor_best": self.best,
+                "stale_epochs": self.stale_epochs,
+                "stopped_early": self.stopped_early,
+            },
+            # What using the model later needs: the classes, and the normalization of its inputs.
+            "data": self.info.to_dict(),
+            "classes": list(self.info.classes),
+            "normalization": {"mean": list(self.info.mean), "std": list(self.info.std)},
             "rng": rng,
         }
 
@@ -354,7 +458,13 @@ class Trainer:
             self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
             self.partial = _Progress(**ckpt["partial"])
             self.epochs = [EpochMetrics(**m) for m in ckpt["metrics"]]
-            self.best = float(ckpt["best_test_accuracy"])
+            self.steps = [list(map(float, step)) for step in ckpt.get("steps", [])]
+            selection = ckpt.get("selection") or {"best_accuracy": ckpt.get("best_test_accuracy", -1.0)}
+            self.best_accuracy = float(selection["best_accuracy"])
+            self.best_epoch = selection.get("best_epoch")
+            self.best = selection.get("monitor_best")
+            self.stale_epochs = int(selection.get("stale_epochs", 0))
+            self.stopped_early = bool(selection.get("stopped_early", False))
             torch.set_rng_state(ckpt["rng"]["torch"])
             if "cuda" in ckpt["rng"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
@@ -368,37 +478,54 @@ class Trainer:
             save_checkpoint([path, self.run_dir / "best.pt"] if best else [path], self.state())
         return path
 
+    def write_run_files(self) -> None:
+        """What a new run folder records besides checkpoints: the resolved spec, and the data's split and
+        normalization (so that a resume and `netspec eval RUN` see the same split)."""
+        if not self.dist.is_main:
+            return
+        atomic_write_text(self.run_dir / "spec.yaml", yaml.safe_dump(self.spec.to_data(), sort_keys=False))
+        atomic_write_json(self.run_dir / "data.json", {**self.info.to_dict(), "notes": self.data.notes})
+        atomic_write_text(self.run_dir / "split.json", json.dumps(self.data.split, separators=(",", ":")) + "\n")
+
     # -- the loop --
 
     def run(self, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainResult:
-        """Train to cfg.epochs; `on_epoch` sees each epoch's metrics after they are saved (a sweep
-        reports them to its pruner, which may stop the run by raising)."""
+        """Train to cfg.epochs (or until early stopping); `on_epoch` sees each epoch's metrics after they are
+        saved (a sweep reports them to its pruner, which may stop the run by raising)."""
         cfg = self.cfg
         self.model.train()
         if self.epoch == 0 and self.batch == 0:
             self.save()  # a run folder always holds a loadable checkpoint
             if self.dist.is_main:
                 write_metrics(self.run_dir, self.epochs)
-        with _stop_requests() as stop:
-            while self.epoch < cfg.epochs:
-                self._train_epoch(stop)
-                metrics = self._finish_epoch()
-                self.report(
-                    f"epoch {metrics.epoch}/{cfg.epochs}: loss {metrics.train_loss:.3f}, "
-                    f"train acc {metrics.train_accuracy:.3f}, test acc {metrics.test_accuracy:.3f}, "
-                    f"{metrics.examples_per_sec:.1f} examples/sec on {self.device}"
-                )
-                if on_epoch is not None:
-                    on_epoch(metrics)
+        self.board = _tensorboard(self.run_dir, self.epoch * len(self.train_loader) + self.batch) if (
+            self.dist.is_main) else None  # fmt: skip
+        try:
+            with _stop_requests() as stop:
+                while self.epoch < cfg.epochs and not self.stopped_early:
+                    self._train_epoch(stop)
+                    metrics = self._finish_epoch()
+                    self.report(_epoch_line(metrics, cfg.epochs, self.device))
+                    if self.stopped_early:
+                        self.report(
+                            f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs; best.pt holds "
+                            f"epoch {self.best_epoch}"
+                        )
+                    if on_epoch is not None:
+                        on_epoch(metrics)
+        finally:
+            if self.board is not None:
+                self.board.close()
         if not self.epochs:
             raise UsageError("nothing to train: the run has no epochs")
         if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
-            _, self.confusion = evaluate(self._evaluated, self.test_loader, len(self.info.classes), cfg.amp, self.dist)
+            self.confusion = self._report_split_evaluation()
         if self.dist.is_main:
             self._write_plots(self.confusion)
         return TrainResult(
-            self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes)
-        )
+            self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes),
+            self.best_epoch, self.selected_on, self.stopped_early,
+        )  # fmt: skip
 
     def _train_epoch(self, stop: list[int]) -> None:
         cfg, loader, p = self.cfg, self.train_loader, self.partial
@@ -419,8 +546,8 @@ class Trainer:
                 f"epoch {self.epoch + 1}/{cfg.epochs}",
                 total=len(loader),
                 completed=self.batch,
-                loss=math.nan,
-                speed=0.0,
+                loss=None,
+                speed=None,
             )
             for x, y, weight in self._batches():
                 with autocast(self.device, cfg.amp):
@@ -456,6 +583,7 @@ class Trainer:
                             f"loss became {value} at epoch {self.epoch + 1}, step {self.batch}; "
                             f"stopped, the last good checkpoint is {self.run_dir / 'last.pt'}"
                         )
+                    self.steps.append([self.epoch + self.batch / len(loader), value])
                     if self.batch % 10 == 0 and not bar.disable:
                         elapsed = p.seconds + time.perf_counter() - start
                         bar.update(task, completed=self.batch, loss=value, speed=seen / max(elapsed, 1e-9))
@@ -492,31 +620,63 @@ class Trainer:
         self.partial.loss_sum, self.partial.correct = sums.item(), int(correct.item())
         self.partial.seen, self.partial.seconds = int(counts.item()), float(seconds.item())
 
+    def _report_split_evaluation(self) -> torch.Tensor:
+        """The confusion matrix of the split the run reports on: test, or validation without a test split."""
+        loader = self.test_loader or self.val_loader
+        if loader is None:
+            return torch.zeros(len(self.info.classes), len(self.info.classes), dtype=torch.long)
+        return evaluate(self._evaluated, loader, len(self.info.classes), self.cfg.amp, self.dist).confusion
+
     def _finish_epoch(self) -> EpochMetrics:
         p = self.partial
-        test_accuracy, self.confusion = evaluate(
-            self._evaluated, self.test_loader, len(self.info.classes), self.cfg.amp, self.dist
+        classes = len(self.info.classes)
+        val = evaluate(self._evaluated, self.val_loader, classes, self.cfg.amp, self.dist) if self.val_loader else None
+        test = (
+            evaluate(self._evaluated, self.test_loader, classes, self.cfg.amp, self.dist) if self.test_loader else None
         )
+        self.confusion = (test or val).confusion if (test or val) else self._report_split_evaluation()
         metrics = EpochMetrics(
             epoch=self.epoch + 1,
             train_loss=p.loss_sum / max(p.seen, 1),
             train_accuracy=p.correct / max(p.seen, 1),
-            test_accuracy=test_accuracy,
             examples_per_sec=p.seen / max(p.seconds, 1e-9),
             lr=self.optimizer.param_groups[0]["lr"],
             seconds=p.seconds,
             examples=p.seen,
+            val_loss=val.loss if val else None,
+            val_accuracy=val.accuracy if val else None,
+            test_loss=test.loss if test else None,
+            test_accuracy=test.accuracy if test else None,
         )
         self.epochs.append(metrics)
         self.epoch += 1
         self.batch = 0
         self.partial = _Progress()
-        improved = test_accuracy > self.best
-        self.best = max(self.best, test_accuracy)
+        # best.pt: the best selection accuracy (validation; test only when there is no validation split).
+        chosen = getattr(metrics, self.selected_on)
+        improved = chosen is not None and chosen > self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_epoch = chosen, metrics.epoch
+        self._early_stopping(metrics)
         self.save(best=improved)
         if self.dist.is_main:
             write_metrics(self.run_dir, self.epochs)
+            _log_epoch(self.board, metrics, self.steps, self.epoch * len(self.train_loader))
         return metrics
+
+    def _early_stopping(self, metrics: EpochMetrics) -> None:
+        """Count the epochs since cfg.monitor last improved; stop after cfg.patience of them."""
+        if self.cfg.patience is None:
+            return
+        monitor = self.cfg.monitor if self.val_loader is not None else self.cfg.monitor.replace("val_", "test_")
+        value = getattr(metrics, monitor)
+        if value is None:
+            return
+        if self.best is None or (value < self.best if monitor.endswith("loss") else value > self.best):
+            self.best, self.stale_epochs = value, 0
+        else:
+            self.stale_epochs += 1
+            self.stopped_early = self.stale_epochs >= self.cfg.patience
 
     @property
     def _evaluated(self) -> nn.Module:
@@ -525,9 +685,10 @@ class Trainer:
         return self.model if self.dist.active else self.forward
 
     def _write_plots(self, confusion: torch.Tensor) -> None:
-        title = f"{self.spec.name} on {self.cfg.dataset}"
-        plot_curves(self.run_dir / "curves.png", self.epochs, title)
-        plot_confusion(self.run_dir / "confusion.png", confusion, list(self.info.classes), title)
+        title = f"{self.spec.name} on {self.info.name}"
+        plot_curves(self.run_dir / "curves.png", self.epochs, title, self.steps)
+        split = "test" if self.test_loader is not None else "validation"
+        plot_confusion(self.run_dir / "confusion.png", confusion, list(self.info.classes), f"{title} ({split})")
 
     def _progress_bar(self) -> Any:
         from rich.console import Console
@@ -538,7 +699,7 @@ class Trainer:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  {task.fields[speed]:,.0f} ex/s"),
+            _LossColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=True,
@@ -546,40 +707,202 @@ class Trainer:
         )
 
 
-def checked_dataset(spec: Spec, cfg: TrainConfig) -> DatasetInfo:
-    """The dataset of `cfg`, refused before any work if its images do not fit the spec's input."""
-    info = dataset_info(cfg.dataset, tuple(spec.input))
-    wanted = tuple(spec.input)
-    same_channels = len(wanted) == len(info.sample_shape) == 3 and wanted[0] == info.sample_shape[0]
-    if wanted != info.sample_shape and not (cfg.resize and same_channels):
-        hint = (
-            " (add --resize, or resize: true in the train section, to resize them on the fly)" if same_channels else ""
-        )
+class _LossColumn:
+    """The progress bar's loss and speed, blank until the first value is known (never 'loss nan 0 ex/s')."""
+
+    def __new__(cls) -> Any:
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class Column(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                loss, speed = task.fields.get("loss"), task.fields.get("speed")
+                if loss is None or speed is None:
+                    return Text("")
+                return Text(f"loss {loss:.3f}  {speed:,.0f} ex/s")
+
+        return Column()
+
+
+def _epoch_line(m: EpochMetrics, epochs: int, device: torch.device) -> str:
+    parts = [f"loss {m.train_loss:.3f}", f"train acc {m.train_accuracy:.3f}"]
+    if m.val_accuracy is not None:
+        parts.append(f"val acc {m.val_accuracy:.3f}")
+    if m.test_accuracy is not None:
+        parts.append(f"test acc {m.test_accuracy:.3f}")
+    return f"epoch {m.epoch}/{epochs}: {', '.join(parts)}, {m.examples_per_sec:.1f} examples/sec on {device}"
+
+
+def _tensorboard(run_dir: Path, step: int) -> Any:
+    """A SummaryWriter into the run folder (`tensorboard --logdir runs` shows every run), or None without the
+    tensorboard package. `purge_step` drops what an interrupted run logged past its last checkpoint."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir), purge_step=step if step else None)
+
+
+def _log_epoch(board: Any, m: EpochMetrics, steps: list[list[float]], step: int) -> None:
+    if board is None:
+        return
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr"):
+        value = getattr(m, name)
+        if value is not None:
+            board.add_scalar(name.replace("_", "/", 1), value, m.epoch)
+    per_epoch = [s for s in steps if m.epoch - 1 <= s[0] <= m.epoch]
+    for at, loss in per_epoch:
+        board.add_scalar("train/step_loss", loss, round(at * step / max(m.epoch, 1)))
+    board.flush()
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def load_data(net: NetShape, cfg: TrainConfig, recorded: dict[str, list[int]] | None = None) -> Data:
+    """The run's data, refused before any work if the spec cannot take its inputs or give its classes."""
+    wanted = tuple(net.input_shape)
+    if cfg.data is None:
+        from netspec.data import dataset_info
+
+        known = dataset_info(cfg.dataset, wanted).sample_shape
+        same_channels = len(wanted) == len(known) == 3 and wanted[0] == known[0]
+        if wanted != known and not (cfg.resize and same_channels):
+            hint = (
+                " (add --resize, or resize: true in the train section, to resize them on the fly)"
+                if same_channels
+                else ""
+            )
+            raise UsageError(
+                f"spec {net.spec.name} takes input {format_shape(wanted)} but dataset {cfg.dataset} "
+                f"has images of {format_shape(known)}{hint}"
+            )
+    elif cfg.resize:
+        raise UsageError("--resize applies to the built-in datasets; images from a folder are resized already")
+    data = open_data(cfg, wanted, recorded)
+    info = data.info
+    where = net.spec.source.file or f"spec {net.spec.name}"
+    if info.kind == "table" and wanted != info.sample_shape:
         raise UsageError(
-            f"spec {spec.name} takes input {format_shape(wanted)} but dataset {info.name} "
-            f"has images of {format_shape(info.sample_shape)}{hint}"
+            f"{where}: the network takes input {format_shape(wanted)} but {info.name} has {info.sample_shape[0]} "
+            f"feature columns (set input: [{info.sample_shape[0]}])"
         )
-    return info
+    augment = Augment.of(cfg.augment)
+    if augment is not None and (info.kind != "image" or len(wanted) != 3):
+        raise UsageError(
+            f"augment: crop, flip and cutout apply to images (C×H×W); {info.name} gives "
+            f"{'table rows' if info.kind == 'table' else format_shape(wanted)}: remove augment from the train section"
+        )
+    check_fits(net, info)
+    return data
+
+
+def check_fits(net: NetShape, info: DataInfo) -> None:
+    """A classifier outputs one value per class: say so, with the fix, before anything runs."""
+    out, classes = tuple(net.output_shape), len(info.classes)
+    where = net.spec.source.file or f"spec {net.spec.name}"
+    if len(out) != 1:
+        raise UsageError(
+            f"{where}: the network outputs {format_shape(out)} per example, but netspec train trains classifiers, "
+            f"whose output is one score per class ({classes} for {info.name}); end the network with a flatten "
+            f"(or pooling) and a linear layer of out_features {classes}"
+        )
+    if out[0] != classes:
+        last = next((r for r in reversed(rows_of(net.root)) if r.kind in ("linear", "conv2d")), None)
+        arg = "out_features" if last is None or last.kind == "linear" else "out_channels"
+        fix = f"set the last {last.kind if last else 'linear'}'s {arg} to {classes}"
+        raise UsageError(f"{where}: the network outputs {out[0]} values but {info.name} has {classes} classes ({fix})")
 
 
 def make_loader(
-    spec: Spec, cfg: TrainConfig, info: DatasetInfo, device: torch.device, train: bool, dist: Dist = SINGLE
+    spec: Spec, cfg: TrainConfig, data: Data, part: Examples, device: torch.device, train: bool, dist: Dist = SINGLE
 ) -> DeviceLoader:
-    """The training split (shuffled, maybe augmented) or the test split, on `device`."""
-    data = load_split(cfg.dataset, cfg.data_root, train, cfg.download, tuple(spec.input), cfg.synthetic_size)
+    """A split on `device`: the training split shuffled (and augmented), the others in order."""
+    info = data.info
     batch_size = cfg.batch_size if train else cfg.test_batch_size
+    resize = cfg.resize and cfg.data is None and tuple(spec.input) != info.sample_shape
     return DeviceLoader(
-        data,
+        part,
         info,
         batch_size,
         device,
         shuffle=train,
-        augment=train and cfg.augment,
+        augment=Augment.of(cfg.augment) if train else None,
         seed=cfg.seed,
         channels_last=cfg.channels_last,
-        resize_to=tuple(spec.input[1:]) if cfg.resize and tuple(spec.input) != info.sample_shape else None,
+        resize_to=tuple(spec.input[1:]) if resize else None,
         shard=(dist.rank, dist.world),
     )
+
+
+# --- starting points ---------------------------------------------------------------------------
+
+
+def start_from(model: nn.Module, cfg: TrainConfig) -> str:
+    """Load cfg.init_from into `model`: a netspec checkpoint (its `model`) or a PyTorch state_dict, matched by
+    name when the names agree and by position otherwise (as torchvision's weights load into the zoo's specs).
+    With cfg.skip_mismatched, tensors whose shapes differ keep their initialization (a new head)."""
+    from netspec.fileio import load_checkpoint as load_any
+
+    path = Path(str(cfg.init_from))
+    if not path.is_file():
+        raise UsageError(f"--init-from {path}: no such file")
+    loaded = load_any(path, allow_plain=True)
+    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"--init-from {path}: neither a netspec checkpoint nor a state_dict of tensors")
+    target = model.state_dict()
+    if list(state) == list(target) or set(state) == set(target):
+        pairs = [(key, state[key], key) for key in target]
+    elif len(state) == len(target):
+        pairs = [(src, tensor, dst) for (src, tensor), dst in zip(state.items(), target, strict=True)]
+    elif cfg.skip_mismatched:
+        pairs = [(src, tensor, dst) for (src, tensor), dst in zip(state.items(), target, strict=False)]
+    else:
+        raise CheckpointError(
+            f"--init-from {path}: it holds {len(state)} tensors but the network has {len(target)}; "
+            "pass --skip-mismatched to load the leading tensors that fit"
+        )
+    fitting = {dst: tensor for src, tensor, dst in pairs if tensor.shape == target[dst].shape}
+    skipped = [
+        f"{dst} ({format_shape(tuple(tensor.shape))} in the file, {format_shape(tuple(target[dst].shape))} here)"
+        for src, tensor, dst in pairs
+        if tensor.shape != target[dst].shape
+    ]
+    if skipped and not cfg.skip_mismatched:
+        shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise CheckpointError(
+            f"--init-from {path}: {len(skipped)} tensor(s) do not fit: {shown}. Pass --skip-mismatched to keep "
+            "them at their initialization (for a new head)"
+        )
+    if len(pairs) == len(target) and not skipped and list(state) != list(target) and set(state) != set(target):
+        transfer_state_dict(state, model)  # by position, with torchvision's reordered modules handled
+    else:
+        model.load_state_dict({**target, **fitting})
+    note = f"init from {path}: loaded {len(fitting)} of {len(target)} tensors"
+    if skipped:
+        note += f"; skipped {len(skipped)} that do not fit: " + ", ".join(s.split(" (")[0] for s in skipped[:4])
+    return note
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> int:
+    """Keep the parameters under each prefix (a state_dict key prefix, e.g. `features` or `stem.0`) fixed;
+    returns how many parameters stay trainable."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        matched = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not matched:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise UsageError(
+                f"freeze: no parameters under {prefix!r}; the network's top-level names: {', '.join(tops)}"
+            )
+        for name, param in model.named_parameters():
+            if name in matched:
+                param.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --- the entry points --------------------------------------------------------------------------
 
 
 def train(
@@ -596,12 +919,13 @@ def train(
 ) -> TrainResult:
     """Train a spec (or resume a run folder) and return its metrics.
 
-    `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}). Started by torchrun
-    (or `netspec train --nproc-per-node N`), each process trains its share and rank 0 writes the run
-    folder; see netspec.distributed.
+    `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}); with `resume`, only
+    {"epochs": N} is allowed, to extend a finished or interrupted run. Started by torchrun (or `netspec train
+    --nproc-per-node N`), each process trains its share and rank 0 writes the run folder; see
+    netspec.distributed.
     """
     if resume is not None:
-        return _resume(Path(resume), report, progress, on_epoch, backend, sync_bn)
+        return _resume(Path(resume), report, progress, on_epoch, backend, sync_bn, (overrides or {}).get("epochs"))
     if spec is None:
         raise UsageError("give a spec to train, or --resume RUN_DIR")
     if not isinstance(spec, Spec):
@@ -612,9 +936,23 @@ def train(
     trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
     run_dir = new_run_dir(spec.name, out) if dist.is_main else None
     trainer.run_dir = Path(dist.from_main(str(run_dir) if run_dir else None))
-    if dist.is_main:
-        atomic_write_text(trainer.run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+    trainer.write_run_files()
+    trainer.report(trainer.describe())
+    if trainer.start_note:
+        trainer.report(trainer.start_note)
     return trainer.run(on_epoch)
+
+
+def read_split(run_dir: Path) -> dict[str, list[int]] | None:
+    """The split a run recorded (None for a run of netspec 0.1, which had none)."""
+    path = run_dir / "split.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {name: [int(i) for i in data.get(name, [])] for name in ("train", "val", "test")}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
 
 
 def _resume(
@@ -624,6 +962,7 @@ def _resume(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     backend: str | None = None,
     sync_bn: bool | None = None,
+    epochs: int | None = None,
 ) -> TrainResult:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
@@ -635,30 +974,31 @@ def _resume(
         cfg = TrainConfig.model_validate(ckpt["train_config"])
     except (KeyError, ValidationError) as exc:
         raise CheckpointError(f"{run_dir / 'last.pt'}: its spec or settings are unreadable ({exc})") from None
+    if epochs is not None and epochs != cfg.epochs:
+        if epochs < int(ckpt.get("epoch", 0)):
+            raise UsageError(f"--epochs {epochs}: the run has already trained {ckpt['epoch']} epochs")
+        if cfg.scheduler in ("cosine", "onecycle"):
+            raise UsageError(
+                f"--epochs {epochs}: this run's {cfg.scheduler} schedule was planned for {cfg.epochs} epochs and "
+                f"cannot be stretched; start a new run from it with --init-from {run_dir / 'best.pt'}"
+            )
+        cfg = cfg.model_copy(update={"epochs": epochs})
+        spec = spec.model_copy(update={"train": cfg})
+        (ckpt.get("selection") or {})["stopped_early"] = False
     dist, device = distributed.from_environment(resolve_device(cfg.device), backend)
     if dist.is_main:
         for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
             stale.unlink(missing_ok=True)
-    trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
+    cfg_start = cfg.model_copy(update={"init_from": None})  # the checkpoint has the weights already
+    try:
+        trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, read_split(run_dir))
+    except DataError as exc:
+        raise DataError(f"--resume {run_dir}: {exc}") from None
+    trainer.cfg = cfg
     trainer.run_dir = run_dir
     trainer.load_state(ckpt)
-    if trainer.epoch >= cfg.epochs:
-        report(f"{run_dir} already finished its {cfg.epochs} epochs")
+    if epochs is not None and dist.is_main:
+        atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+    if trainer.epoch >= cfg.epochs or trainer.stopped_early:
+        report(f"{run_dir} already finished its {trainer.epoch} epochs")
     return trainer.run(on_epoch)
-
-
-def evaluate_checkpoint(
-    spec: Spec | str | Path, checkpoint: str | Path, overrides: dict[str, Any] | None = None
-) -> tuple[float, torch.Tensor, list[str]]:
-    """Test accuracy and confusion matrix of a saved model."""
-    if not isinstance(spec, Spec):
-        spec = load_spec(spec)
-    cfg = resolve_config(spec, overrides)
-    device = resolve_device(cfg.device)
-    info = checked_dataset(spec, cfg)
-    model = build(spec)
-    load_weights(model, checkpoint)
-    model.to(device)
-    loader = make_loader(spec, cfg, info, device, train=False)
-    accuracy, confusion = evaluate(model, loader, len(info.classes), cfg.amp)
-    return accuracy, confusion, list(info.classes)

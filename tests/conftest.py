@@ -15,6 +15,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Image-folder caches of the tests go to a folder of their own, not the user's ~/.cache/netspec.
+os.environ.setdefault("NETSPEC_CACHE", __import__("tempfile").mkdtemp(prefix="netspec-test-cache-"))
 SPECS = ROOT / "specs"
 ZOO = sorted(p.stem for p in SPECS.glob("*.yaml"))
 # Zoo specs of torchvision models: spec name -> torchvision's weights enum (its meta holds `_ops`, in GMACs).
