@@ -1,0 +1,93 @@
+"""Data sources, one interface: a built-in dataset, an image folder or a CSV table becomes `Data` (train, val
+and test examples as tensors, and a `DataInfo` with the classes and the normalization), and `DeviceLoader`
+batches a split on the training device.
+
+- base.py: the types, the stratified seeded splits and the normalization statistics;
+- builtin.py: MNIST, Fashion-MNIST, CIFAR-10/2 and synthetic data, in torchvision's layout;
+- folders.py: image folders (torchvision's ImageFolder conventions), decoded once and cached;
+- tables.py: CSV tables;
+- loader.py: batches on the device, normalized and augmented there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from netspec.config import TrainConfig
+from netspec.data.base import (
+    SPLITS,
+    Data,
+    DataInfo,
+    DatasetInfo,
+    Examples,
+    ImageData,
+    Pool,
+    channel_stats,
+    make_splits,
+)
+from netspec.data.builtin import DATASET_INFO, dataset_info, load_split, read_builtin
+from netspec.data.folders import decode_image, image_extensions, read_folder
+from netspec.data.loader import DeviceLoader
+from netspec.data.tables import read_rows, read_table, table_columns
+from netspec.errors import UsageError
+
+__all__ = [
+    "DATASET_INFO",
+    "SPLITS",
+    "Data",
+    "DataInfo",
+    "DatasetInfo",
+    "DeviceLoader",
+    "Examples",
+    "ImageData",
+    "Pool",
+    "dataset_info",
+    "decode_image",
+    "image_extensions",
+    "load_split",
+    "open_data",
+    "read_rows",
+    "source_name",
+]
+
+
+def is_table(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in (".csv", ".tsv", ".txt") or Path(path).is_file()
+
+
+def source_name(cfg: TrainConfig) -> str:
+    """What the run trains on, as people name it: the dataset, or the folder or table path."""
+    return cfg.data if cfg.data is not None else cfg.dataset
+
+
+def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str, list[int]] | None = None) -> Data:
+    """The training configuration's data, split (as `recorded` by an earlier run, if given) and described."""
+    if cfg.label is not None and (cfg.data is None or not is_table(cfg.data)):
+        raise UsageError("--label names a table's label column: it goes with --data TABLE.csv")
+    features: tuple[str, ...] = ()
+    if cfg.data is None:
+        pool = read_builtin(cfg.dataset, cfg.data_root, cfg.download, input_shape, cfg.synthetic_size)
+        known = dataset_info(cfg.dataset, input_shape)
+        kind, shape = "image", known.sample_shape
+    elif is_table(cfg.data):
+        pool = read_table(cfg.data, cfg.label)
+        features = tuple(table_columns(Path(cfg.data), cfg.label)[0])
+        kind, shape = "table", (len(features),)
+    else:
+        pool = read_folder(cfg.data, input_shape, cfg.skip_bad_files)
+        kind, shape = "image", tuple(input_shape)
+    split = make_splits(pool, cfg.val_split, cfg.test_split, cfg.seed, recorded)
+    train, val, test = (pool.examples.subset(_index(split[name])) if split[name] else None for name in SPLITS)
+    assert train is not None
+    if cfg.data is None:
+        mean, std = known.mean, known.std
+    else:
+        mean, std = channel_stats(train.inputs, 255.0 if kind == "image" else 1.0)
+    info = DataInfo(source_name(cfg), kind, shape, pool.classes, mean, std, features)  # type: ignore[arg-type]
+    return Data(info, train, val, test, split, pool.notes)
+
+
+def _index(indices: list[int]):
+    import torch
+
+    return torch.tensor(indices, dtype=torch.long)
