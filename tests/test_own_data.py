@@ -391,7 +391,7 @@ def test_fine_tune_from_a_torchvision_state_dict_with_a_new_head(tmp_path: Path,
         "--out", str(tmp_path / "run"), "--no-progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "init from" in result.stdout and "skipped 2 that do not fit" in result.stdout
+    assert "loaded 336 of 338 tensors; skipped 2 that do not fit: fc.weight, fc.bias" in result.stdout
     trained = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     source = list(reference.state_dict().values())
     weights = [k for k in trained if k.endswith("weight") and not k.startswith(head)]
@@ -421,3 +421,13 @@ def test_resume_extends_a_finished_run(tmp_path: Path, write_spec):
 
 def test_bad_data_error_is_exit_2():
     assert BadDataError("x").exit_code == 2
+
+
+def test_download_without_network_says_so_and_leaves_nothing(tmp_path: Path):
+    """This machine (and CI) reaches no dataset host: the download fails, and says so."""
+    result = run_cli("train", str(SPECS / "lenet.yaml"), "--download", "--data-root", str(tmp_path / "dl"),
+                     "--out", str(tmp_path / "run"))  # fmt: skip
+    assert result.returncode == 1
+    assert "could not download fashion_mnist into" in result.stderr and "nothing was kept" in result.stderr
+    assert "corrupted" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "dl").exists() and not (tmp_path / "run").exists()
