@@ -236,21 +236,24 @@ def plot_curves(path: Path, epochs: list[EpochMetrics], title: str, steps: list[
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     xs = [m.epoch for m in epochs]
+    size = 5 if len(xs) <= 20 else 0  # markers help a few epochs; on many they only clutter
     if steps:
         sx, sy = zip(*steps, strict=True)
         loss_ax.plot(sx, sy, "-", color="tab:blue", alpha=0.35, linewidth=0.8, label="train loss (steps)")
-    loss_ax.plot(xs, [m.train_loss for m in epochs], "-o", color="tab:blue", label="train loss (epoch)")
+    loss_ax.plot(
+        xs, [m.train_loss for m in epochs], "-o", color="tab:blue", label="train loss (epoch)", markersize=size
+    )
     for key, style, color in (("val", "--s", "tab:orange"), ("test", "-.^", "tab:green")):
         points = [(m.epoch, getattr(m, f"{key}_loss")) for m in epochs if getattr(m, f"{key}_loss") is not None]
         if points:
-            loss_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} loss")
+            loss_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} loss", markersize=size)
         points = [(m.epoch, getattr(m, f"{key}_accuracy")) for m in epochs if getattr(m, f"{key}_accuracy") is not None]
         if points:
-            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} acc")
-    acc_ax.plot(xs, [m.train_accuracy for m in epochs], "-o", color="tab:blue", label="train acc")
+            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} acc", markersize=size)
+    acc_ax.plot(xs, [m.train_accuracy for m in epochs], "-o", color="tab:blue", label="train acc", markersize=size)
     loss_ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # decimals as the range needs
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.set_xlim(0, max(xs) + 0.1)

@@ -23,7 +23,7 @@ layers:
   - linear: {out_features: 32}
   - relu
   - linear: {out_features: 10}
-train: {dataset: synthetic, synthetic_size: 1000, epochs: 2, batch_size: 64, lr: 0.1, momentum: 0.9, device: cpu}
+train: {dataset: synthetic, val_split: 0, synthetic_size: 1000, epochs: 2, batch_size: 64, lr: 0.1, momentum: 0.9, device: cpu}
 """
 
 

@@ -84,7 +84,7 @@ def test_three_workers_on_one_postgres_study_run_each_point_once(write_spec, tmp
     for result in results:
         assert len(result["trials"]) == 6 and all(t["state"] == "complete" for t in result["trials"])
         assert result["best"]["number"] == results[0]["best"]["number"]
-        assert result["best"]["test_accuracy"] == max(t["test_accuracy"] for t in result["trials"])
+        assert result["best"]["val_accuracy"] == max(t["val_accuracy"] for t in result["trials"])
     assert PASSWORD not in "".join(w.err for w in workers)
 
 

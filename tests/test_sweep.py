@@ -134,7 +134,7 @@ def test_a_located_error_in_the_sweep_section(write_spec):
     path = write_spec(VAR_SPEC + "sweep: {grid: {lr: [0.1]}, samplr: tpe}\n")
     result = _sweep(str(path))
     assert result.returncode == 2
-    assert result.stderr == f"error: {path}:13:28: unknown key 'sweep.samplr'\n"
+    assert result.stderr == f"error: {path}:13:28: unknown key 'sweep.samplr' (did you mean 'sampler'?)\n"
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -163,10 +163,10 @@ def test_grid_sweep_on_mnist(tmp_path: Path, lrs: list[float], batch_sizes: list
         itertools.product(lrs, batch_sizes)
     )
     done = [t for t in trials if t["state"] == "complete"]
-    assert data["best"]["test_accuracy"] == max(t["test_accuracy"] for t in done)
+    assert data["best"]["val_accuracy"] == max(t["val_accuracy"] for t in done)  # chosen on validation
     assert data["best"]["test_accuracy"] > 0.9  # real MNIST, one epoch
     for t in trials:
-        assert set(t) >= {"number", "spec", "overrides", "state", "test_accuracy", "train_accuracy", "train_loss",
+        assert set(t) >= {"number", "spec", "overrides", "state", "val_accuracy", "test_accuracy", "train_accuracy", "train_loss",
                           "examples_per_sec", "params", "epochs_run", "run_dir", "error"}  # fmt: skip
         assert (Path(t["run_dir"]) / "last.pt").exists() and (Path(t["run_dir"]) / "spec.yaml").exists()
         assert t["params"] == 669_706

@@ -82,16 +82,19 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
     assert data["test_accuracy"] >= 0.97
     assert len(data["epochs"]) == 1 and data["device"] == "cpu"
     assert set(data["epochs"][0]) == {
-        "epoch", "train_loss", "train_accuracy", "test_accuracy", "examples_per_sec", "examples"
+        "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+        "examples_per_sec", "examples",
     }  # fmt: skip
-    assert data["epochs"][0]["examples"] == 60_000
+    assert data["epochs"][0]["examples"] == 54_001  # 10% of each class held out for validation
     assert 0 < data["train_accuracy"] <= 1 and data["examples_per_sec"] > 0
     assert "epoch 1/1: loss" in result.stderr and "examples/sec on cpu" in result.stderr
 
     run = tmp_path / "run"
     assert data["run_dir"] == str(run)
-    assert {p.name for p in run.iterdir()} == {
+    assert {p.name for p in run.iterdir() if not p.name.startswith("events.out.tfevents")} == {
         "spec.yaml",
+        "data.json",
+        "split.json",
         "metrics.csv",
         "metrics.json",
         "last.pt",
@@ -99,10 +102,15 @@ def test_mnist_cnn_one_epoch_on_real_mnist(tmp_path: Path):
         "curves.png",
         "confusion.png",
     }
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())  # TensorBoard's, from [dev]
     resolved = (run / "spec.yaml").read_text()
     assert "lr: 0.05" in resolved and "epochs: 1" in resolved and "dataset: mnist" in resolved
     assert json.loads((run / "metrics.json").read_text())[0]["test_accuracy"] == data["test_accuracy"]
-    assert (run / "metrics.csv").read_text().startswith("epoch,train_loss,train_accuracy,test_accuracy")
+    assert (
+        (run / "metrics.csv")
+        .read_text()
+        .startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,lr,seconds")
+    )
     for png in ("curves.png", "confusion.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = load_checkpoint(run / "best.pt")
@@ -178,8 +186,9 @@ def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
     cmd = [sys.executable, "-m", "netspec.cli", "train", str(spec), "--out", str(run), "--no-progress", *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # "epoch 1/3: ..." : the run is now in epoch 2
-    assert line.startswith("epoch 1/3"), line + proc.stderr.read()
+    first = proc.stdout.readline()  # what the run trains on, then "epoch 1/3: ..." : the run is now in epoch 2
+    line = proc.stdout.readline()
+    assert first.startswith("small_mlp on synthetic") and line.startswith("epoch 1/3"), line + proc.stderr.read()
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -196,10 +205,10 @@ def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
         [{k: v for k, v in asdict(m).items() if k != "lr"} for m in reference.epochs]
     )
     assert comparable(json.loads((run / "metrics.json").read_text())) == comparable(reference.epochs)
-    # best.pt is the best epoch's model, and last.pt knows that best even across the resume.
-    best = max(m.test_accuracy for m in reference.epochs)
-    assert load_checkpoint(run / "last.pt")["best_test_accuracy"] == best
-    assert max(m["test_accuracy"] for m in load_checkpoint(run / "best.pt")["metrics"]) == best
+    # best.pt is the model of the best epoch on validation, and last.pt knows that best even across the resume.
+    best = max(m.val_accuracy for m in reference.epochs)
+    assert load_checkpoint(run / "last.pt")["selection"]["best_accuracy"] == best
+    assert max(m["val_accuracy"] for m in load_checkpoint(run / "best.pt")["metrics"]) == best
 
 
 def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):

@@ -38,7 +38,7 @@ class DeviceLoader:
         device: torch.device,
         *,
         shuffle: bool = False,
-        augment: Augment | None = None,
+        augment: Augment | bool | None = None,
         seed: int = 0,
         channels_last: bool = False,
         resize_to: tuple[int, ...] | None = None,
@@ -56,7 +56,7 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
-        self.augment = augment
+        self.augment = Augment.of(augment) if isinstance(augment, bool) else augment
         self.seed = seed
         self.channels_last = channels_last and self.images.dim() == 4
         view = (-1, *([1] * (self.images.dim() - 2)))  # per channel, broadcast over the rest
