@@ -10,12 +10,15 @@ run is reported with the minimum and maximum. Peak memory is the CUDA allocator'
 maximum, or on CPU the growth of the resident set (peak RSS) during the variant; beside
 it, the memory model's prediction for an eager step (memory.py). A batch size that
 does not fit in memory is reported as "oom" and the sweep goes on; `auto` picks the
-largest batch that fits (memory.auto_batch_size).
+largest batch that fits (memory.auto_batch_size). When the repeats of a cell are more
+than UNSTABLE_SPREAD apart (max/min), the cell is marked unstable (`stable: false` and
+a `note` saying why), in the JSON and the table.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import os
 import platform
 import statistics
@@ -35,6 +38,9 @@ from netspec.errors import UsageError
 from netspec.memory import PeakMemory, auto_batch_size, estimate, format_bytes, is_oom
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, load_spec
+
+# Repeats of one cell further apart than this (slowest / fastest) mean something else was using the machine.
+UNSTABLE_SPREAD = 1.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class BenchResult:
     repeats: int = 0
     status: str = "ok"
     speedup: float | None = None  # over eager fp32 at the same device, mode and batch size
+    stable: bool | None = None  # False when the repeats were more than UNSTABLE_SPREAD apart; None: one repeat
+    note: str | None = None  # why a figure is not to be trusted
 
     @property
     def variant(self) -> Variant:
@@ -83,8 +91,12 @@ class BenchReport:
     env: dict[str, Any]
     results: list[BenchResult] = field(default_factory=list)
 
+    @property
+    def stable(self) -> bool:
+        return all(r.stable is not False for r in self.results)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "env": self.env, "results": [asdict(r) for r in self.results]}
+        return {"spec": self.spec, "env": self.env, "stable": self.stable, "results": [asdict(r) for r in self.results]}
 
 
 def environment() -> dict[str, Any]:
@@ -236,6 +248,7 @@ def measure(
         result.step_ms_median = median * 1000
         result.peak_mem_bytes = memory.peak
         result.repeats = repeats
+        _mark_stability(result, max(step_seconds) / min(step_seconds))
     except Exception as exc:
         result.status = "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     finally:
@@ -244,6 +257,27 @@ def measure(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _mark_stability(result: BenchResult, spread: float) -> None:
+    """Flag a cell whose repeats disagree, and say why: other work on the machine slowed some repeats."""
+    if result.repeats < 2:
+        return
+    result.stable = spread <= UNSTABLE_SPREAD
+    if result.stable:
+        return
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None and load > cores:
+        cause = f"other processes were running (load average {load:.1f} on {cores} cores)"
+    else:
+        shown = f"load average {load:.1f} on {cores} cores; " if load is not None else ""
+        cause = f"{shown}something else slowed some repeats (other work, frequency scaling, thermal limits)"
+    result.note = (
+        f"unstable: the {result.repeats} repeats ranged {result.examples_per_sec_min:,.0f}–"
+        f"{result.examples_per_sec_max:,.0f} examples/s ({spread:.1f}× apart): {cause}; compare only figures "
+        "measured side by side, or rerun on an idle machine"
+    )
 
 
 def measure_end_to_end(spec: Spec, device: torch.device, batch_size: int, overrides: dict[str, Any]) -> BenchResult:
@@ -280,49 +314,138 @@ def variants(compile: str, amp: str, channels_last: bool) -> list[Variant]:
     return [Variant(c, a, cl) for c in compiled for a, cl in options]
 
 
-def bench_table(report: BenchReport) -> Any:
-    """The rich table of `netspec bench`."""
+def bench_table(report: BenchReport, width: int | None = None) -> Any:
+    """The table of `netspec bench`, with its footnotes: the widest layout that fits `width` columns (a
+    terminal, a notebook cell), folding what matters least first and never a number."""
+    from rich.console import Console, Group
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    layouts = [_table(report, layout) for layout in LAYOUTS]
+    chosen = layouts[0]
+    if width is not None:
+        console = Console(width=10_000, file=io.StringIO())  # a measurement is capped at the console's width
+        chosen = next((t for t in layouts if Measurement.get(console, console.options, t).maximum <= width), chosen)
+        chosen = chosen if Measurement.get(console, console.options, chosen).maximum <= width else layouts[-1]
+    notes = _footnotes(report)
+    return Group(chosen, *(Text(note, style="dim") for note in notes)) if notes else chosen
+
+
+# From the widest to the narrowest: everything on one line; the min–max range under the median, headers and
+# variants on two lines, failures in the figures' place; no vertical rules; the predicted peak under the measured
+# one and the device above the mode.
+LAYOUTS = ("wide", "folded", "plain", "stacked")
+UNSTABLE_MARK = "*"
+
+
+def _table(report: BenchReport, layout: str) -> Any:
+    """Columns that would say the same on every row go into the title (one device) or away (no compiled cell:
+    no compile time; no variant but the baseline: no speedup; every cell ok: no status)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(
-        title=f"{report.spec} — {report.env['cpu']}, torch {report.env['torch']}",
-        title_justify="left",
-        caption="peak mem: the CUDA allocator's maximum, or on CPU the growth of the resident set (rough: memory the "
-        "process already holds is not counted again). predicted: netspec's memory model for an eager step.",
-        caption_justify="left",
-    )
-    for name, justify in (
-        ("device", "left"),
-        ("mode", "left"),
-        ("batch", "right"),
-        ("variant", "left"),
-        ("examples/s (min–max)", "right"),
-        ("ms/step", "right"),
-        ("compile s", "right"),
-        ("peak mem", "right"),
-        ("predicted", "right"),
-        ("speedup", "right"),
-        ("status", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in report.results:
-        ok = r.examples_per_sec is not None
-        table.add_row(
-            r.device,
-            r.mode,
-            str(r.batch_size),
-            r.variant.label,
-            f"{r.examples_per_sec:,.0f} ({r.examples_per_sec_min:,.0f}–{r.examples_per_sec_max:,.0f})"
-            if ok and r.examples_per_sec_min is not None
-            else (f"{r.examples_per_sec:,.0f}" if ok else "-"),
-            f"{r.step_ms_median:.2f}" if r.step_ms_median else "-",
-            f"{r.compile_s:.1f}" if r.compile_s else "-",
-            format_bytes(r.peak_mem_bytes),
-            format_bytes(r.predicted_peak_bytes),
-            f"{r.speedup:.2f}×" if r.speedup else "-",
-            r.status,
+    results = report.results
+    folded = layout != "wide"
+    devices = sorted({r.device for r in results})
+    on = f" on {devices[0]}" if len(devices) == 1 else ""
+    title = f"{report.spec}{on} — {report.env['cpu']}, torch {report.env['torch']}"
+    if layout in ("plain", "stacked"):
+        table = Table(
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+            show_edge=False,
+        )  # fmt: skip
+    else:
+        table = Table(title=title, title_justify="left", box=box.HEAVY_HEAD)
+    unstable = {id(r) for r in results if r.stable is False}
+    baselines = {(r.device, r.mode, r.batch_size): r for r in results if r.variant == Variant()}
+
+    def mark(r: BenchResult) -> str:
+        return UNSTABLE_MARK if id(r) in unstable else ""
+
+    def speedup(r: BenchResult) -> str:
+        base = baselines.get((r.device, r.mode, r.batch_size))
+        shaky = id(r) in unstable or (base is not None and id(base) in unstable)
+        return f"{r.speedup:.2f}×" + (UNSTABLE_MARK if shaky else "") if r.speedup else "-"
+
+    def throughput(r: BenchResult) -> str:
+        if r.examples_per_sec is None:
+            return _short_status(r) if folded else "-"
+        median = f"{r.examples_per_sec:,.0f}{mark(r)}"
+        if r.examples_per_sec_min is None or r.examples_per_sec_max is None:
+            return median
+        spread = f"{r.examples_per_sec_min:,.0f}–{r.examples_per_sec_max:,.0f}"
+        return f"{median}\n[dim]{spread}[/dim]" if folded else f"{median} ({spread})"
+
+    def variant(r: BenchResult) -> str:
+        return r.variant.label.replace("channels_last", "NHWC").replace("+", "\n") if folded else r.variant.label
+
+    columns: list[tuple[str, str, Callable[[BenchResult], str]]] = []
+    if len(devices) > 1 and layout == "stacked":
+        columns.append(("device\nmode", "left", lambda r: f"{r.device}\n{r.mode}"))
+    else:
+        if len(devices) > 1:
+            columns.append(("device", "left", lambda r: r.device))
+        columns.append(("mode", "left", lambda r: r.mode))
+    columns += [
+        ("batch", "right", lambda r: str(r.batch_size)),
+        ("variant", "left", variant),
+        ("examples/s\n(min–max)" if folded else "examples/s (min–max)", "right", throughput),
+        ("ms/step", "right", lambda r: f"{r.step_ms_median:.2f}" if r.step_ms_median else "-"),
+    ]
+    if any(r.compile for r in results):
+        compile_s = (
+            "compile\ns" if folded else "compile s",
+            "right",
+            lambda r: f"{r.compile_s:.1f}" if r.compile_s else "-",
         )
+        columns.append(compile_s)
+    predicted = any(r.predicted_peak_bytes is not None for r in results)
+    if predicted and layout == "stacked":  # the prediction under the measured peak, as the range under the median
+        columns.append(
+            (
+                "peak mem\n(predicted)",
+                "right",
+                lambda r: f"{format_bytes(r.peak_mem_bytes)}\n[dim]{format_bytes(r.predicted_peak_bytes)}[/dim]",
+            )
+        )
+    else:
+        columns.append(("peak\nmem" if folded else "peak mem", "right", lambda r: format_bytes(r.peak_mem_bytes)))
+        if predicted:
+            columns.append(
+                ("pre-\ndicted" if folded else "predicted", "right", lambda r: format_bytes(r.predicted_peak_bytes))
+            )
+    if any(r.variant != Variant() for r in results):
+        columns.append(("speedup", "right", speedup))
+    if not folded and any(r.status != "ok" for r in results):
+        columns.append(("status", "left", _short_status))
+    for name, justify, _ in columns:
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in results:
+        table.add_row(*(cell(r) for _, _, cell in columns))
     return table
+
+
+def _short_status(r: BenchResult) -> str:
+    return "error†" if r.status.startswith("error") else r.status
+
+
+def _footnotes(report: BenchReport) -> list[str]:
+    notes = [
+        "peak mem: the CUDA allocator's maximum, or on CPU the growth of the resident set (rough: memory the "
+        "process already holds is not counted again). predicted: netspec's memory model for an eager step."
+    ]
+    unstable = [r for r in report.results if r.stable is False]
+    if unstable:
+        notes.append(
+            f"{UNSTABLE_MARK} unstable: the repeats of {len(unstable)} cell{'s' if len(unstable) > 1 else ''} were more "
+            f"than {UNSTABLE_SPREAD}× apart (max/min), so other load on the machine slowed some of them; "
+            "compare only figures measured side by side, or rerun on an idle machine (each cell's `note` in --json "
+            "says more)."
+        )
+    for r in report.results:
+        if r.status.startswith("error"):
+            notes.append(f"† {r.device} {r.mode} batch {r.batch_size} {r.variant.label}: {r.status}")
+    return notes
 
 
 def bench(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import netspec
-from netspec.memory import estimate, largest_fitting
+from netspec.memory import estimate, format_bytes, largest_fitting
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {
@@ -27,6 +27,8 @@ RESULT_KEYS = {
     "repeats",
     "status",
     "speedup",
+    "stable",
+    "note",
 }
 
 
@@ -56,6 +58,7 @@ def test_bench_json_and_oom_in_a_sweep(tmp_path):
     assert json.loads(out.read_text()) == data
     assert data["spec"] == "specs/lenet.yaml"
     assert set(data["env"]) == {"torch", "python", "cpu", "threads", "devices"}
+    assert data["stable"] == all(r["stable"] is not False for r in data["results"])
     rows = data["results"]
     assert all(set(r) == RESULT_KEYS for r in rows)
     # 2 batch sizes × 2 modes × (eager fp32 baseline, eager bf16)
@@ -72,6 +75,7 @@ def test_bench_json_and_oom_in_a_sweep(tmp_path):
         assert r["examples_per_sec_min"] <= r["examples_per_sec"] <= r["examples_per_sec_max"]
         assert r["step_ms_median"] == pytest.approx(16 / r["examples_per_sec"] * 1000, rel=0.5)
         assert r["compile_s"] is None  # eager
+        assert r["stable"] in (True, False) and (r["note"] is None) == r["stable"]
     assert all(r["speedup"] == 1.0 for r in ok if r["amp"] == "none")
     # Beside each measured peak, the memory model's prediction (an eager step with the bench's SGD).
     net = netspec.infer_shapes(ROOT / "specs" / "lenet.yaml")
@@ -82,27 +86,116 @@ def test_bench_json_and_oom_in_a_sweep(tmp_path):
     assert huge and all(r["status"] == "oom" and r["examples_per_sec"] is None for r in huge)
 
 
-def test_bench_table(tmp_path):
+@pytest.mark.parametrize("columns", [80, 200])
+def test_bench_table_keeps_every_number_at_any_width(tmp_path, columns: int):
+    # An 80-column terminal (or a notebook cell) used to get `│ cpu │ train │ 32 │ eager │ 68 │ 472.… │`.
+    out = tmp_path / "bench.json"
     result = run_cli(
-        "bench",
-        "specs/mlp.yaml",
-        "--device",
-        "cpu",
-        "--batch-sizes",
-        "8",
-        "--modes",
-        "infer",
-        "--warmup",
-        "0",
-        "--steps",
-        "1",
-        "--repeats",
-        "1",
-        env={"COLUMNS": "200"},
-    )
+        "bench", "specs/mlp.yaml", "--device", "cpu", "--batch-sizes", "8,16", "--amp", "bf16",
+        "--warmup", "0", "--steps", "1", "--repeats", "2", "--out", str(out),
+        env={"COLUMNS": str(columns)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "examples/s" in result.stdout and "eager" in result.stdout and "infer" in result.stdout
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, result.stdout
+    assert "…" not in result.stdout and "examples/s" in result.stdout and "speedup" in result.stdout
+    for r in json.loads(out.read_text())["results"]:
+        _assert_row_readable(result.stdout, r)
     assert "predicted" in result.stdout and "rough" in result.stdout  # CPU peaks are resident-set growth
+
+
+def _assert_row_readable(text: str, r: dict) -> None:
+    """Every figure of a result appears whole in the table."""
+    figures = [f"{r['examples_per_sec']:,.0f}", f"{r['examples_per_sec_min']:,.0f}–{r['examples_per_sec_max']:,.0f}"]
+    figures += [f"{r['step_ms_median']:.2f}", format_bytes(r["peak_mem_bytes"]), f"{r['speedup']:.2f}×"]
+    if r["predicted_peak_bytes"] is not None:
+        figures.append(format_bytes(r["predicted_peak_bytes"]))
+    if r["compile_s"]:
+        figures.append(f"{r['compile_s']:.1f}")
+    for figure in figures:
+        assert figure in text, f"{figure} of {r['mode']} {r['batch_size']} missing from\n{text}"
+
+
+def _report(unstable: bool = False):
+    """Two devices, compiled and bf16+channels_last variants, an oom and an error: the widest table there is."""
+    from netspec.bench import BenchReport, BenchResult
+
+    env = {"torch": "2.15.0+cu132", "python": "3.12", "cpu": "AMD EPYC 7B13 (2 cores)", "threads": 2, "devices": []}
+    report = BenchReport("specs/resnet_small.yaml", env)
+    figures = 13342.0
+    for device in ("cpu", "cuda:0"):
+        for mode in ("train", "infer"):
+            for compile_, amp, cl in ((False, "none", False), (True, "none", False), (False, "bf16", True)):
+                r = BenchResult(device, mode, 1024, compile_, amp, cl, figures, figures * 0.93, figures * 1.04)
+                r.step_ms_median, r.peak_mem_bytes, r.repeats = 1024 / figures * 1000, 187_170_816, 5
+                r.predicted_peak_bytes = 1_000_000_000  # "953.7 MiB", as wide as a figure of bytes gets
+                r.compile_s, r.speedup, r.stable = (12.3 if compile_ else None), figures / 13342.0, True
+                report.results.append(r)
+                figures *= 1.37
+    error = "error: RuntimeError: CUDA error: an illegal memory access was encountered"
+    for failed, status in zip(report.results[-2:], (error, "oom"), strict=True):  # as measure() leaves a failure
+        failed.status, failed.stable = status, None
+        failed.examples_per_sec = failed.examples_per_sec_min = failed.examples_per_sec_max = None
+        failed.step_ms_median = failed.compile_s = failed.peak_mem_bytes = failed.speedup = None
+    if unstable:
+        shaky = report.results[1]
+        shaky.examples_per_sec_min, shaky.examples_per_sec_max, shaky.stable = 506.0, 6333.0, False
+        shaky.note = "unstable: the 5 repeats ranged 506–6,333 examples/s (12.5× apart): ..."
+    return report
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_bench_table_layouts_fold_before_they_drop(width: int):
+    import io
+
+    from rich.console import Console
+
+    from netspec.bench import bench_table
+
+    report = _report(unstable=True)
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(bench_table(report, width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    assert "…" not in text
+    for r in report.results:
+        if r.status == "ok":
+            _assert_row_readable(text, {**r.__dict__})
+    assert "oom" in text and "error" in text
+    flowing = " ".join(text.split())  # the footnotes, as wrapped to the width
+    assert "CUDA error: an illegal memory access was encountered" in flowing
+    # The unstable cell and the speedups that rest on it carry the mark, explained under the table.
+    assert f"{report.results[1].examples_per_sec:,.0f}*" in text and "1.37×*" in text
+    assert "13,342" in text and "13,342*" not in text and "1.00×*" not in text
+    assert "* unstable: the repeats of 1 cell were more than 1.5× apart" in flowing
+
+
+def test_unstable_repeats_are_flagged_with_the_reason(monkeypatch):
+    from types import SimpleNamespace
+
+    import netspec.bench as bench_module
+
+    clock = SimpleNamespace(now=0.0, durations=[])
+
+    def step() -> None:
+        clock.now += clock.durations.pop(0)
+
+    monkeypatch.setattr(bench_module, "prepare_step", lambda *args, **kwargs: (step, None))
+    monkeypatch.setattr(bench_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    spec = bench_module.load_spec("specs/mlp.yaml")
+    cpu = bench_module.resolve_device("cpu")
+    # One warm-up step, then three repeats of two steps; the third repeat runs 3× slower (other load).
+    clock.durations = [0.001] + [0.001] * 4 + [0.003] * 2
+    shaky = bench_module.measure(spec, cpu, "infer", 8, bench_module.Variant(), warmup=1, steps=2, repeats=3)
+    assert shaky.status == "ok" and shaky.stable is False
+    assert shaky.examples_per_sec_max / shaky.examples_per_sec_min == pytest.approx(3.0)
+    assert shaky.note.startswith("unstable: the 3 repeats ranged 2,667–8,000 examples/s (3.0× apart): ")
+    assert "load average" in shaky.note and "compare only figures measured side by side" in shaky.note
+    clock.durations = [0.001] + [0.001] * 4 + [0.0014] * 2  # 1.4× apart: ordinary noise
+    steady = bench_module.measure(spec, cpu, "infer", 8, bench_module.Variant(), warmup=1, steps=2, repeats=3)
+    assert steady.stable is True and steady.note is None
+    report = bench_module.BenchReport("specs/mlp.yaml", {}, [steady, shaky])
+    assert report.to_dict()["stable"] is False
 
 
 def test_bench_auto_batch_size_fits_the_memory_budget():
