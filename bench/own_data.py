@@ -2,6 +2,7 @@
 netspec's built-in MNIST reader, the same spec and recipe, side by side, alternating.
 
     python -m bench.own_data --data-root ../shared/data [--repeats 3] [--epochs 2]
+    python -m bench.own_data --data-root ../shared/data --write mnist_png   # only write the PNG folder
 
 Each repeat trains both for --epochs epochs and takes the examples/sec of the last epoch (from the second epoch
 on, the folder's images are decoded and cached already); the figure is the median of the ratios.
@@ -38,7 +39,12 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/mnist_cnn.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--write", metavar="DIR", help="only write MNIST as PNGs in DIR/train and DIR/test, and stop")
     args = parser.parse_args()
+    if args.write:
+        write_pngs(Path(args.data_root), Path(args.write))
+        print(f"wrote {sum(1 for _ in Path(args.write).rglob('*.png')):,} PNG files under {args.write}")
+        return
     quiet = {"report": lambda line: None, "progress": False}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_pngs(Path(args.data_root), Path(tmp) / "mnist_png")
@@ -50,7 +56,9 @@ def main() -> None:
         speeds: dict[str, list[float]] = {name: [] for name in sources}
         for r in range(args.repeats):
             for name, data in sources.items():
-                result = train(args.spec, {**common, **data}, out=Path(tmp) / f"run-{name}-{r}".replace(" ", "_"), **quiet)
+                result = train(
+                    args.spec, {**common, **data}, out=Path(tmp) / f"run-{name}-{r}".replace(" ", "_"), **quiet
+                )
                 speeds[name].append(result.last.examples_per_sec)
                 print(f"repeat {r + 1}: {name}: {result.last.examples_per_sec:,.0f} examples/sec (epoch {args.epochs})")
         ratios = [f / b for f, b in zip(speeds["PNG folder"], speeds["built-in"], strict=True)]

@@ -438,7 +438,8 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _momentum(text: str) -> float:
+def _below_one(text: str) -> float:
+    """0 <= x < 1: a momentum, a label smoothing, a split's share."""
     value = _parse_number(text, float, "a number", 0, inclusive=True)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
@@ -527,12 +528,12 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
         "--resize", action="store_true", help="resize built-in images to the spec's input size on the fly (as d2l's)"
     )
     g.add_argument(
-        "--val-split", type=_split_fraction, metavar="F",
+        "--val-split", type=_below_one, metavar="F",
         help="share of the training examples held out for validation when the data has none (default: 0.1; "
         "0: none, and best.pt is then chosen on test)",
     )  # fmt: skip
     g.add_argument(
-        "--test-split", type=_split_fraction, metavar="F",
+        "--test-split", type=_below_one, metavar="F",
         help="share of the examples held out for testing when the data has no test split (default: 0.1)",
     )  # fmt: skip
     g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -555,14 +556,14 @@ def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=_positive_int, help="number of epochs (with --resume: extend the run to N)")
     g.add_argument("--lr", type=_positive_float, help="learning rate")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer")
-    g.add_argument("--momentum", type=_momentum, help="SGD momentum")
+    g.add_argument("--momentum", type=_below_one, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     g.add_argument("--weight-decay", type=_non_negative_float, help="weight decay")
     g.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"), help="learning-rate schedule")
     g.add_argument("--step-size", type=_positive_int, help="epochs between decays (scheduler step)")
     g.add_argument("--gamma", type=_positive_float, help="decay factor (scheduler step)")
     g.add_argument("--init", choices=("default", "xavier_uniform", "kaiming"), help="weight initialization")
-    g.add_argument("--label-smoothing", type=_momentum, help="label smoothing of the loss (0 <= s < 1)")
+    g.add_argument("--label-smoothing", type=_below_one, help="label smoothing of the loss (0 <= s < 1)")
     g.add_argument("--grad-clip", type=_positive_float, help="clip the gradient norm to this value")
     g.add_argument("--augment", action="store_true", help="random crop (padding 4) and flip of training images")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
@@ -584,13 +585,6 @@ def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
         "--freeze", action="append", metavar="PREFIX",
         help="keep the parameters under this state_dict prefix fixed (repeatable), e.g. --freeze features",
     )  # fmt: skip
-
-
-def _split_fraction(text: str) -> float:
-    value = _parse_number(text, float, "a number", 0, inclusive=True)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -642,7 +636,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default: the spec's train section)"
     )
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer (default: the spec's)")
-    g.add_argument("--momentum", type=_momentum, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)")
+    g.add_argument(
+        "--momentum", type=_below_one, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)"
+    )
     g.add_argument("--device", choices=("cpu", "cuda"), help="whose kernels' rules to follow (default: this machine's)")
     g.add_argument(
         "--nproc-per-node", type=_positive_int,

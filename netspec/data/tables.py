@@ -128,7 +128,9 @@ def read_rows(path: Path, features: list[str]) -> tuple[torch.Tensor, list[str]]
     header = read_header(path)
     missing = [f for f in features if f not in header]
     if missing:
-        raise BadDataError(f"{path}:1: missing the feature column(s) {', '.join(missing)} that the model was trained on")
+        raise BadDataError(
+            f"{path}:1: missing the feature column(s) {', '.join(missing)} that the model was trained on"
+        )
     at = [header.index(f) for f in features]
     rows, ids = [], []
     with _open(path) as fh:
