@@ -22,20 +22,8 @@ from netspec.cli import main
 from tests.conftest import ROOT, SHARED_DATA, requires_mnist, run_cli
 
 # Small and quick: a wide-ish MLP on the synthetic dataset (random images labelled by a random teacher).
-VAR_SPEC = """\
-name: varnet
-input: [1, 8, 8]
-vars: {width: 32, p_drop: 0.0}
-layers:
-  - flatten
-  - linear: {out_features: $width}
-  - relu
-  - dropout: {p: $p_drop}
-  - linear: {out_features: "$width // 2"}
-  - relu
-  - linear: {out_features: 10}
-train: {dataset: synthetic, synthetic_size: 2048, epochs: 1, batch_size: 64, lr: 0.1}
-"""
+# The README's multi-machine sweep spec: a small MLP with two variables (width, p_drop) on synthetic images.
+VAR_SPEC = (ROOT / "examples" / "varnet.yaml").read_text()
 
 
 def _sweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
