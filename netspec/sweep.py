@@ -582,6 +582,10 @@ def _score(row: dict[str, Any]) -> float | None:
     return selection_accuracy(row.get("val_accuracy"), row.get("test_accuracy"))
 
 
+# What write_results may leave in a sweep folder (the plots only where they apply).
+RESULT_FILES = ("results.csv", "results.json", "curves.png", "gap.png", "heatmap.png", "importance.png", "parallel.png")
+
+
 def write_results(result: SweepResult, plan: SweepPlan) -> None:
     out = result.sweep_dir
     atomic_write_json(out / "results.json", result.to_dict())
@@ -725,11 +729,13 @@ def results_table(result: SweepResult) -> Any:
     best = result.best
     title = "sweep: no trial completed"
     if best is not None:
-        title = (
-            f"best: trial {best['number']} ({_trial_label(best, several)}), chosen on validation accuracy "
-            f"{_score(best):.4f}"
-            + (f"; its test accuracy {best['test_accuracy']:.4f}" if best["test_accuracy"] else "")
-        )
+        label = f"best: trial {best['number']} ({_trial_label(best, several)})"
+        if best["val_accuracy"] is None:  # val_split 0: the runs said they choose on test
+            title = f"{label}, chosen on test accuracy {best['test_accuracy']:.4f} (no validation split)"
+        else:
+            title = f"{label}, chosen on validation accuracy {best['val_accuracy']:.4f}" + (
+                f"; its test accuracy {best['test_accuracy']:.4f}" if best["test_accuracy"] is not None else ""
+            )
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     if several:

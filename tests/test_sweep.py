@@ -26,6 +26,11 @@ from tests.conftest import ROOT, SHARED_DATA, requires_mnist, run_cli
 VAR_SPEC = (ROOT / "examples" / "varnet.yaml").read_text()
 
 
+def _line_of(text: str) -> int:
+    """The line number of VAR_SPEC's line holding `text`."""
+    return next(number for number, line in enumerate(VAR_SPEC.splitlines(), 1) if text in line)
+
+
 def _sweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return run_cli("sweep", *args, cwd=cwd)
 
@@ -56,7 +61,7 @@ def test_variables_and_arithmetic_and_set(write_spec):
         (
             VAR_SPEC.replace('"$width // 2"', "$widht"),
             [],
-            ":9:28: layers[4] linear: unknown variable $widht (did you mean 'width'?)",
+            f":{_line_of('$width // 2')}:28: layers[4] linear: unknown variable $widht (did you mean 'width'?)",
         ),
         (VAR_SPEC.replace('"$width // 2"', '"$width // "'), [], "cannot read '$width // ' as arithmetic"),
         (VAR_SPEC.replace('"$width // 2"', '"$width + __import__(1)"'), [], "only numbers, $variables"),
@@ -122,7 +127,8 @@ def test_a_located_error_in_the_sweep_section(write_spec):
     path = write_spec(VAR_SPEC + "sweep: {grid: {lr: [0.1]}, samplr: tpe}\n")
     result = _sweep(str(path))
     assert result.returncode == 2
-    assert result.stderr == f"error: {path}:13:28: unknown key 'sweep.samplr' (did you mean 'sampler'?)\n"
+    line = len(VAR_SPEC.splitlines()) + 1
+    assert result.stderr == f"error: {path}:{line}:28: unknown key 'sweep.samplr' (did you mean 'sampler'?)\n"
 
 
 # --- running -----------------------------------------------------------------------------------
