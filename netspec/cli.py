@@ -372,7 +372,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from netspec.sweep import RESULT_FILES, make_plan, results_table, sweep
+    from netspec.sweep import make_plan, results_table, sweep
 
     # With --json, stdout carries only the JSON object; progress goes to stderr.
     stream = sys.stderr if args.json else sys.stdout
@@ -400,8 +400,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
     else:
         Console(width=None if sys.stdout.isatty() else 150).print(results_table(result))
-        present = ", ".join(name for name in RESULT_FILES if (result.sweep_dir / name).exists())
-        print(f"sweep folder: {result.sweep_dir} ({present})")
+        written = f" ({', '.join(result.files)})" if result.files else ""
+        print(f"sweep folder: {result.sweep_dir}{written}")
     return 0
 
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from netspec.compiler import SpecNet, build, load_state
 from netspec.config import TrainConfig
-from netspec.data import DataInfo, DeviceLoader, dataset_info, decode_image, image_extensions, read_rows
+from netspec.data import Data, DataInfo, DeviceLoader, Examples, dataset_info, decode_image, image_extensions, read_rows
 from netspec.device import resolve_device
 from netspec.errors import CheckpointError, DataError, UsageError
 from netspec.fileio import load_checkpoint
@@ -74,6 +74,21 @@ def load_trained(path: str | Path, spec: Spec | str | Path | None = None) -> Tra
     return TrainedModel(own, cfg, model, info, checkpoint, run_dir)
 
 
+def run_split(
+    trained: TrainedModel, overrides: dict[str, Any] | None = None, split: str = "test"
+) -> tuple[TrainConfig, Data, Examples]:
+    """A run's settings, its data cut as the run recorded it (split.json), and the `split` part ("test" or
+    "val"). `overrides` may point at the data elsewhere (data_root, data) or change the device and batch size."""
+    cfg = resolve_config(trained.spec.model_copy(update={"train": trained.cfg}), overrides)
+    recorded = read_split(trained.run_dir) if trained.run_dir is not None and cfg.data == trained.cfg.data else None
+    data = load_data(infer_shapes(trained.spec), cfg, recorded)
+    part = data.test if split == "test" else data.val
+    if part is None:
+        other = "val" if split == "test" else "test"
+        raise UsageError(f"{data.info.name} has no {split} split in this run; evaluate --split {other}")
+    return cfg, data, part
+
+
 def evaluate_run(
     path: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -81,17 +96,10 @@ def evaluate_run(
     spec: Spec | str | Path | None = None,
 ) -> tuple[Evaluation, list[str], str]:
     """A run's model evaluated on its data's test (or val) split, the split the run recorded: (evaluation, class
-    names, what was evaluated). `overrides` may point at the data elsewhere (data_root, data) or change the
-    device and batch size."""
+    names, what was evaluated)."""
     trained = load_trained(path, spec)
-    cfg = resolve_config(trained.spec.model_copy(update={"train": trained.cfg}), overrides)
+    cfg, data, part = run_split(trained, overrides, split)
     device = resolve_device(cfg.device)
-    recorded = read_split(trained.run_dir) if trained.run_dir is not None and cfg.data == trained.cfg.data else None
-    data = load_data(infer_shapes(trained.spec), cfg, recorded)
-    part = data.test if split == "test" else data.val
-    if part is None:
-        other = "val" if split == "test" else "test"
-        raise UsageError(f"{data.info.name} has no {split} split in this run; evaluate --split {other}")
     loader = DeviceLoader(part, data.info, cfg.test_batch_size, device)
     model = trained.model.to(device)
     result = evaluate(model, loader, len(data.info.classes), cfg.amp)

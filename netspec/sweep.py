@@ -530,6 +530,7 @@ class SweepResult:
     sweep_dir: Path
     keys: list[str]
     trials: list[dict[str, Any]]
+    files: list[str] = field(default_factory=list)  # what write_results and write_optuna_plots wrote
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -582,10 +583,6 @@ def _score(row: dict[str, Any]) -> float | None:
     return selection_accuracy(row.get("val_accuracy"), row.get("test_accuracy"))
 
 
-# What write_results may leave in a sweep folder (the plots only where they apply).
-RESULT_FILES = ("results.csv", "results.json", "curves.png", "gap.png", "heatmap.png", "importance.png", "parallel.png")
-
-
 def write_results(result: SweepResult, plan: SweepPlan) -> None:
     out = result.sweep_dir
     atomic_write_json(out / "results.json", result.to_dict())
@@ -599,8 +596,9 @@ def write_results(result: SweepResult, plan: SweepPlan) -> None:
     atomic_write_text(out / "results.csv", buffer.getvalue())
     _plot_curves(result)
     _plot_gap(result)
-    if plan.sampler == "grid" and len(plan.dimensions) == 2:  # a grid has no ranges
-        _plot_heatmap(result, plan)
+    result.files = ["results.csv", "results.json", "curves.png", "gap.png"]
+    if plan.sampler == "grid" and len(plan.dimensions) == 2 and _plot_heatmap(result, plan):  # a grid has no ranges
+        result.files.append("heatmap.png")
 
 
 # Optuna's importance estimate needs enough finished trials to mean anything (with a 3×3 grid it is noise).
@@ -622,6 +620,7 @@ def write_optuna_plots(study: Any, result: SweepResult) -> None:
         ax.figure.set_size_inches(*size)
         ax.figure.tight_layout()
         _save_figure(ax.figure, result.sweep_dir / name)
+        result.files.append(name)
 
 
 def _trial_label(row: dict[str, Any], several_specs: bool) -> str:
@@ -691,7 +690,8 @@ def _plot_gap(result: SweepResult) -> None:
     _save_figure(fig, result.sweep_dir / "gap.png")
 
 
-def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
+def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> bool:
+    """The grid's selection accuracies as a heatmap; False (nothing written) when no trial completed."""
     plt = _plt()
     (ky, vy), (kx, vx) = [(d.key, d.values or []) for d in plan.dimensions]
     grid = [[math.nan] * len(vx) for _ in vy]
@@ -704,7 +704,7 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
             grid[i][j] = _score(row)
     values = [v for line in grid for v in line if not math.isnan(v)]
     if not values:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(1.3 * len(vx) + 2.5, 1.0 * len(vy) + 1.8), dpi=100)
     image = ax.imshow(grid, cmap="viridis")
     ax.set_xticks(range(len(vx)), [str(v) for v in vx])
@@ -720,6 +720,7 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> None:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     _save_figure(fig, result.sweep_dir / "heatmap.png")
+    return True
 
 
 def results_table(result: SweepResult) -> Any:

@@ -440,15 +440,14 @@ def test_an_exported_model_classifies_raw_rows_as_predict_does(tmp_path: Path, w
     table = iris_csv(tmp_path / "iris.csv")
     spec = write_spec(IRIS_MLP.replace("epochs: 40", "epochs: 10"))
     train(spec, {"data": str(table)}, out=tmp_path / "run", **QUIET)
+    raw = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.4, 1.3]], dtype=np.float32)
     rows = tmp_path / "rows.csv"
-    rows.write_text(
-        "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,2.8,4.4,1.3\n"
-    )
+    lines = [",".join(f"{v:g}" for v in row) for row in raw.tolist()]
+    rows.write_text("\n".join(["sepal_length,sepal_width,petal_length,petal_width", *lines]) + "\n")
     exported = run_cli("export", str(spec), "--format", "onnx", "--checkpoint", str(tmp_path / "run" / "best.pt"),
                        "--out", str(tmp_path / "model.onnx"))  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
-    raw = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.4, 1.3]], dtype=np.float32)
     logits = session.run(None, {session.get_inputs()[0].name: raw})[0]
     classes = json.loads(session.get_modelmeta().custom_metadata_map["netspec_classes"])
     predicted = json.loads(run_cli("predict", str(tmp_path / "run"), str(rows), "--json").stdout)
