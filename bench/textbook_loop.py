@@ -8,7 +8,7 @@ one epoch: batching, data movement and the steps, not the test pass.
 
     python -m bench.textbook_loop [--data-root ../shared/data] [--batch-size 256] [--repeats 3]
     python -m bench.textbook_loop --step [--compiled]   # train step only, same in-memory tensors
-    python -m bench.textbook_loop --step --model googlenet --batch-size 32   # d2l's GoogLeNet, DenseNet, ...
+    python -m bench.textbook_loop --step --model d2l_googlenet --batch-size 32   # d2l's GoogLeNet, DenseNet, ...
     python -m bench.textbook_loop --step --model vit_b_16 --batch-size 4     # torchvision's own module
 """
 

@@ -25,6 +25,7 @@ TORCHVISION_ZOO = {
     "convnext_tiny": "ConvNeXt_Tiny_Weights",
     "swin_t": "Swin_T_Weights",
     "shufflenet_v2_x1_0": "ShuffleNet_V2_X1_0_Weights",
+    "resnet18": "ResNet18_Weights",
     "resnet50": "ResNet50_Weights",
     "maxvit_t": "MaxVit_T_Weights",
 }

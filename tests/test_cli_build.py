@@ -61,7 +61,7 @@ def test_build_json_paths_into_blocks():
 
 
 def test_build_table_indents_branches_under_their_merge():
-    result = run_cli("build", "specs/googlenet.yaml", env={"COLUMNS": "200"})
+    result = run_cli("build", "specs/d2l_googlenet.yaml", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     merge = next(i for i, line in enumerate(lines) if "layers[8].inception[0] " in line)
@@ -141,7 +141,7 @@ def test_build_json_carries_elementwise_ops_of_merges_apart_from_macs():
 
 def test_build_with_a_batch_size_predicts_memory():
     result = run_cli(
-        "build", "specs/resnet18.yaml", "--batch-size", "128", "--amp", "bf16", "--optimizer", "adam",
+        "build", "specs/d2l_resnet18.yaml", "--batch-size", "128", "--amp", "bf16", "--optimizer", "adam",
         "--device", "cuda", "--nproc-per-node", "2", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -152,7 +152,7 @@ def test_build_with_a_batch_size_predicts_memory():
         "batch_size": 64, "processes": 2, "global_batch_size": 128, "amp": "bf16", "optimizer": "adam",
         "momentum": 0.0, "device": "cuda",
     }  # fmt: skip
-    expected = estimate(netspec.infer_shapes(SPECS / "resnet18.yaml"), 64, amp="bf16", optimizer="adam")
+    expected = estimate(netspec.infer_shapes(SPECS / "d2l_resnet18.yaml"), 64, amp="bf16", optimizer="adam")
     assert memory["activations"] == expected.activations == sum(layer["saved_bytes"] for layer in data["layers"])
     assert memory["params"] == memory["grads"] == 4 * 11_178_378
     assert memory["optimizer"] == 2 * memory["params"]

@@ -43,10 +43,10 @@ def test_draw_png_and_detailed_svg(name: str, tmp_path: Path, monkeypatch):
 
 
 def test_collapsed_blocks_and_expanded_layers(tmp_path: Path):
-    collapsed = _svg_texts(netspec.draw(SPECS / "googlenet.yaml", tmp_path / "g.svg"))
+    collapsed = _svg_texts(netspec.draw(SPECS / "d2l_googlenet.yaml", tmp_path / "g.svg"))
     assert collapsed.count("inception") == 9  # one box per block use
     assert "concat" not in collapsed
-    detailed = _svg_texts(netspec.draw(SPECS / "googlenet.yaml", tmp_path / "g2.svg", detail=True))
+    detailed = _svg_texts(netspec.draw(SPECS / "d2l_googlenet.yaml", tmp_path / "g2.svg", detail=True))
     assert detailed.count("concat") == 9 and "inception" not in detailed
     blocks = _svg_texts(netspec.draw(SPECS / "unet_small.yaml", tmp_path / "u.svg", style="blocks"))
     assert blocks.count("concat (2 branches)") == 3
@@ -202,7 +202,7 @@ def _assert_edges_clear(fig, renderer) -> None:
 
 def test_inception_text_fits_its_box(monkeypatch, tmp_path: Path):
     # The collapsed Inception boxes carry six parameters and a summary; they spilled past the box.
-    fig, renderer, _ = _figure(monkeypatch, tmp_path, "googlenet")
+    fig, renderer, _ = _figure(monkeypatch, tmp_path, "d2l_googlenet")
     _assert_text_fits(fig, renderer)
     lines = [t.get_text() for t in fig.axes[0].texts]
     first = lines.index("c1=64, c2a=96, c2b=128,")  # wrapped evenly at commas, the summary on its own line
@@ -213,7 +213,7 @@ def test_inception_text_fits_its_box(monkeypatch, tmp_path: Path):
 EDGE_CASES = [
     ("unet_small", {}),  # the skips pass three levels of boxes
     ("unet_small", {"style": "blocks"}),
-    ("googlenet", {"detail": True}),  # short branches beside long ones
+    ("d2l_googlenet", {"detail": True}),  # short branches beside long ones
 ]
 
 
@@ -227,7 +227,7 @@ def test_edges_run_around_boxes(monkeypatch, tmp_path: Path, spec: str, options:
 def test_long_networks_wrap_into_columns_that_fit_a_screen(monkeypatch, tmp_path: Path):
     from PIL import Image
 
-    fig, _, path = _figure(monkeypatch, tmp_path, "googlenet", detail=True)
+    fig, _, path = _figure(monkeypatch, tmp_path, "d2l_googlenet", detail=True)
     with Image.open(path) as image:
         width, height = image.size
     assert height <= 2400, f"{width}×{height} px"  # was 6,721 px tall in one column

@@ -17,7 +17,7 @@ from netspec.exporter import class_name, load_python_module
 from tests.conftest import SHARED_DATA, SPECS, TORCHVISION_ZOO, ZOO, requires_mnist, run_cli
 
 # ONNX and pt2 of these take several seconds each on 2 cores: they run under -m slow.
-HEAVY = {"alexnet", "vgg11", "googlenet", "densenet", "mobilenet_v2_small", *TORCHVISION_ZOO}
+HEAVY = {"d2l_alexnet", "d2l_vgg11", "d2l_googlenet", "d2l_densenet", "mobilenet_v2_small", *TORCHVISION_ZOO}
 LIGHT = [n for n in ZOO if n not in HEAVY]
 FORMAT_CASES = [pytest.param(n, id=n) for n in LIGHT] + [pytest.param(n, id=n, marks=pytest.mark.slow) for n in HEAVY]
 
@@ -48,7 +48,7 @@ def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(na
 
 
 def test_python_export_passes_ruff(tmp_path: Path):
-    for name in ("lenet", "googlenet", "unet_small", "se_resnet_small", "convnext_tiny", "swin_t", "vit_b_16"):
+    for name in ("lenet", "d2l_googlenet", "unet_small", "se_resnet_small", "convnext_tiny", "swin_t", "vit_b_16"):
         netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--isolated", str(tmp_path)], capture_output=True, text=True
@@ -64,16 +64,16 @@ def test_python_export_reads_like_the_network(tmp_path: Path):
     assert "self.up3 = nn.ConvTranspose2d(128, 64, 2, stride=2)  # 64×16×16" in source  # in_channels filled in
     assert "enc3 = self.enc3(x)  # 64×16×16" in source  # a named tap is a named variable
     assert "x = torch.cat([enc3, up3], dim=1)  # 128×16×16" in source  # with the shape of the line
-    googlenet = netspec.export(SPECS / "googlenet.yaml", format="python", out=tmp_path).path.read_text()
+    d2l_googlenet = netspec.export(SPECS / "d2l_googlenet.yaml", format="python", out=tmp_path).path.read_text()
     assert "def __init__(self, in_channels: int, c1: int, c2a: int, c2b: int, c3a: int, c3b: int, c4: int)" in (
-        googlenet
+        d2l_googlenet
     )
-    assert "nn.Conv2d(c2a, c2b, 3, padding=1)" in googlenet  # sizes as the block's parameters
+    assert "nn.Conv2d(c2a, c2b, 3, padding=1)" in d2l_googlenet  # sizes as the block's parameters
     assert "return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)" in (
-        googlenet
+        d2l_googlenet
     )
-    assert "self.inception1 = Inception(192, 64, 96, 128, 16, 32, 32)  # 256×12×12" in googlenet
-    assert not re.search(r"\]\[|\)\[\d", googlenet)  # no chained subscripts
+    assert "self.inception1 = Inception(192, 64, 96, 128, 16, 32, 32)  # 256×12×12" in d2l_googlenet
+    assert not re.search(r"\]\[|\)\[\d", d2l_googlenet)  # no chained subscripts
 
 
 def _code_lines(source: str) -> int:
@@ -91,7 +91,7 @@ def _code_lines(source: str) -> int:
     )
 
 
-@pytest.mark.parametrize(("name", "book_lines"), [("resnet18", 45), ("googlenet", 60)])
+@pytest.mark.parametrize(("name", "book_lines"), [("d2l_resnet18", 45), ("d2l_googlenet", 60)])
 def test_python_export_is_as_short_as_the_books_code(name: str, book_lines: int, tmp_path: Path):
     # d2l's Residual + ResNet-18 stages are about 45 lines, its Inception + GoogLeNet about 60.
     source = netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path).path.read_text()

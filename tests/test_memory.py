@@ -58,7 +58,7 @@ def test_every_kind_saves_exactly_what_autograd_saves(path: Path, batch: int):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-@pytest.mark.parametrize("path", [SPECS / "resnet18.yaml", SPECS / "googlenet.yaml", *KIND_SPECS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [SPECS / "d2l_resnet18.yaml", SPECS / "d2l_googlenet.yaml", *KIND_SPECS], ids=lambda p: p.stem)
 def test_autocast_copies_are_predicted_on_cpu(path: Path, amp: str):
     # Under autocast a convolution or matmul saves half-precision copies of its input and weight.
     predicted, measured = _prediction_and_measurement(path, 2, amp)
@@ -133,7 +133,7 @@ def test_peak_is_the_sum_of_its_parts_and_the_optimizer_state_follows_the_optimi
 
 
 def test_amp_halves_activations_of_a_convolutional_network():
-    net = netspec.infer_shapes(SPECS / "resnet18.yaml")
+    net = netspec.infer_shapes(SPECS / "d2l_resnet18.yaml")
     full, half = estimate(net, 64), estimate(net, 64, amp="bf16")
     weights_cast = 2 * net.total_params  # the half-precision weight copies autocast keeps (biases left out)
     assert 0.45 < (half.activations - weights_cast) / full.activations < 0.6

@@ -19,9 +19,9 @@ EXPECTED_PARAMS = {
     "lenet": 61_706,
     "cifar_net": 18_090,
     "cifar_net_width": 38_386,
-    "alexnet": 46_764_746,
-    "googlenet": 5_977_530,
-    "resnet18": 11_178_378,
+    "d2l_alexnet": 46_764_746,
+    "d2l_googlenet": 5_977_530,
+    "d2l_resnet18": 11_178_378,
 }
 # Specs that show what the graph language can do beyond the books: built, run forward and backward.
 BEYOND_THE_BOOK = ["mobilenet_v2_small", "se_resnet_small", "squeezenet_small", "unet_small", "vit_mnist"]
