@@ -285,7 +285,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from netspec.predict import predict
 
-    results = predict(args.run, args.inputs, top_k=args.top, device=args.device or "cpu")
+    results = predict(
+        args.run, args.inputs, top_k=args.top, device=args.device or "cpu", skip_bad_files=args.skip_bad_files,
+        resize_policy=args.resize_policy, report=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
     if args.json:
         _print_json([r.to_dict() for r in results])
         return 0
@@ -734,6 +737,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or a CSV table")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show per input (default: 3)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip unreadable images (each named on stderr) and classify the others")  # fmt: skip
+    p.add_argument("--resize-policy", choices=("crop", "pad", "stretch"), default="crop",
+                   help="how an image of another shape is fitted to the run's input: crop (default, as training "
+                   "does: shorter side scaled, centre cropped), pad (longer side scaled, black borders) or stretch")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_predict)
 

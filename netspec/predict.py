@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from netspec.compiler import SpecNet, build, load_state
 from netspec.config import TrainConfig
-from netspec.data import Data, DataInfo, DeviceLoader, Examples, dataset_info, decode_image, image_extensions, read_rows
+from netspec.data import Data, DataInfo, DeviceLoader, Examples, dataset_info, file_kind, is_table, read_rows
+from netspec.data.folders import RESIZE_POLICIES, conversion_notes, decode_images, image_extensions, walk_images
 from netspec.device import resolve_device
-from netspec.errors import CheckpointError, DataError, UsageError
+from netspec.errors import BadDataError, CheckpointError, UsageError
 from netspec.fileio import load_checkpoint
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, load_spec, validate_spec
@@ -80,6 +81,15 @@ def run_split(
     """A run's settings, its data cut as the run recorded it (split.json), and the `split` part ("test" or
     "val"). `overrides` may point at the data elsewhere (data_root, data) or change the device and batch size."""
     cfg = resolve_config(trained.spec.model_copy(update={"train": trained.cfg}), overrides)
+    if cfg.data is not None and cfg.data != trained.cfg.data:
+        from netspec.data import check_data_path
+
+        check_data_path(cfg.data)
+        kind = "table" if is_table(cfg.data) else "image"
+        if kind != trained.info.kind:
+            what = "a table" if kind == "table" else "a folder of images"
+            raise UsageError(f"{trained.run_dir or trained.checkpoint} was trained on {trained_on(trained.info)}; "
+                             f"{cfg.data} is {what}")  # fmt: skip
     recorded = read_split(trained.run_dir) if trained.run_dir is not None and cfg.data == trained.cfg.data else None
     data = load_data(infer_shapes(trained.spec), cfg, recorded)
     part = data.test if split == "test" else data.val
@@ -120,14 +130,40 @@ class Prediction:
         }
 
 
-def predict(path: str | Path, inputs: list[str | Path], top_k: int = 3, device: str = "cpu") -> list[Prediction]:
+def trained_on(info: DataInfo) -> str:
+    """What a run's model takes, in words: "a table of 13 features", "1×28×28 images (grayscale)"."""
+    if info.kind == "table":
+        return f"a table of {len(info.features)} features"
+    channels = {1: " (grayscale)", 3: " (RGB)"}.get(info.sample_shape[0], "") if len(info.sample_shape) == 3 else ""
+    return f"{'×'.join(map(str, info.sample_shape))} images{channels}"
+
+
+def predict(
+    path: str | Path,
+    inputs: list[str | Path],
+    top_k: int = 3,
+    device: str = "cpu",
+    *,
+    skip_bad_files: bool = False,
+    resize_policy: str = "crop",
+    report: Any = None,
+) -> list[Prediction]:
     """The top-k classes of each input: image files, folders of images (every image below them) or CSV tables
-    (every row; a label column, if any, is ignored), prepared as the run prepared its data."""
+    (every row; a label column, if any, is ignored), prepared as the run prepared its data.
+
+    Each input is checked against what the run was trained on first. Images are sized by `resize_policy` (crop,
+    as training does; pad; stretch). Every conversion, and each unreadable file skipped with `skip_bad_files`,
+    is said once through `report` (a function of one line); without `skip_bad_files` an unreadable file is an
+    error that names every such file."""
+    if resize_policy not in RESIZE_POLICIES:
+        raise UsageError(f"--resize-policy {resize_policy}: not one of {', '.join(RESIZE_POLICIES)}")
     trained = load_trained(path)
     info = trained.info
     if not inputs:
         raise UsageError("give the inputs to classify: image files, folders or a CSV table")
-    names, batch = _read_inputs(info, [Path(p) for p in inputs])
+    paths = [Path(p) for p in inputs]
+    check_inputs(str(path), info, paths)
+    names, batch = _read_inputs(info, paths, skip_bad_files, resize_policy, report or (lambda line: None))
     x = batch.float() / info.scale
     view = (-1, *([1] * (x.dim() - 2)))
     x = (x - torch.tensor(info.mean).view(view)) / torch.tensor(info.std).view(view)
@@ -146,34 +182,70 @@ def predict(path: str | Path, inputs: list[str | Path], top_k: int = 3, device: 
     ]
 
 
-def _read_inputs(info: DataInfo, paths: list[Path]) -> tuple[list[str], torch.Tensor]:
-    names: list[str] = []
-    parts: list[torch.Tensor] = []
+def check_inputs(run: str, info: DataInfo, paths: list[Path]) -> None:
+    """Each input exists and is of the kind the run was trained on (an image for an image run, a table for a
+    table run), before anything is read: one line that says both otherwise."""
     for path in paths:
         if not path.exists():
-            raise UsageError(f"{path}: no such file or folder")
-        if info.kind == "table":
-            if path.is_dir():
-                raise UsageError(f"{path}: the model classifies table rows; give a .csv file with the columns "
-                                 f"{', '.join(info.features)}")  # fmt: skip
-            rows, ids = read_rows(path, list(info.features))
+            hint = f" (a broken link to {path.readlink()})" if path.is_symlink() else ""
+            raise UsageError(f"{path}: no such file or folder{hint}")
+        kind = file_kind(path)
+        if info.kind == "table" and kind != "table":
+            what = {"image": "an image", "folder": "a folder"}.get(kind, "not a text table")
+            raise UsageError(
+                f"{run} was trained on {trained_on(info)}; {path} is {what} (give a .csv file with the columns "
+                f"{', '.join(info.features)})"
+            )
+        if info.kind == "image" and kind == "table":
+            raise UsageError(f"{run} was trained on {trained_on(info)}; {path} is a table (give image files or folders)")
+
+
+def _read_inputs(
+    info: DataInfo, paths: list[Path], skip_bad_files: bool, policy: str, report: Any
+) -> tuple[list[str], torch.Tensor]:
+    names: list[str] = []
+    parts: list[torch.Tensor] = []
+    if info.kind == "table":
+        notes: list[str] = []
+        for path in paths:
+            rows, ids = read_rows(path, list(info.features), notes)
             names += ids
             parts.append(rows)
-            continue
-        files = _images_under(path) if path.is_dir() else [path]
-        for file in files:
-            image = decode_image(file, info.sample_shape)
-            assert image is not None
-            names.append(str(file))
-            parts.append(image.unsqueeze(0))
-    if not parts:
-        raise DataError(f"no inputs found in {', '.join(map(str, paths))}")
-    return names, torch.cat(parts)
+        for note in notes:
+            report(note)
+        return names, torch.cat(parts)
+    files: list[Path] = []
+    seen: set[str] = set()
+    for path in paths:
+        for file in _images_under(path) if path.is_dir() else [path]:
+            real = str(file.resolve()) if file.exists() else str(file)
+            if real not in seen:
+                seen.add(real)
+                files.append(file)
+    decoded = decode_images(files, info.sample_shape, skip_bad_files=True, policy=policy)
+    bad = [(file, d.error) for file, d in zip(files, decoded, strict=True) if d.image is None]
+    if bad and (not skip_bad_files or len(bad) == len(files)):
+        shown = "; ".join(f"{file}: {reason}" for file, reason in bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        if len(bad) == len(files):
+            raise BadDataError(f"none of the {len(files)} input(s) is a readable image: {shown}")
+        raise BadDataError(
+            f"{len(bad)} of {len(files)} inputs are not readable images: {shown} (pass --skip-bad-files to "
+            "classify the others)"
+        )
+    for file, reason in bad:
+        report(f"skipped {file}: {reason}")
+    good = [(file, d) for file, d in zip(files, decoded, strict=True) if d.image is not None]
+    names = [str(file) for file, _ in good]
+    sources = [d.source for _, d in good]
+    hint = ": --resize-policy pad (or stretch) keeps the whole image"
+    for note in conversion_notes(sources, names, info.sample_shape, f"the run's input ({trained_on(info)})", policy, hint):
+        report(note)
+    return names, torch.stack([d.image for _, d in good])  # type: ignore[misc]
 
 
 def _images_under(folder: Path) -> list[Path]:
     extensions = image_extensions()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(extensions))
+    files, _ = walk_images(folder, extensions)
     if not files:
-        raise DataError(f"{folder}: holds no images ({', '.join(extensions)})")
+        raise BadDataError(f"{folder}: holds no images ({', '.join(extensions)})")
     return files

@@ -35,3 +35,35 @@ def write_cifar10(root: Path, per_batch: int = 50, seed: int = 0) -> Path:
         with open(folder / name, "wb") as f:
             pickle.dump({"batch_label": name, "labels": labels, "data": data}, f)
     return root
+
+
+def mnist_digits(per_class: int, classes: tuple[int, ...] = (0, 1, 2)) -> list[tuple[np.ndarray, int]]:
+    """Real MNIST test digits (28×28 uint8 arrays) with their labels, `per_class` of each class, in file order."""
+    from torchvision.datasets import MNIST
+
+    from tests.conftest import SHARED_DATA
+
+    ds = MNIST(str(SHARED_DATA), train=False)
+    taken = {c: 0 for c in classes}
+    out = []
+    for image, label in zip(ds.data, ds.targets.tolist(), strict=True):
+        if label in taken and taken[label] < per_class:
+            out.append((image.numpy(), label))
+            taken[label] += 1
+    return out
+
+
+def write_digit_folder(root: Path, per_class: int, size: int = 28, rgb: bool = False, suffix: str = ".png") -> Path:
+    """Real MNIST digits as image files in class folders root/<digit>/ (optionally RGB and resized)."""
+    from PIL import Image
+
+    for i, (array, label) in enumerate(mnist_digits(per_class)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(array)
+        if size != 28:
+            image = image.resize((size, size))
+        if rgb:
+            image = image.convert("RGB")
+        image.save(folder / f"{i:04d}{suffix}")
+    return root

@@ -29,7 +29,7 @@ from netspec.data.builtin import DATASET_INFO, dataset_info, load_split, read_bu
 from netspec.data.folders import decode_image, image_extensions, read_folder
 from netspec.data.loader import DeviceLoader
 from netspec.data.tables import read_rows, read_table, table_columns
-from netspec.errors import UsageError
+from netspec.errors import BadDataError, UsageError
 
 __all__ = [
     "DATASET_INFO",
@@ -51,8 +51,45 @@ __all__ = [
 ]
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
 def is_table(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in (".csv", ".tsv", ".txt") or Path(path).is_file()
+    return Path(path).suffix.lower() in TABLE_SUFFIXES or (Path(path).is_file() and file_kind(path) == "table")
+
+
+def file_kind(path: str | Path) -> str:
+    """What a path holds, by its name and first bytes: "folder", "image", "table" (text) or "other"."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return "table"
+    if path.name.lower().endswith(image_extensions()):
+        return "image"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return "other"
+    if head.startswith(IMAGE_MAGIC):
+        return "image"
+    return "other" if b"\x00" in head else "table"
+
+
+def check_data_path(path: str | Path, option: str = "--data") -> None:
+    """`option`'s path exists and is a folder or a table: say what it takes otherwise (exit 2)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadDataError(f"{option} {path}: no such file or folder")
+    kind = file_kind(path)
+    if kind in ("image", "other"):
+        what = "an image file" if kind == "image" else "neither a folder nor a text table"
+        raise UsageError(
+            f"{option} {path}: {what}; {option} takes a folder of class folders (or of train/ val/ test/ folders "
+            "that hold them), or a CSV table (.csv, .tsv)"
+        )
 
 
 def source_name(cfg: TrainConfig) -> str:
@@ -62,6 +99,8 @@ def source_name(cfg: TrainConfig) -> str:
 
 def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str, list[int]] | None = None) -> Data:
     """The training configuration's data, split (as `recorded` by an earlier run, if given) and described."""
+    if cfg.data is not None:
+        check_data_path(cfg.data)
     if cfg.label is not None and (cfg.data is None or not is_table(cfg.data)):
         raise UsageError("--label names a table's label column: it goes with --data TABLE.csv")
     features: tuple[str, ...] = ()
@@ -76,6 +115,12 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
     else:
         pool = read_folder(cfg.data, input_shape, cfg.skip_bad_files)
         kind, shape = "image", tuple(input_shape)
+    if len(pool.classes) < 2:
+        only = f" (only {pool.classes[0]!r})" if pool.classes else ""
+        raise BadDataError(
+            f"{cfg.data}: one class{only}; a classifier needs at least 2 classes: add the images (or rows) of "
+            "the other classes"
+        )
     split = make_splits(pool, cfg.val_split, cfg.test_split, cfg.seed, recorded)
     train, val, test = (pool.examples.subset(_index(split[name])) if split[name] else None for name in SPLITS)
     assert train is not None

@@ -4,11 +4,14 @@ images are the files with torchvision's image extensions.
 Two layouts: PATH/train, PATH/val (or valid, validation), PATH/test, each holding the class folders (as
 Ultralytics and timm read them), or PATH holding the class folders only (then netspec makes the splits).
 
-Every image is decoded once with torchvision.io, converted to the spec's channels (grayscale or RGB), and
-resized to the spec's input size: the shorter side is scaled to fit, then the center is cropped (torchvision's
-Resize + CenterCrop, as ImageNet evaluation does), so the aspect ratio is kept. The result is one uint8 tensor,
-saved in a cache file keyed by every file's path, size and modification time, so a second run does not decode
-again and a changed file is decoded anew.
+Every image's header is read first (an image of more pixels than PIL's limit is refused undecoded: a decompression
+bomb), then it is decoded once, with torchvision.io where it can (JPEG, PNG, WebP, GIF) and PIL otherwise (BMP,
+TIFF, PPM, CMYK JPEG, 16-bit PNG), converted to the spec's channels (grayscale or RGB), and resized to the spec's
+input size: the shorter side is scaled to fit, then the center is cropped (torchvision's Resize + CenterCrop, as
+ImageNet evaluation does), so the aspect ratio is kept. Each conversion is said once, in the data's notes. The
+result is one uint8 tensor, saved in a cache file keyed by every file's path, size and modification time, so a
+second run does not decode again and a changed file is decoded anew. Links are followed, but a folder is never
+entered twice and a file reached twice is read once.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from netspec.data.base import SPLIT_NAMES, SPLITS, UNASSIGNED, Examples, Pool
-from netspec.errors import BadDataError, DataError
+from netspec.errors import BadDataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each image's stored channels and size (for the conversion notes)
 
 
 def image_extensions() -> tuple[str, ...]:
@@ -48,9 +52,10 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 
 def class_files(folder: Path, skip_hidden: bool = True) -> dict[str, list[Path]]:
-    """{class name: its image files, sorted}, classes sorted as ImageFolder sorts them."""
+    """{class name: its image files, sorted}, classes sorted as ImageFolder sorts them. Links are followed, but
+    never into a folder the walk has already been through (a link loop is read once)."""
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder")
+        raise BadDataError(f"{folder}: no such folder")
     extensions = image_extensions()
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not (skip_hidden and e.name.startswith(".")))
     if not classes:
@@ -60,25 +65,50 @@ def class_files(folder: Path, skip_hidden: bool = True) -> dict[str, list[Path]]
         )
     files = {}
     for name in classes:
-        found = sorted(
-            Path(dirpath) / f
-            for dirpath, _, names in os.walk(folder / name, followlinks=True)
-            for f in names
-            if f.lower().endswith(extensions) and not f.startswith(".")
-        )
+        found, others = walk_images(folder / name, extensions)
         if not found:
+            if others:
+                shown = ", ".join(str(p.relative_to(folder / name)) for p in others[:3])
+                raise BadDataError(
+                    f"{folder / name}: no images in this class folder: its {len(others)} file(s) ({shown}"
+                    f"{', ...' if len(others) > 3 else ''}) have none of the image extensions {', '.join(extensions)}"
+                )
             raise BadDataError(f"{folder / name}: an empty class folder (no {', '.join(extensions)} files)")
         files[name] = found
     return files
 
 
+def walk_images(top: Path, extensions: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) below `top`, sorted; each real folder is entered once, so a link loop ends."""
+    seen: set[str] = set()
+    images: list[Path] = []
+    others: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        raise BadDataError(f"{exc.filename}: cannot read this folder ({exc.strerror})")
+
+    for dirpath, dirnames, names in os.walk(top, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in names:
+            if f.startswith("."):
+                continue
+            (images if f.lower().endswith(extensions) else others).append(Path(dirpath) / f)
+    return sorted(images), sorted(others)
+
+
 def read_folder(
     root: str | Path, sample_shape: tuple[int, ...], skip_bad_files: bool = False, cache: bool = True
 ) -> Pool:
-    """Every image under `root`, decoded and sized for `sample_shape` (C×H×W), with its class and given split."""
+    """Every image under `root`, decoded and sized for `sample_shape` (C×H×W), with its class and given split.
+    A file reached twice (through links) is read once: the same image is never in two splits."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"{root}: no such folder")
+        raise BadDataError(f"{root}: no such folder")
     if not root.is_dir():
         raise BadDataError(f"{root}: not a folder (image data is a folder of class folders; a table is a .csv file)")
     if len(sample_shape) != 3 or sample_shape[0] not in (1, 3):
@@ -102,48 +132,65 @@ def read_folder(
                 if part
             )
             raise BadDataError(f"{splits[name]}: its classes differ from {splits['train']}'s ({what})")
-    entries = [
-        (path, label, SPLITS.index(split) if split else UNASSIGNED)
-        for split, files in per_split.items()
-        for label, name in enumerate(classes)
-        for path in files[name]
-    ]
+    entries = []
+    real_files: set[str] = set()
+    twice = 0
+    for split, files in sorted(per_split.items(), key=lambda item: SPLITS.index(item[0]) if item[0] else 0):
+        for label, name in enumerate(classes):
+            for path in files[name]:
+                real = os.path.realpath(path)
+                if real in real_files:
+                    twice += 1
+                    continue
+                real_files.add(real)
+                entries.append((path, label, SPLITS.index(split) if split else UNASSIGNED))
     stamp = [(str(p), *_size_and_time(p)) for p, _, _ in entries]
     key = hashlib.sha256(repr((CACHE_VERSION, str(root.resolve()), sample_shape, skip_bad_files, stamp)).encode())
     cache_file = cache_dir() / "folders" / f"{key.hexdigest()[:32]}.pt"
     if cache and cache_file.exists():
         try:
             saved = torch.load(cache_file, weights_only=True)
-            return _pool(saved, classes, root)
+            return _pool(saved, classes, root, sample_shape, twice)
         except Exception:  # a damaged cache file is decoded again
             pass
-    images = decode_images([p for p, _, _ in entries], sample_shape, skip_bad_files)
-    keep = [i for i, image in enumerate(images) if image is not None]
-    bad = [str(entries[i][0].relative_to(root)) for i, image in enumerate(images) if image is None]
+    decoded = decode_images([p for p, _, _ in entries], sample_shape, skip_bad_files)
+    keep = [i for i, d in enumerate(decoded) if d.image is not None]
     if not keep:
-        raise BadDataError(f"{root}: none of its {len(entries)} images could be read")
+        first = next(d.error for d in decoded if d.error)
+        raise BadDataError(f"{root}: none of its {len(entries)} images could be read ({entries[0][0]}: {first})")
     saved = {
-        "inputs": torch.stack([images[i] for i in keep]),  # type: ignore[misc]
+        "inputs": torch.stack([decoded[i].image for i in keep]),  # type: ignore[misc]
         "labels": torch.tensor([entries[i][1] for i in keep], dtype=torch.long),
         "given": torch.tensor([entries[i][2] for i in keep], dtype=torch.int8),
         "ids": [str(entries[i][0].relative_to(root)) for i in keep],
-        "skipped": bad,
+        "sources": torch.tensor([decoded[i].source for i in keep], dtype=torch.int64).view(len(keep), 3),
+        "skipped": [str(e[0].relative_to(root)) for e, d in zip(entries, decoded, strict=True) if d.image is None],
+        "reasons": [str(d.error) for d in decoded if d.image is None],
     }
     if cache:
         _write_cache(cache_file, saved)
-    return _pool(saved, classes, root)
+    return _pool(saved, classes, root, sample_shape, twice)
 
 
-def _pool(saved: dict, classes: tuple[str, ...], root: Path) -> Pool:
+def _pool(saved: dict, classes: tuple[str, ...], root: Path, sample_shape: tuple[int, ...], twice: int = 0) -> Pool:
     notes = []
     if saved["skipped"]:
-        shown = ", ".join(saved["skipped"][:3]) + (", ..." if len(saved["skipped"]) > 3 else "")
-        notes.append(f"skipped {len(saved['skipped'])} unreadable image(s) under {root}: {shown}")
+        shown = ", ".join(
+            f"{name} ({reason})" for name, reason in zip(saved["skipped"][:3], saved["reasons"][:3], strict=True)
+        )
+        more = ", ..." if len(saved["skipped"]) > 3 else ""
+        notes.append(f"skipped {len(saved['skipped'])} unreadable image(s) under {root}: {shown}{more}")
+    if twice:
+        notes.append(f"{twice} file(s) under {root} reached again through links were read once")
+    notes += conversion_notes(saved["sources"].tolist(), list(saved["ids"]), sample_shape, "the spec's input")
     return Pool(Examples(saved["inputs"], saved["labels"]), classes, saved["given"], list(saved["ids"]), notes)
 
 
 def _size_and_time(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError:  # a broken link: decoding says so (or skips it)
+        stat = path.lstat()
     return stat.st_size, stat.st_mtime_ns
 
 
@@ -169,38 +216,208 @@ def _write_cache(path: Path, saved: dict) -> None:
         pass
 
 
+class Decoded(NamedTuple):
+    """One file decoded: the image (None if unreadable), its channels, height and width as stored (channels 1 for
+    grayscale, 3 for colour: RGB, RGBA, palette, CMYK), and why it could not be read."""
+
+    image: torch.Tensor | None
+    source: tuple[int, int, int] = (0, 0, 0)
+    error: str | None = None
+
+
 def decode_images(
-    paths: list[Path], sample_shape: tuple[int, ...], skip_bad_files: bool = False
-) -> list[torch.Tensor | None]:
-    """Each file decoded to uint8 sample_shape (None for an unreadable one with skip_bad_files), in threads:
-    torchvision's decoders release the GIL."""
+    paths: list[Path], sample_shape: tuple[int, ...], skip_bad_files: bool = False, policy: str = "crop"
+) -> list[Decoded]:
+    """Each file decoded to uint8 sample_shape, in threads: torchvision's decoders release the GIL. An unreadable
+    file stops with a located BadDataError, or with `skip_bad_files` gives a Decoded without an image."""
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: decode_image(p, sample_shape, skip_bad_files), paths, chunksize=64))
+        return list(pool.map(lambda p: _decode_checked(p, sample_shape, skip_bad_files, policy), paths, chunksize=64))
 
 
-def decode_image(path: Path, sample_shape: tuple[int, ...], skip_bad_file: bool = False) -> torch.Tensor | None:
-    """One image file as uint8 C×H×W: grayscale or RGB as the spec's channels say, the shorter side scaled to
-    fit and the center cropped to H×W."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2 import functional as F
+def _decode_checked(path: Path, sample_shape: tuple[int, ...], skip_bad_file: bool, policy: str) -> Decoded:
+    try:
+        return read_image(path, sample_shape, policy)
+    except UnreadableImage as exc:
+        if skip_bad_file:
+            return Decoded(None, error=str(exc))
+        raise BadDataError(f"{path}: {exc}; remove or fix it, or pass --skip-bad-files") from None
+
+
+class UnreadableImage(Exception):
+    """Why a file is not an image netspec can use (a reason, without the file's name)."""
+
+
+def decode_image(
+    path: Path, sample_shape: tuple[int, ...], skip_bad_file: bool = False, policy: str = "crop"
+) -> torch.Tensor | None:
+    """One image file as uint8 C×H×W: grayscale or RGB as the spec's channels say, sized by `policy` (crop: the
+    shorter side scaled to fit and the center cropped to H×W; pad: the longer side scaled to fit and the rest
+    padded with black; stretch: scaled to H×W)."""
+    return _decode_checked(Path(path), sample_shape, skip_bad_file, policy).image
+
+
+def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") -> Decoded:
+    """`decode_image`'s work, raising UnreadableImage. The header is read first: an image of more pixels than
+    PIL's MAX_IMAGE_PIXELS (a decompression bomb) is refused before decoding. torchvision.io decodes what it can
+    (JPEG, PNG, WebP, GIF); PIL the rest of the formats ImageFolder accepts (BMP, TIFF, PPM/PGM, CMYK JPEG)."""
+    from PIL import Image, UnidentifiedImageError
 
     channels, height, width = sample_shape
+    if not path.exists():
+        if path.is_symlink():
+            raise UnreadableImage(f"a broken link (to {os.readlink(path)}, which does not exist)")
+        raise UnreadableImage("no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                mode = im.mode
+    except Image.DecompressionBombError:
+        w, h = _png_size(path)
+        raise UnreadableImage(_too_large(w, h)) from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (not a format that PIL or torchvision reads)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(f"not a readable image ({_first_line(exc)})") from None
+    if w * h > MAX_PIXELS:
+        raise UnreadableImage(_too_large(w, h))
+    source = (1 if mode in GRAY_MODES else 3, h, w)
+    image = _decode_torchvision(path, channels)
+    if image is None:
+        image = _decode_pil(path, channels)
+    if image.dtype != torch.uint8:  # a 16-bit PNG
+        from torchvision.transforms.v2 import functional as F
+
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    return Decoded(fit(image, height, width, policy), source)
+
+
+MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS: more, and an image may be a decompression bomb
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+RESIZE_POLICIES = ("crop", "pad", "stretch")
+
+
+def _too_large(w: int, h: int) -> str:
+    size = f"{w}×{h} pixels ({w * h:,})" if w and h else "an image"
+    return f"{size}, more than the limit of {MAX_PIXELS:,} pixels (a decompression bomb?); not decoded"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return 0, 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
     try:
         with warnings.catch_warnings():  # torchvision >= 0.29 points at TorchCodec; its decoders still work
             warnings.simplefilter("ignore", DeprecationWarning)
             data = read_file(str(path))
-            image = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as exc:
-        if skip_bad_file:
-            return None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadDataError(
-            f"{path}: not a readable image ({reason}); remove or fix it, or pass --skip-bad-files"
-        ) from None
+            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
+def _decode_pil(path: Path, channels: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I") or im.mode == "F":  # 16- or 32-bit grayscale: to 8 bits
+                values = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I") and values.max(initial=0) > 255 else 255.0
+                im = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            im = im.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"not a readable image ({_first_line(exc)})") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+
+
+def fit(image: torch.Tensor, height: int, width: int, policy: str = "crop") -> torch.Tensor:
+    """`image` (C×h×w) sized to height×width: crop (shorter side scaled, centre cropped), pad (longer side scaled,
+    black borders) or stretch."""
+    from torchvision.transforms.v2 import functional as F
+
     h, w = image.shape[-2:]
-    if (h, w) != (height, width):
-        s = max(height / h, width / w)
-        image = F.resize(image, [max(height, round(h * s)), max(width, round(w * s))], antialias=True)
-        image = F.center_crop(image, [height, width])
-    return image.contiguous()
+    if (h, w) == (height, width):
+        return image.contiguous()
+    if policy == "stretch":
+        return F.resize(image, [height, width], antialias=True).contiguous()
+    s = max(height / h, width / w) if policy == "crop" else min(height / h, width / w)
+    if policy == "crop":
+        size = [max(height, round(h * s)), max(width, round(w * s))]
+    else:
+        size = [max(1, min(height, round(h * s))), max(1, min(width, round(w * s)))]
+    image = F.resize(image, size, antialias=True)
+    if policy == "crop":
+        return F.center_crop(image, [height, width]).contiguous()
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    return F.pad(image, [left, top, width - size[1] - left, height - size[0] - top], fill=0).contiguous()
+
+
+def kept_fraction(h: int, w: int, height: int, width: int) -> float:
+    """How much of an h×w image a centre crop to the aspect ratio of height×width keeps (1.0: all of it)."""
+    if not (h and w):
+        return 1.0
+    ratio = (h / w) / (height / width)
+    return min(ratio, 1 / ratio)
+
+
+def conversion_notes(
+    sources: list[list[int]] | list[tuple[int, int, int]],
+    ids: list[str],
+    sample_shape: tuple[int, ...],
+    what: str,
+    policy: str = "crop",
+    hint: str = "",
+) -> list[str]:
+    """One line per kind of conversion the images went through (channels, size, a crop that cuts much off)."""
+    channels, height, width = sample_shape
+    notes = []
+    to_gray = sum(1 for c, _, _ in sources if c == 3 and channels == 1)
+    to_rgb = sum(1 for c, _, _ in sources if c == 1 and channels == 3)
+    if to_gray:
+        notes.append(f"converted {to_gray} colour image(s) to grayscale: {what} has 1 channel")
+    if to_rgb:
+        notes.append(f"converted {to_rgb} grayscale image(s) to RGB: {what} has 3 channels")
+    sizes: dict[tuple[int, int], int] = {}
+    for _, h, w in sources:
+        if (h, w) != (height, width):
+            sizes[(w, h)] = sizes.get((w, h), 0) + 1
+    if sizes:
+        shown = ", ".join(f"{w}×{h}" for w, h in sorted(sizes, key=lambda k: -sizes[k])[:3])
+        how = {
+            "crop": "the shorter side scaled to fit, the centre cropped",
+            "pad": "the longer side scaled to fit, black borders added",
+            "stretch": "stretched",
+        }[policy]
+        notes.append(
+            f"resized {sum(sizes.values())} image(s) to {width}×{height} ({how}; "
+            f"from {shown}{', ...' if len(sizes) > 3 else ''})"
+        )
+    if policy == "crop":
+        cut = [(i, h, w) for i, (_, h, w) in zip(ids, sources, strict=True) if kept_fraction(h, w, height, width) < 0.75]
+        if cut:
+            name, h, w = cut[0]
+            side = "width" if w / h > width / height else "height"
+            notes.append(
+                f"warning: the centre crop cuts off much of {len(cut)} image(s) whose shape differs from "
+                f"{width}×{height} (e.g. {name}, {w}×{h}: {kept_fraction(h, w, height, width):.0%} of its {side} "
+                f"kept); the object may be cut{hint}"
+            )
+    return notes

@@ -1,11 +1,17 @@
 """CSV tables: a header row, one example per row, a label column (the last, or --label NAME) and numeric
-features in every other column. Labels may be class names (strings) or integers. A column named `split` with
-train / val / test values (also valid, validation) assigns rows to splits; without it netspec makes the splits.
+features in every other column. Labels may be class names (strings) or numbers (1 and 1.0 are one class).
+A column named `split` with train / val / test values (also valid, validation) assigns rows to splits; without
+it netspec makes the splits.
+
+The separator is a tab for .tsv (and .tab) files, otherwise whichever of `,` `;` tab and `|` the header row uses
+most (with `;`, a decimal comma is read too: 5,1 is 5.1). Files are read as UTF-8; a file that is not UTF-8 is
+read as Latin-1, and a note says so.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -15,19 +21,79 @@ from netspec.data.base import SPLIT_NAMES, SPLITS, UNASSIGNED, Examples, Pool
 from netspec.errors import BadDataError, DataError
 
 SPLIT_COLUMN = "split"
+DELIMITERS = (",", ";", "\t", "|")
+
+
+class _Text:
+    """A table file's text, decoded, with its separator and what was noted while reading it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.notes: list[str] = []
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+        if b"\x00" in data[:65536]:
+            raise BadDataError(f"{path}: not a text table (it holds binary data); a table is a CSV text file")
+        try:
+            self.text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            self.text = data.decode("latin-1")
+            self.notes.append(
+                f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); the file was read as Latin-1"
+            )
+        first = self.text.split("\n", 1)[0]
+        if path.suffix.lower() in (".tsv", ".tab"):
+            self.delimiter = "\t"
+        else:
+            self.delimiter = max(DELIMITERS, key=lambda d: (first.count(d), d == ","))
+
+    def reader(self):
+        return csv.reader(io.StringIO(self.text, newline=""), delimiter=self.delimiter)
+
+    def rows(self):
+        """(line number, cells) of every row after the header that is not blank."""
+        reader = self.reader()
+        try:
+            next(reader, None)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    yield reader.line_num, row
+        except csv.Error as exc:
+            line = reader.line_num
+            if "field larger" in str(exc):
+                raise BadDataError(
+                    f"{self.path}:{line}: a cell of more than {csv.field_size_limit():,} characters; a table's cells "
+                    "are numbers and class names"
+                ) from None
+            raise BadDataError(f"{self.path}:{line}: not a readable CSV row ({exc})") from None
+
+    def number(self, line: int, column: str, cell: str) -> float:
+        return _number(self.path, line, column, cell, decimal_comma=self.delimiter == ";")
+
+
+def _header(text: _Text) -> list[str]:
+    try:
+        header = next(text.reader(), None)
+    except csv.Error as exc:
+        raise BadDataError(f"{text.path}:1: not a readable header row ({exc})") from None
+    if not header or not any(h.strip() for h in header):
+        raise BadDataError(f"{text.path}:1: the file has no header row (the first row names the columns)")
+    return [h.strip() for h in header]
 
 
 def read_header(path: Path) -> list[str]:
-    with _open(path) as fh:
-        header = next(csv.reader(fh), None)
-    if not header or not any(h.strip() for h in header):
-        raise BadDataError(f"{path}:1: the file has no header row (the first row names the columns)")
-    return [h.strip() for h in header]
+    return _header(_Text(path))
 
 
 def table_columns(path: Path, label: str | None) -> tuple[list[str], str]:
     """(feature columns, label column) of a table, checked."""
-    header = read_header(path)
+    return _columns(path, read_header(path), label)
+
+
+def _columns(path: Path, header: list[str], label: str | None) -> tuple[list[str], str]:
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise BadDataError(f"{path}:1: column name {duplicated[0]!r} is used twice")
@@ -49,9 +115,10 @@ def read_table(path: str | Path, label: str | None = None) -> Pool:
     """Every row of a CSV table: float32 features, the class of its label, and its split if it names one."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    features, label = table_columns(path, label)
-    header = read_header(path)
+        raise BadDataError(f"{path}: no such file")
+    text = _Text(path)
+    header = _header(text)
+    features, label = _columns(path, header, label)
     feature_at = [header.index(f) for f in features]
     label_at = header.index(label)
     split_at = header.index(SPLIT_COLUMN) if SPLIT_COLUMN in header else None
@@ -59,45 +126,51 @@ def read_table(path: str | Path, label: str | None = None) -> Pool:
     raw_labels: list[str] = []
     given: list[int] = []
     ids: list[str] = []
-    with _open(path) as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise BadDataError(f"{path}:{line}: {len(row)} cells, but the header names {len(header)} columns")
-            rows.append([_number(path, line, header[i], row[i]) for i in feature_at])
-            value = row[label_at].strip()
-            if not value:
-                raise BadDataError(f"{path}:{line}: column {label!r} (the label) is empty")
-            raw_labels.append(value)
-            given.append(_split_of(path, line, row[split_at]) if split_at is not None else UNASSIGNED)
-            ids.append(f"{path.name}:{line}")
+    for line, row in text.rows():
+        if len(row) != len(header):
+            raise BadDataError(f"{path}:{line}: {len(row)} cells, but the header names {len(header)} columns")
+        rows.append([text.number(line, header[i], row[i]) for i in feature_at])
+        value = row[label_at].strip()
+        if not value:
+            raise BadDataError(f"{path}:{line}: column {label!r} (the label): the cell is empty (row {line - 1})")
+        raw_labels.append(value)
+        given.append(_split_of(path, line, row[split_at]) if split_at is not None else UNASSIGNED)
+        ids.append(f"{path.name}:{line}")
     if not rows:
         raise BadDataError(f"{path}: the table has a header but no rows")
+    if split_at is not None and not any(g == SPLITS.index("train") for g in given):
+        counts = ", ".join(f"{given.count(SPLITS.index(s))} {s}" for s in ("val", "test") if SPLITS.index(s) in given)
+        raise BadDataError(
+            f"{path}: column 'split' puts no row in train ({counts}); mark the training rows train, or remove "
+            "the column and netspec makes the splits"
+        )
     classes, labels = _classes(raw_labels)
+    notes = list(text.notes)
+    if len(set(raw_labels)) > len(classes):
+        notes.append(f"{path}: labels written differently but equal as numbers (such as 1 and 1.0) are one class")
     examples = Examples(torch.tensor(rows, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
-    return Pool(examples, classes, torch.tensor(given, dtype=torch.int8), ids)
+    return Pool(examples, classes, torch.tensor(given, dtype=torch.int8), ids, notes)
 
 
-def _open(path: Path):
-    try:
-        return open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
-
-
-def _number(path: Path, line: int, column: str, cell: str) -> float:
+def _number(path: Path, line: int, column: str, cell: str, decimal_comma: bool = False) -> float:
+    if not cell.strip():
+        raise BadDataError(
+            f"{path}:{line}: column {column!r}: the cell is empty (row {line - 1} of the table; every feature needs "
+            "a value: fill it in or remove the row)"
+        )
     try:
         value = float(cell)
     except ValueError:
-        shown = cell if len(cell) <= 30 else cell[:27] + "..."
-        raise BadDataError(
-            f"{path}:{line}: column {column!r}: {shown!r} is not a number (every column but the label is a "
-            "numeric feature; name the label column with --label)"
-        ) from None
+        try:
+            if not decimal_comma or cell.count(",") != 1:
+                raise
+            value = float(cell.replace(",", "."))
+        except ValueError:
+            shown = cell if len(cell) <= 30 else cell[:27] + "..."
+            raise BadDataError(
+                f"{path}:{line}: column {column!r}: {shown!r} is not a number (every column but "
+                "the label is a numeric feature; name the label column with --label)"
+            ) from None
     if not math.isfinite(value):
         raise BadDataError(f"{path}:{line}: column {column!r}: {cell.strip()!r} is not a finite number")
     return value
@@ -111,21 +184,32 @@ def _split_of(path: Path, line: int, cell: str) -> int:
 
 
 def _classes(values: list[str]) -> tuple[tuple[str, ...], list[int]]:
-    """Class names in order (integers numerically, strings alphabetically) and each row's class index."""
+    """Class names in order (numbers numerically, one class per value: 1, 1.0 and 01 are one class; strings
+    alphabetically) and each row's class index."""
+    numbers = [_label_number(v) for v in values]
+    if all(n is not None for n in numbers):
+        names = [str(int(n)) if n == int(n) else repr(n) for n in numbers]  # type: ignore[arg-type]
+        ordered = sorted(set(zip(numbers, names, strict=True)))
+        index = {name: i for i, (_, name) in enumerate(ordered)}
+        return tuple(name for _, name in ordered), [index[name] for name in names]
+    names = sorted(set(values))
+    index = {name: i for i, name in enumerate(names)}
+    return tuple(names), [index[v] for v in values]
+
+
+def _label_number(value: str) -> float | None:
     try:
-        numbers = [int(v) for v in values]
+        number = float(value)
     except ValueError:
-        names = sorted(set(values))
-        index = {name: i for i, name in enumerate(names)}
-        return tuple(names), [index[v] for v in values]
-    ordered = sorted(set(numbers))
-    index = {n: i for i, n in enumerate(ordered)}
-    return tuple(str(n) for n in ordered), [index[n] for n in numbers]
+        return None
+    return number if math.isfinite(number) else None
 
 
-def read_rows(path: Path, features: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """The feature columns of a table to predict on (its label column, if any, is ignored): rows and their ids."""
-    header = read_header(path)
+def read_rows(path: Path, features: list[str], notes: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The feature columns of a table to predict on (its label column, if any, is ignored): rows and their ids.
+    What was noted while reading it (a file read as Latin-1) is added to `notes`."""
+    text = _Text(path)
+    header = _header(text)
     missing = [f for f in features if f not in header]
     if missing:
         raise BadDataError(
@@ -133,16 +217,13 @@ def read_rows(path: Path, features: list[str]) -> tuple[torch.Tensor, list[str]]
         )
     at = [header.index(f) for f in features]
     rows, ids = [], []
-    with _open(path) as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise BadDataError(
-                    f"{path}:{reader.line_num}: {len(row)} cells, but the header names {len(header)} columns"
-                )
-            rows.append([_number(path, reader.line_num, header[i], row[i]) for i in at])
-            ids.append(f"{path.name}:{reader.line_num}")
+    for line, row in text.rows():
+        if len(row) != len(header):
+            raise BadDataError(f"{path}:{line}: {len(row)} cells, but the header names {len(header)} columns")
+        rows.append([text.number(line, header[i], row[i]) for i in at])
+        ids.append(f"{path.name}:{line}")
+    if not rows:
+        raise BadDataError(f"{path}: the table has a header but no rows to classify")
+    if notes is not None:
+        notes += text.notes
     return torch.tensor(rows, dtype=torch.float32).view(len(rows), len(features)), ids
