@@ -114,6 +114,11 @@ def _store() -> torch.distributed.Store:
     return torch.distributed.PrefixStore(f"netspec/attempt_{attempt}", store)
 
 
+def restarted_worker() -> bool:
+    """This worker was restarted by torchrun (--max-restarts) after a failure."""
+    return under_torchrun() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
 def agreed_resume(resume: str | None, out: str | None) -> str | None:
     """The run folder a worker continues: --resume, or --out once it holds a checkpoint.
 

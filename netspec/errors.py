@@ -75,3 +75,7 @@ class Interrupted(NetspecError):
     """Training was stopped by SIGINT/SIGTERM after saving a checkpoint."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which saves and stops by itself): stop as Ctrl-C does, with a word."""

@@ -8,6 +8,7 @@ tensors and plain data, never code.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -26,9 +27,17 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class WriteError(NetspecError):
+    """A file could not be written (disk full, no permission, a read-only file system); the old file, if any,
+    is untouched."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +45,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(
+            f"cannot write {path} ({len(data):,} bytes): {exc.strerror}; "
+            + ("free some disk space and run again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "nothing was changed")
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from netspec import runfolder
 from netspec.config import SweepConfig, TrainConfig
 from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
@@ -37,7 +39,15 @@ from netspec.shapes import infer_shapes
 from netspec.spec import Spec, closest, load_spec, parse_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
-from netspec.train import EpochMetrics, TrainResult, _save_figure, load_data, resolve_config, train
+from netspec.train import (
+    EpochMetrics,
+    TrainResult,
+    _save_figure,
+    load_data,
+    resolve_config,
+    stop_requests,
+    train,
+)
 
 Reporter = Callable[[str], None]
 SPEC_KEY = "spec"  # the dimension that chooses among several specs
@@ -336,6 +346,8 @@ class _Sweeper:
     def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
         self.plan, self.out, self.report = plan, out, report
         self.abandoned: int | None = None  # a trial another worker took over from this one
+        # SIGINT/SIGTERM received outside a trial's training (which stops itself): the sweep stops between trials.
+        self.stop: list[int] = []
 
     def study(self, storage: Any, resume: bool) -> Any:
         optuna = _optuna()
@@ -365,6 +377,9 @@ class _Sweeper:
 
         plan = self.plan
         params = {d.key: d.suggest(trial) for d in plan.dimensions}
+        if self.stop:  # asked to stop while this trial was being set up: it waits for --resume
+            trial.set_user_attr("interrupted", True)
+            raise Interrupted("stopped before the trial started")
         if self._is_duplicate(trial):
             trial.set_user_attr("duplicate", True)
             raise optuna.TrialPruned("another worker runs this grid point")
@@ -401,11 +416,11 @@ class _Sweeper:
                     "e.g. while the database was unreachable); this worker leaves it"
                 )
             raise
-        except (optuna.TrialPruned, Interrupted) as exc:
-            if isinstance(exc, Interrupted):
-                trial.set_user_attr("interrupted", True)
-            else:
+        except (optuna.TrialPruned, Interrupted, KeyboardInterrupt) as exc:
+            if isinstance(exc, optuna.TrialPruned):
                 self.report(f"  trial {trial.number} pruned: {exc}")
+            else:  # --resume continues it from its last checkpoint (a finished one just reports)
+                trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:  # recorded with its message; the sweep goes on
             message = str(exc) if isinstance(exc, NetspecError) else f"{type(exc).__name__}: {exc}"
@@ -436,6 +451,7 @@ class _Sweeper:
                 report=report,
                 progress=False,
                 on_epoch=on_epoch,
+                overwrite=True,  # the trial's own folder: what a stopped trial left before its first checkpoint
             )
         if resume:
             args = ["train", "--resume", str(run_dir)]
@@ -443,12 +459,11 @@ class _Sweeper:
             # The trial's own spec, its variables resolved and its train section complete: the job needs no
             # other setting (the run folder will hold the same spec.yaml).
             cfg = resolve_config(spec, overrides)
-            ensure_writable_dir(run_dir)
-            spec_file = run_dir / "spec.yaml"
+            spec_file = ensure_writable_dir(run_dir.parent) / f"{run_dir.name}.yaml"  # beside the run folder
             atomic_write_text(
                 spec_file, yaml.safe_dump(spec.model_copy(update={"train": cfg}).to_data(), sort_keys=False)
             )
-            args = ["train", str(spec_file), "--out", str(run_dir)]
+            args = ["train", str(spec_file), "--out", str(run_dir), "--overwrite"]
         job = TrainingJob([*args, "--no-progress"], {"nproc_per_node": self.plan.nproc_per_node}, report)
         epochs = job.follow(run_dir, lambda row: on_epoch(EpochMetrics(**row)))
         return TrainResult([EpochMetrics(**row) for row in epochs], "distributed", str(run_dir))
@@ -492,6 +507,9 @@ class _Sweeper:
 
         announced = False
         while True:
+            if self.stop:
+                study.stop()
+                return
             trials = study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials) or not self._all_started(trials):
                 return
@@ -770,33 +788,52 @@ def sweep(
     out: str | Path | None = None,
     resume: str | Path | None = None,
     report: Reporter = print,
+    overwrite: bool = False,
 ) -> SweepResult:
-    """Run (or resume) a sweep; returns its trials, best first."""
+    """Run (or resume) a sweep; returns its trials, best first. An `out` that holds a sweep is refused unless
+    `overwrite`."""
     storage = None
     if resume is not None:
         folder = Path(resume)
         if not (folder / "sweep.json").exists():
             raise UsageError(f"--resume {folder}: not a sweep folder (no sweep.json)")
         plan = SweepPlan.from_dict(json.loads((folder / "sweep.json").read_text()))
+        claim = runfolder.claim(folder, "sweep", existing=True)
     elif plan is None:
         raise UsageError("give a sweep plan or --resume DIR")
     else:
         if out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}"
+            out = runfolder.free_name(Path("runs") / f"sweep-{'+'.join(plan.specs)}-{stamp}")
+        folder = Path(out)
+        runfolder.check_new(folder, "sweep", overwrite=overwrite)
         # A shared --storage is opened first, so that a bad URL is refused before the run folder is made.
         storage = open_storage(plan.storage, report) if plan.storage is not None else None
-        folder = ensure_writable_dir(Path(out))
-        atomic_write_json(folder / "sweep.json", plan.to_dict())
-    if storage is None:
-        storage = open_storage(plan.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}", report)
-    sweeper = _Sweeper(plan, folder, report)
-    study = sweeper.study(storage, resume is not None)
+        claim = runfolder.claim(folder, "sweep", overwrite=overwrite)
     try:
-        sweeper.run(study)
-    finally:  # also after Ctrl-C: what has finished is in the table and files
-        result = collect(study, plan, folder)
-        if result.trials:
-            write_results(result, plan)
-    write_optuna_plots(study, result)
-    return result
+        if resume is None:
+            atomic_write_json(folder / "sweep.json", plan.to_dict())
+        if storage is None:
+            storage = open_storage(plan.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}", report)
+        sweeper = _Sweeper(plan, folder, report)
+        study = sweeper.study(storage, resume is not None)
+        stopped_by = None
+        try:
+            with stop_requests() as sweeper.stop:
+                sweeper.run(study)
+            stopped_by = signal.Signals(sweeper.stop[0]).name if sweeper.stop else None
+        except (Interrupted, KeyboardInterrupt):  # a trial's training stopped at a signal, after a checkpoint
+            stopped_by = "a stop request"
+        finally:  # also after Ctrl-C: what has finished is in the table and files
+            result = collect(study, plan, folder)
+            if result.trials:
+                write_results(result, plan)
+        if stopped_by:
+            raise Interrupted(
+                f"sweep stopped by {stopped_by}; the finished trials are in {folder}. Finish it (stopped trials "
+                f"continue from their checkpoints) with: netspec sweep --resume {folder}"
+            )
+        write_optuna_plots(study, result)
+        return result
+    finally:
+        claim.release()

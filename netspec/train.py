@@ -27,7 +27,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from netspec import distributed
+from netspec import distributed, runfolder
 from netspec.compiler import SpecNet, build, transfer_state_dict
 from netspec.config import Augment, TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
@@ -38,7 +38,6 @@ from netspec.fileio import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    ensure_writable_dir,
     load_checkpoint,
     save_checkpoint,
 )
@@ -203,15 +202,13 @@ def evaluate(
 
 
 def new_run_dir(name: str, out: str | Path | None) -> Path:
+    """Where a new run goes: --out, or a fresh numbered folder under runs/ (nothing is created here; the run
+    claims the folder with netspec.runfolder.claim before it writes)."""
     if out is not None:
-        return ensure_writable_dir(Path(out))
+        return Path(out)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return ensure_writable_dir(path)
+    return base if not base.exists() else runfolder.free_name(base)
 
 
 def write_metrics(run_dir: Path, epochs: list[EpochMetrics]) -> None:
@@ -301,7 +298,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 @contextmanager
-def _stop_requests() -> Iterator[list[int]]:
+def stop_requests() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
     received: list[int] = []
 
@@ -504,7 +501,7 @@ class Trainer:
         self.board = _tensorboard(self.run_dir, self.epoch * len(self.train_loader) + self.batch) if (
             self.dist.is_main) else None  # fmt: skip
         try:
-            with _stop_requests() as stop:
+            with stop_requests() as stop:
                 while self.epoch < cfg.epochs and not self.stopped_early:
                     self._train_epoch(stop)
                     metrics = self._finish_epoch()
@@ -516,15 +513,20 @@ class Trainer:
                         )
                     if on_epoch is not None:
                         on_epoch(metrics)
+                if not self.epochs:
+                    raise UsageError("nothing to train: the run has no epochs")
+                if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
+                    self.confusion = self._report_split_evaluation()
+                if self.dist.is_main:
+                    self._write_plots(self.confusion)
         finally:
             if self.board is not None:
                 self.board.close()
-        if not self.epochs:
-            raise UsageError("nothing to train: the run has no epochs")
-        if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
-            self.confusion = self._report_split_evaluation()
-        if self.dist.is_main:
-            self._write_plots(self.confusion)
+        if stop:  # a stop request while the last epoch was saved or the plots drawn: the run is whole; stop
+            raise Interrupted(
+                f"stopped by {signal.Signals(stop[0]).name} after the last epoch; the run is complete in "
+                f"{self.run_dir}"
+            )
         return TrainResult(
             self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes),
             self.best_epoch, self.selected_on, self.stopped_early,
@@ -780,8 +782,8 @@ def load_data(net: NetShape, cfg: TrainConfig, recorded: dict[str, list[int]] | 
                 f"spec {net.spec.name} takes input {format_shape(wanted)} but dataset {cfg.dataset} "
                 f"has images of {format_shape(known)}{hint}"
             )
-    elif cfg.resize:
-        raise UsageError("--resize applies to the built-in datasets; images from a folder are resized already")
+    # (resize is for the built-in datasets: a spec's `resize: true` leaves --data alone, whose images are resized
+    # to the spec's input as they are read)
     data = open_data(cfg, wanted, recorded)
     info = data.info
     where = net.spec.source.file or f"spec {net.spec.name}"
@@ -842,18 +844,27 @@ def make_loader(
 
 
 def start_from(model: nn.Module, cfg: TrainConfig) -> str:
-    """Load cfg.init_from into `model`: a netspec checkpoint (its `model`) or a PyTorch state_dict, matched by
-    name when the names agree and by position otherwise (as torchvision's weights load into the zoo's specs).
-    With cfg.skip_mismatched, tensors whose shapes differ keep their initialization (a new head)."""
-    from netspec.fileio import load_checkpoint as load_any
+    """Load cfg.init_from into `model`: a netspec checkpoint (its `model`), a PyTorch state_dict file, or a library's
+    pretrained weights (`torchvision:NAME`, `timm:NAME`), matched by name when the names agree and by position
+    otherwise (as torchvision's weights load into the zoo's specs). A partial load is refused unless
+    cfg.skip_mismatched, which keeps the tensors that do not fit (a new head) at their initialization."""
+    source = str(cfg.init_from)
+    if source.startswith(("torchvision:", "timm:")):
+        state, label = pretrained_state(source, download=cfg.download)
+    else:
+        from netspec.fileio import load_checkpoint as load_any
 
-    path = Path(str(cfg.init_from))
-    if not path.is_file():
-        raise UsageError(f"--init-from {path}: no such file")
-    loaded = load_any(path, allow_plain=True)
-    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"--init-from {path}: neither a netspec checkpoint nor a state_dict of tensors")
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(
+                f"--init-from {path}: no such file"
+                + ("" if path.exists() else " (or give torchvision:NAME or timm:NAME for a library's weights)")
+            )
+        loaded = load_any(path, allow_plain=True)
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"--init-from {path}: neither a netspec checkpoint nor a state_dict of tensors")
+        label = str(path)
     target = model.state_dict()
     if list(state) == list(target) or set(state) == set(target):
         pairs = [(key, state[key], key) for key in target]
@@ -862,9 +873,10 @@ def start_from(model: nn.Module, cfg: TrainConfig) -> str:
     elif cfg.skip_mismatched:
         pairs = [(src, tensor, dst) for (src, tensor), dst in zip(state.items(), target, strict=False)]
     else:
-        raise CheckpointError(
-            f"--init-from {path}: it holds {len(state)} tensors but the network has {len(target)}; "
-            "pass --skip-mismatched to load the leading tensors that fit"
+        raise UsageError(
+            f"--init-from {label}: it holds {len(state)} tensors but the network has {len(target)}, so it is "
+            "another architecture; pass --skip-mismatched to load the leading tensors that fit (the rest keep "
+            "their initialization)"
         )
     fitting = {dst: tensor for src, tensor, dst in pairs if tensor.shape == target[dst].shape}
     skipped = [
@@ -874,18 +886,107 @@ def start_from(model: nn.Module, cfg: TrainConfig) -> str:
     ]
     if skipped and not cfg.skip_mismatched:
         shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-        raise CheckpointError(
-            f"--init-from {path}: {len(skipped)} tensor(s) do not fit: {shown}. Pass --skip-mismatched to keep "
-            "them at their initialization (for a new head)"
+        raise UsageError(
+            f"--init-from {label}: {len(skipped)} of {len(target)} tensor(s) do not fit: {shown}. Pass "
+            "--skip-mismatched to keep them at their initialization (for a new head)"
         )
     if len(pairs) == len(target) and not skipped and list(state) != list(target) and set(state) != set(target):
         transfer_state_dict(state, model)  # by position, with torchvision's reordered modules handled
     else:
         model.load_state_dict({**target, **fitting})
-    note = f"init from {path}: loaded {len(fitting)} of {len(target)} tensors"
+    # Every tensor of the network is either loaded, skipped (another shape) or beyond the file's tensors.
+    beyond = len(target) - len(pairs)
+    note = f"init from {label}: loaded {len(fitting)} of {len(target)} tensors"
     if skipped:
-        note += f"; skipped {len(skipped)} that do not fit: " + ", ".join(s.split(" (")[0] for s in skipped[:4])
+        names = ", ".join(s.split(" (")[0] for s in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+        note += f"; skipped {len(skipped)} that do not fit: {names}"
+    if beyond:
+        note += f"; {beyond} beyond the file's {len(state)} tensors"
+    if skipped or beyond:
+        note += " (kept at their initialization)"
+    if len(state) > len(pairs):
+        note += f"; {len(state) - len(pairs)} of the file's {len(state)} tensors unused"
     return note
+
+
+def pretrained_state(source: str, download: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """The state_dict of `torchvision:NAME[.WEIGHTS]` or `timm:NAME`, through the library's own API and cache
+    (torch.hub's under TORCH_HOME, Hugging Face's for timm). A file missing from the cache is fetched only with
+    `download`; otherwise the error says where the library looks for it and where it comes from."""
+    library, _, name = source.partition(":")
+    if library == "timm":
+        return _timm_state(name, download), source
+    import difflib
+    import os
+    from urllib.parse import urlparse
+
+    import torchvision
+
+    model_name, _, tag = name.partition(".")
+    known = torchvision.models.list_models()
+    if model_name not in known:
+        close = difflib.get_close_matches(model_name, known, n=1)
+        hint = f"; did you mean torchvision:{close[0]}?" if close else ""
+        raise UsageError(f"--init-from {source}: torchvision has no model named {model_name!r}{hint}")
+    enum = torchvision.models.get_model_weights(model_name)
+    if tag and tag not in enum.__members__:
+        raise UsageError(
+            f"--init-from {source}: torchvision's {model_name} has weights "
+            f"{', '.join(m for m in enum.__members__ if m != 'DEFAULT')}, not {tag}"
+        )
+    weights = enum[tag] if tag else enum.DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    label = f"torchvision:{model_name}.{weights.name}"
+    if not file.is_file() and not download:
+        raise UsageError(
+            f"--init-from {source}: the weights {weights} are not in torch.hub's cache: {file} (set TORCH_HOME to "
+            f"use another cache); pass --download to fetch them from {weights.url}, or place that file there"
+        )
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # no network, a truncated or foreign file
+        raise CheckpointError(
+            f"--init-from {source}: cannot read {file} (from {weights.url}): {type(exc).__name__}: {exc}"
+        ) from None
+    return dict(state), label
+
+
+def _timm_state(name: str, download: bool) -> dict[str, torch.Tensor]:
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"--init-from timm:{name}: timm is not installed (pip install timm)") from None
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f"; did you mean timm:{close[0]}?" if close else ""
+        raise UsageError(f"--init-from timm:{name}: timm has no model named {name!r}{hint}")
+    import os
+
+    import huggingface_hub.constants as hub_constants
+
+    offline = {} if download else {"HF_HUB_OFFLINE": "1"}
+    saved = {key: os.environ.get(key) for key in offline}
+    os.environ.update(offline)
+    was_offline = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = was_offline or not download  # read when a file is fetched
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as exc:  # timm and huggingface_hub raise many kinds for a file not in the cache
+        raise UsageError(
+            f"--init-from timm:{name}: timm could not load its pretrained weights from the Hugging Face cache "
+            f"{hub_constants.HF_HUB_CACHE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            + ("" if download else "; pass --download to fetch them")
+        ) from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE = was_offline
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return dict(model.state_dict())
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> int:
@@ -919,11 +1020,13 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     backend: str | None = None,
     sync_bn: bool | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a spec (or resume a run folder) and return its metrics.
 
     `overrides` replace fields of the spec's train section (e.g. {"epochs": 3}); with `resume`, only
-    {"epochs": N} is allowed, to extend a finished or interrupted run. Started by torchrun (or `netspec train
+    {"epochs": N} is allowed, to extend a finished or interrupted run. An `out` that already holds a run is
+    refused unless `overwrite` (see netspec.runfolder). Started by torchrun (or `netspec train
     --nproc-per-node N`), each process trains its share and rank 0 writes the run folder; see
     netspec.distributed.
     """
@@ -936,14 +1039,21 @@ def train(
     cfg = resolve_config(spec, overrides)
     spec = spec.model_copy(update={"train": cfg})
     dist, device = distributed.from_environment(resolve_device(cfg.device), backend)
+    run_dir = new_run_dir(spec.name, out)
+    if dist.is_main:  # before the data is read: an --out that holds a run is refused at once
+        runfolder.check_new(run_dir, "run", overwrite=overwrite)
     trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
-    run_dir = new_run_dir(spec.name, out) if dist.is_main else None
-    trainer.run_dir = Path(dist.from_main(str(run_dir) if run_dir else None))
-    trainer.write_run_files()
-    trainer.report(trainer.describe())
-    if trainer.start_note:
-        trainer.report(trainer.start_note)
-    return trainer.run(on_epoch)
+    claim = runfolder.claim(run_dir, "run", overwrite=overwrite) if dist.is_main else None
+    try:
+        trainer.run_dir = Path(dist.from_main(str(claim.path) if claim else None))
+        trainer.write_run_files()
+        trainer.report(trainer.describe())
+        if trainer.start_note:
+            trainer.report(trainer.start_note)
+        return trainer.run(on_epoch)
+    finally:
+        if claim:
+            claim.release()
 
 
 def read_split(run_dir: Path) -> dict[str, list[int]] | None:
@@ -989,19 +1099,24 @@ def _resume(
         spec = spec.model_copy(update={"train": cfg})
         (ckpt.get("selection") or {})["stopped_early"] = False
     dist, device = distributed.from_environment(resolve_device(cfg.device), backend)
-    if dist.is_main:
-        for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
-            stale.unlink(missing_ok=True)
-    cfg_start = cfg.model_copy(update={"init_from": None})  # the checkpoint has the weights already
+    claim = runfolder.claim(run_dir, "run", existing=True) if dist.is_main else None
     try:
-        trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, read_split(run_dir))
-    except DataError as exc:
-        raise DataError(f"--resume {run_dir}: {exc}") from None
-    trainer.cfg = cfg
-    trainer.run_dir = run_dir
-    trainer.load_state(ckpt)
-    if epochs is not None and dist.is_main:
-        atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
-    if trainer.epoch >= cfg.epochs or trainer.stopped_early:
-        report(f"{run_dir} already finished its {trainer.epoch} epochs")
-    return trainer.run(on_epoch)
+        if dist.is_main:
+            for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
+                stale.unlink(missing_ok=True)
+        cfg_start = cfg.model_copy(update={"init_from": None})  # the checkpoint has the weights already
+        try:
+            trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, read_split(run_dir))
+        except DataError as exc:
+            raise DataError(f"--resume {run_dir}: {exc}") from None
+        trainer.cfg = cfg
+        trainer.run_dir = run_dir
+        trainer.load_state(ckpt)
+        if epochs is not None and dist.is_main:
+            atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+        if trainer.epoch >= cfg.epochs or trainer.stopped_early:
+            report(f"{run_dir} already finished its {trainer.epoch} epochs")
+        return trainer.run(on_epoch)
+    finally:
+        if claim:
+            claim.release()
