@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from netspec.errors import NetspecError, UsageError
+from netspec.errors import NetspecError, Terminated, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +112,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from netspec.config import TrainConfig
 
     given = {name: getattr(args, name, None) for name in TrainConfig.model_fields}
-    return {name: value for name, value in given.items() if value is not None and value is not False}
+    overrides = {name: value for name, value in given.items() if value is not None and value is not False}
+    if getattr(args, "resize", None) is False:  # --no-resize
+        overrides["resize"] = False
+    return overrides
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -119,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from netspec.train import train
 
     extra = {k for k in _train_overrides(args) if k != "epochs"}
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume continues the run in its folder and --overwrite replaces it: give one of them")
     if args.resume is not None and (args.spec is not None or extra or args.set):
         raise UsageError(
             "--resume continues a run with its own spec and settings; give no spec or overrides (but --epochs N, "
@@ -149,6 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             backend=args.backend,
             sync_bn=args.sync_bn,
+            # A worker that torchrun restarts before the run's first checkpoint starts it again in its folder.
+            overwrite=args.overwrite or distributed.restarted_worker(),
         )
     except RuntimeError as exc:
         if not distributed.is_worker():
@@ -202,7 +210,7 @@ def _choose_batch_size(args: argparse.Namespace, launching: bool) -> None:
 
 def _launch_training(args: argparse.Namespace) -> int:
     """`netspec train ... --nproc-per-node N`: the same command in N workers, through torch.distributed.run."""
-    from netspec import distributed
+    from netspec import distributed, runfolder
     from netspec.train import new_run_dir, resolve_config
 
     worker_args = _without_options(args.argv, [f"--{n.replace('_', '-')}" for n in distributed.LAUNCH_OPTIONS])
@@ -210,10 +218,10 @@ def _launch_training(args: argparse.Namespace) -> int:
     nodes = int(args.nnodes) if args.nnodes and str(args.nnodes).isdigit() else None
     low, _, high = str(args.nnodes or 1).partition(":")
     joins_late = bool(high) and low != high  # an elastic job: a machine may join while it runs
-    if run_dir is None and args.out is not None and (Path(args.out) / "last.pt").exists() and not joins_late:
-        # The workers would continue it (that is how a restarted worker picks its run up): say so instead.
-        raise UsageError(f"--out {args.out} already holds a run; continue it with --resume {args.out}, or give "
-                         "another --out")  # fmt: skip
+    if run_dir is None and args.out is not None and not joins_late:
+        # The workers would continue a run in --out (that is how a restarted worker picks its run up): refuse
+        # here as a single process does, unless --overwrite.
+        runfolder.check_new(Path(args.out), "run", overwrite=args.overwrite)
     if run_dir is None and args.out is None and str(args.nnodes or 1) != "1":
         raise UsageError(
             f"--nnodes {args.nnodes}: a job across machines needs --out RUN_DIR, the same folder on every machine "
@@ -381,7 +389,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     report = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     if args.resume is not None:
-        if args.specs or args.grid or _train_overrides(args) or args.set:
+        if args.specs or args.grid or _train_overrides(args) or args.set or args.overwrite:
             raise UsageError("--resume continues a sweep with its own specs and settings; give no specs or options")
         result = sweep(resume=args.resume, report=report)
     else:
@@ -398,7 +406,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             variables=_assignments(args.set),
             nproc_per_node=args.nproc_per_node,
         )
-        result = sweep(plan, out=args.out, report=report)
+        result = sweep(plan, out=args.out, report=report, overwrite=args.overwrite)
     if args.json:
         _print_json(result.to_dict())
     else:
@@ -529,8 +537,10 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
     g.add_argument("--data-root", help="folder holding the built-in datasets in torchvision's layout (default: data)")
     g.add_argument("--download", action="store_true", help="download the built-in dataset if missing (needs internet)")
     g.add_argument(
-        "--resize", action="store_true", help="resize built-in images to the spec's input size on the fly (as d2l's)"
-    )
+        "--resize", action=argparse.BooleanOptionalAction, default=None,
+        help="resize built-in images to the spec's input size on the fly (as d2l's); --no-resize turns a spec's "
+        "resize: true off (--data images are always resized to the spec's input)",
+    )  # fmt: skip
     g.add_argument(
         "--val-split", type=_below_one, metavar="F",
         help="share of the training examples held out for validation when the data has none (default: 0.1; "
@@ -674,6 +684,9 @@ def make_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (default: runs/<name>-<timestamp>)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace the run that --out holds (without it, such an --out is refused)"
+    )
     g.add_argument("--json", action="store_true", help="print the final result as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("several processes and machines (torch.distributed, launched by torchrun's engine)")
@@ -819,6 +832,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/sweep-<names>-<timestamp>)")
     g.add_argument("--resume", metavar="DIR", help="finish a sweep that was stopped or killed")
     g.add_argument(
+        "--overwrite", action="store_true", help="replace the sweep that --out holds (without it, such an --out is refused)"
+    )
+    g.add_argument(
         "--storage",
         metavar="URL",
         help="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: DIR/study.db)",
@@ -888,6 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     code = _run(args)
     if "WORLD_SIZE" in os.environ:  # perhaps a torchrun worker (which has torch loaded anyway)
         from netspec import distributed
@@ -895,6 +913,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.is_worker():
             distributed.exit_worker(code)
     return code
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -906,9 +928,10 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"{rank_prefix()}error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        by = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        print(f"error: interrupted by {by} (files are written whole or not at all)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: say so in one line, traceback only on request
