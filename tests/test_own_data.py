@@ -400,7 +400,7 @@ def test_fine_tune_from_a_torchvision_state_dict_with_a_new_head(tmp_path: Path,
     without_skip = run_cli("train", str(spec), "--data", str(root), "--init-from", str(tmp_path / "shufflenet.pth"),
                            "--out", str(tmp_path / "run2"))  # fmt: skip
     assert (
-        without_skip.returncode == 1
+        without_skip.returncode == 2
         and "do not fit" in without_skip.stderr
         and "--skip-mismatched" in without_skip.stderr
     )

@@ -1,0 +1,159 @@
+"""Pretrained weights (`--init-from torchvision:NAME`), resize left to the data, `export RUN`, exit codes and
+did-you-mean for options."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import netspec
+from netspec.config import TrainConfig
+from netspec.errors import UsageError
+from netspec.train import start_from
+from tests.conftest import SPECS, requires_mnist, run_cli
+from tests.test_own_data import mnist_pngs
+
+TINY_RESIZE = """\
+name: tiny_resize
+input: [1, 20, 20]
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3}
+  - relu
+  - flatten
+  - linear: {out_features: 10}
+train: {dataset: mnist, resize: true, epochs: 1, batch_size: 16}
+"""
+
+
+def _resnet18_file(torch_home: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A real ResNet-18 state_dict (random init) where torch.hub's cache under TORCH_HOME keeps torchvision's
+    resnet18 weights: the file name of its download URL, in hub/checkpoints."""
+    import torchvision
+
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = torch_home / "hub" / "checkpoints" / os.path.basename(weights.url)
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path, state
+
+
+def _small_resnet18(write_spec, classes: int = 1000) -> Path:
+    text = (SPECS / "resnet18.yaml").read_text().replace("[3, 224, 224]", "[3, 32, 32]")
+    return write_spec(text.replace("out_features: 1000", f"out_features: {classes}"))
+
+
+# --- resize is the data's business ---------------------------------------------------------------
+
+
+@requires_mnist
+def test_a_spec_with_resize_true_trains_on_a_user_folder(tmp_path: Path, write_spec):
+    data = mnist_pngs(tmp_path / "digits", per_class=3, layout="classes")
+    spec = write_spec(TINY_RESIZE)
+    result = run_cli("train", str(spec), "--data", str(data), "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "--resize applies" not in result.stdout + result.stderr
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_no_resize_turns_a_specs_resize_off(tmp_path: Path, write_spec):
+    spec = write_spec(TINY_RESIZE)
+    result = run_cli("train", str(spec), "--no-resize", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "takes input 1×20×20 but dataset mnist has images of 1×28×28" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- --init-from torchvision:NAME ------------------------------------------------------------------
+
+
+def test_torchvision_weights_load_from_torch_hubs_cache_by_position(tmp_path: Path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _, state = _resnet18_file(tmp_path / "torch")
+    model = netspec.build(SPECS / "resnet18.yaml")
+    note = start_from(model, TrainConfig(init_from="torchvision:resnet18"))
+    assert note == "init from torchvision:resnet18.IMAGENET1K_V1: loaded 122 of 122 tensors"
+    reference = torchvision.models.resnet18(weights=None)
+    reference.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x))
+
+
+def test_a_partial_load_is_refused_and_with_skip_mismatched_its_counts_add_up(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _resnet18_file(tmp_path / "torch")
+    d2l = netspec.build(SPECS / "d2l_resnet18.yaml")  # biased convs, shortcuts without batch norm: 127 tensors
+    with pytest.raises(UsageError, match="it holds 122 tensors but the network has 127.*--skip-mismatched"):
+        start_from(d2l, TrainConfig(init_from="torchvision:resnet18"))
+    note = start_from(d2l, TrainConfig(init_from="torchvision:resnet18", skip_mismatched=True))
+    loaded, total = map(int, re.search(r"loaded (\d+) of (\d+) tensors", note).groups())
+    skipped = int(re.search(r"skipped (\d+) that do not fit", note).group(1))
+    beyond = int(re.search(r"(\d+) beyond the file's 122 tensors", note).group(1))
+    assert total == 127 and loaded + skipped + beyond == total and beyond == 5 and loaded > 0
+
+
+def test_init_from_torchvision_trains_with_a_new_head(tmp_path: Path, write_spec):
+    torch_home = tmp_path / "torch"
+    _resnet18_file(torch_home)
+    spec = _small_resnet18(write_spec, classes=10)
+    common = ["--init-from", "torchvision:resnet18", "--synthetic-size", "16", "--batch-size", "8", "--epochs", "1"]
+    env = {"TORCH_HOME": str(torch_home)}
+    refused = run_cli("train", str(spec), *common, "--out", str(tmp_path / "r1"), env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "2 of 122 tensor(s) do not fit: fc.weight" in refused.stderr and "--skip-mismatched" in refused.stderr
+    assert not (tmp_path / "r1").exists()
+    result = run_cli(
+        "train", str(spec), *common, "--skip-mismatched", "--out", str(tmp_path / "r2"), "--no-progress", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "init from torchvision:resnet18.IMAGENET1K_V1: loaded 120 of 122 tensors; skipped 2 that do not fit: "
+        "fc.weight, fc.bias (kept at their initialization)" in result.stdout
+    )
+
+
+def test_weights_missing_from_the_cache_name_the_path_and_url(tmp_path: Path, write_spec):
+    spec = _small_resnet18(write_spec, classes=10)
+    result = run_cli(
+        "train", str(spec), "--init-from", "torchvision:resnet18", "--synthetic-size", "16", "--out",
+        str(tmp_path / "run"), env={"TORCH_HOME": str(tmp_path / "empty")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert str(expected) in result.stderr
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in result.stderr
+    assert "--download" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("torchvision:resnet81", "torchvision has no model named 'resnet81'; did you mean torchvision:resnet18?"),
+        ("torchvision:resnet18.IMAGENET9K", "has weights IMAGENET1K_V1, not IMAGENET9K"),
+        ("nowhere/weights.pth", "--init-from nowhere/weights.pth: no such file (or give torchvision:NAME"),
+    ],
+)
+def test_unknown_weights_are_a_usage_error(source: str, message: str):
+    model = netspec.build(SPECS / "resnet18.yaml")
+    with pytest.raises(UsageError) as caught:
+        start_from(model, TrainConfig(init_from=source))
+    assert message in str(caught.value)
+
+
+def test_timm_weights_need_timm():
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is not None:
+        pytest.skip("timm is installed")
+    model = netspec.build(SPECS / "resnet18.yaml")
+    with pytest.raises(UsageError, match="timm is not installed"):
+        start_from(model, TrainConfig(init_from="timm:resnet18"))
