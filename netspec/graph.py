@@ -154,10 +154,55 @@ def _raw_list(value: Any) -> list[Any] | None:
     return value if isinstance(value, list) else None
 
 
+# The most layers a spec may expand to (repeats unrolled, blocks instantiated): far beyond any real network
+# (ViT-H has a few hundred), small enough that a `repeat: {times: 1000000000}` is refused at once.
+MAX_LAYERS = 100_000
+
+
 @dataclass
 class _Expander:
     spec: Spec
     blocks_used: set[str] = field(default_factory=set)
+    count: int = 0  # layers expanded so far
+    scale: int = 1  # copies of the sequence being expanded: the product of the enclosing repeats' times
+    _sizes: dict[str, int] = field(default_factory=dict)  # each block's size as written (_block_size)
+
+    def _size(self, raw: Any, seen: tuple[str, ...] = ()) -> int:
+        """How many layers entries as written expand to, at least (capped just past MAX_LAYERS): a repeat whose
+        count is still a `$parameter` counts once; a block counts its body."""
+        cap = MAX_LAYERS + 1
+        if isinstance(raw, list):
+            return min(cap, sum(self._size(item, seen) for item in raw))
+        if isinstance(raw, str):
+            return self._block_size(raw, seen) if raw in self.spec.blocks else 1
+        if not isinstance(raw, dict):
+            return 0
+        key, value = _raw_parts(raw)
+        if key in self.spec.blocks:
+            return self._block_size(key, seen)
+        if key == "repeat" and isinstance(value, dict):
+            times = value.get("times")
+            times = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
+            return min(cap, min(times, cap) * self._size(value.get("layers"), seen))
+        inner = value.values() if isinstance(value, dict) else [value]
+        return min(cap, 1 + sum(self._size(v, seen) for v in inner if isinstance(v, list)))
+
+    def _block_size(self, name: str, seen: tuple[str, ...]) -> int:
+        if name in seen:
+            return 1  # a cycle, reported when the block is used
+        if name not in self._sizes:
+            self._sizes[name] = self._size(self.spec.blocks[name].layers, (*seen, name))
+        return self._sizes[name]
+
+    def _grow(self, more: int, yaml_path: YamlPath, where: str, what: str) -> None:
+        """Refuse an expansion that would pass MAX_LAYERS, before building any of it."""
+        if self.count + more > MAX_LAYERS:
+            raise self.error(
+                f"{what} expands the spec to more than {MAX_LAYERS:,} layers (at least {self.count + more:,}); "
+                "no network needs that many: check the repeat counts",
+                yaml_path,
+                where,
+            )
 
     def error(self, message: str, yaml_path: YamlPath, where: str | None, key: bool = False) -> SpecError:
         return self.spec.source.error(message, yaml_path, where, key=key)
@@ -262,6 +307,8 @@ class _Expander:
             raw_branches = _raw_branches(value) if key is not None else []
             return self.merge(entry, raw_branches, path, yaml_path, env, stack, inputs)
         if isinstance(entry, LayerSpec):
+            self._grow(1, yaml_path, f"{path} {entry.kind}", "this layer")
+            self.count += 1
             written = dict(value) if isinstance(value, dict) else ({} if raw is not None else None)
             return Layer(entry, path, yaml_path, written)
         if isinstance(entry, Repeat):
@@ -346,14 +393,29 @@ class _Expander:
     def repeat(self, entry: Repeat, path: str, yaml_path: YamlPath, env: dict[str, Any], stack: tuple[str, ...]) -> Seq:
         """One copy per repeat, each validated with its own `$i` (0, 1, ...) and `$n` (the count)."""
         body_yaml = (*yaml_path, "repeat", "layers")
+        # Checked before unrolling: this repeat's copies times those of the repeats around it.
+        what = f"repeat ×{entry.times:,}" + (f" inside repeats ×{self.scale:,}" if self.scale > 1 else "")
+        self._grow(entry.times * self.scale * max(1, self._size(entry.layers)), (*yaml_path, "repeat", "times"),
+                   f"{path} repeat", what)  # fmt: skip
+        outer, self.scale = self.scale, self.scale * entry.times
+        try:
+            copies = self._copies(entry, path, yaml_path, body_yaml, env, stack)
+        finally:
+            self.scale = outer
+        n = len(copies)
+        return Seq(copies, [None] * n, [None] * n, path, yaml_path, "repeat", REPEAT)
+
+    def _copies(
+        self, entry: Repeat, path: str, yaml_path: YamlPath, body_yaml: YamlPath, env: dict[str, Any],
+        stack: tuple[str, ...],
+    ) -> list[Node]:  # fmt: skip
         copies: list[Node] = []
         for i in range(entry.times):
             copy_env = {**env, "i": i, "n": entry.times}
             body = substitute(entry.layers, copy_env, body_yaml, self.spec.source, _unknown(copy_env, "repeat"))
             entries = self.validate(body, (*yaml_path, "repeat"), f"{path}.repeat")
             copies.append(self.seq(entries, entry.layers, f"{path}.repeat#{i}", body_yaml, "copy", copy_env, stack))
-        n = len(copies)
-        return Seq(copies, [None] * n, [None] * n, path, yaml_path, "repeat", REPEAT)
+        return copies
 
     def block(
         self,
@@ -372,6 +434,12 @@ class _Expander:
             cycle = " → ".join((*stack[stack.index(call.name) :], call.name))
             raise self.error(f"block {call.name} uses itself ({cycle})", yaml_path, where)
         block = spec.blocks[call.name]
+        size = self._block_size(call.name, ())
+        if size > 1:
+            what = f"block {call.name}" + (
+                f" inside repeats ×{self.scale:,}" if self.scale > 1 else ""
+            )
+            self._grow(size * self.scale, yaml_path, where, what)
         for arg in call.args:
             if arg not in block.params:
                 hint = did_you_mean(str(arg), list(block.params))

@@ -132,12 +132,15 @@ def read_yaml_file(path: str | Path) -> tuple[Any, SourceMap]:
         raise SpecError("no such file", file=name)
     if p.is_dir():
         raise SpecError("is a directory, not a spec file", file=name)
+    if not p.is_file():  # a FIFO would block, /dev/zero never ends: read only regular files
+        raise SpecError("is not a regular file (a device, pipe or socket); give a spec file", file=name)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more than the limit, whatever the file claims its size is
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=name) from None
     if len(raw) > MAX_BYTES:
-        raise SpecError(f"file too large for a spec ({len(raw):,} bytes)", file=name)
+        raise SpecError(f"file too large for a spec (more than {MAX_BYTES:,} bytes)", file=name)
     if b"\x00" in raw:
         raise SpecError("not a text file (it contains NUL bytes)", file=name)
     try:

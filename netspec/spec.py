@@ -700,6 +700,25 @@ _OPERATORS: dict[type, Callable[..., Any]] = {
 # Functions an expression may call (RegNet's `round(0.25 * $w)`, `max(8, $c // 4)`).
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"round": round, "min": min, "max": max, "int": int, "abs": abs}
 
+# The largest whole number an expression may produce (or use) at any step: far beyond any width or
+# count, small enough that `$a * $a` forty times over never builds a number with millions of digits.
+MAX_INTEGER = 2**62
+
+
+def _checked(value: Any, text: str) -> Any:
+    """`value` if it is a finite number within MAX_INTEGER, else the ValueError that says what is wrong."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_INTEGER:
+            raise ValueError(f"'{text}' gives a number too large ({len(str(abs(value)))} digits; the limit is 2**62)")
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"'{text}' gives {'nan' if value != value else 'an infinite number'}; only finite numbers")
+        return value
+    raise ValueError(f"'{text}' gives {value!r}, not a real number")
+
 
 def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> Any:
     """`$width` -> its value; `$width * 2 + 1`, `round(0.25 * $w)`, `1 - 0.9997` -> arithmetic on numbers,
@@ -719,22 +738,24 @@ def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> A
         if isinstance(node, ast.Expression):
             return walk(node.body)
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
+            return _checked(node.value, text)
         if isinstance(node, ast.Name):
             if node.id not in env:
                 raise ValueError(unknown(node.id))
             value = env[node.id]
             if type(value) not in (int, float):
                 raise ValueError(f"${node.id} is {value!r}, not a number, in '{text}'")
-            return value
+            return _checked(value, text)
         if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
                 raise ValueError(f"'{text}': that power is too large")
             try:
-                return _OPERATORS[type(node.op)](left, right)
+                return _checked(_OPERATORS[type(node.op)](left, right), text)
             except ZeroDivisionError:
                 raise ValueError(f"'{text}' divides by zero") from None
+            except OverflowError:
+                raise ValueError(f"'{text}' gives a number too large") from None
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
             return _OPERATORS[type(node.op)](walk(node.operand))
         if (
@@ -743,11 +764,17 @@ def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> A
             and node.func.id in _FUNCTIONS
             and node.args
             and not node.keywords
+            and not any(isinstance(a, ast.Starred) for a in node.args)
         ):
             args = [walk(a) for a in node.args]
             if node.func.id in ("round", "int", "abs") and len(args) != 1:
                 raise ValueError(f"'{text}': {node.func.id} takes one number")
-            return _FUNCTIONS[node.func.id](*args)
+            if node.func.id in ("min", "max") and len(args) < 2:
+                raise ValueError(f"'{text}': {node.func.id} takes two or more numbers, e.g. {node.func.id}(8, $c // 4)")
+            try:
+                return _checked(_FUNCTIONS[node.func.id](*args), text)
+            except OverflowError:
+                raise ValueError(f"'{text}' gives a number too large (or infinite) for {node.func.id}") from None
         raise ValueError(
             f"'{text}': only numbers, $variables, + - * / // % **, brackets and {', '.join(_FUNCTIONS)} are allowed"
         )
@@ -787,7 +814,10 @@ def substitute(
             return evaluate(value, env, unknown)
         except ValueError as exc:
             layer_path, kind, _ = describe_path(path)
-            raise source.error(str(exc), path, f"{layer_path} {kind or ''}".strip() or None) from None
+            where = f"{layer_path} {kind or ''}".strip() or None
+            if len(path) == 2 and path[0] == "vars":
+                where = f"vars: ${path[1]}"
+            raise source.error(str(exc), path, where) from None
     if isinstance(value, dict):
         return {
             k: v if _is_repeat_body(value, k) else substitute(v, env, (*path, k), source, unknown)

@@ -1,0 +1,176 @@
+"""Limits of the spec language: bombs refused before any tensor, expression errors located, the forgotten
+flatten warned about, numeric options checked. Every refusal is one located message with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from netspec.cli import main
+
+
+def _build(path: Path, capsys, *extra: str) -> tuple[int, str, float]:
+    """`netspec build PATH` in this process: exit code, stderr and seconds taken."""
+    start = time.perf_counter()
+    code = main(["build", str(path), *extra])
+    seconds = time.perf_counter() - start
+    return code, capsys.readouterr().err, seconds
+
+
+# --- bombs: refused fast, before anything is expanded -----------------------------------------------
+
+REPEAT_BOMB = """name: bomb
+input: [10]
+layers:
+  - repeat:
+      times: 1000000000
+      layers:
+        - linear: {out_features: 10}
+"""
+
+NESTED_REPEATS = """name: nested
+input: [10]
+layers:
+  - repeat:
+      times: 1000
+      layers:
+        - relu
+        - repeat:
+            times: 1000
+            layers:
+              - relu
+"""
+
+
+HIDDEN_IN_A_BLOCK = """name: hidden
+input: [10]
+blocks:
+  stack:
+    params: {n: null}
+    layers:
+      - repeat:
+          times: $n
+          layers:
+            - relu
+layers:
+  - repeat:
+      times: 1000
+      layers:
+        - stack: {n: 1000}
+"""
+
+
+def _squares(n: int) -> str:
+    """n variables, each the square of the one before it: 3, 9, 81, ... (the 7th has 31 digits)."""
+    lines = ["name: squares", "input: [10]", "vars:", "  v0: 3"]
+    lines += [f"  v{i}: $v{i - 1} * $v{i - 1}" for i in range(1, n)]
+    lines += ["layers:", f"  - linear: {{out_features: $v{n - 1}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def _doubling_blocks(levels: int) -> str:
+    """Blocks that each use the one before twice: 2**levels layers without a single repeat."""
+    lines = ["name: doubling", "input: [10]", "blocks:", "  b0:", "    layers:", "      - relu"]
+    for i in range(1, levels):
+        lines += [f"  b{i}:", "    layers:", f"      - b{i - 1}", f"      - b{i - 1}"]
+    lines += ["layers:", f"  - b{levels - 1}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            REPEAT_BOMB,
+            "{f}:5:14: layers[0] repeat: repeat ×1,000,000,000 expands the spec to more than 100,000 layers "
+            "(at least 1,000,000,000); no network needs that many: check the repeat counts",
+            id="repeat-a-billion-times",
+        ),
+        pytest.param(
+            NESTED_REPEATS,
+            "{f}:5:14: layers[0] repeat: repeat ×1,000 expands the spec to more than 100,000 layers "
+            "(at least 1,001,000); no network needs that many: check the repeat counts",
+            id="nested-repeats",
+        ),
+        pytest.param(
+            HIDDEN_IN_A_BLOCK,
+            "{f}:8:18: layers[0].repeat#0[0].stack[0] repeat: repeat ×1,000 inside repeats ×1,000 expands the spec "
+            "to more than 100,000 layers (at least 1,000,000); no network needs that many: check the repeat counts",
+            id="count-from-a-block-parameter",
+        ),
+        pytest.param(
+            _doubling_blocks(30),
+            "{f}:124:5: layers[0] b29: block b29 expands the spec to more than 100,000 layers (at least 100,001); "
+            "no network needs that many: check the repeat counts",
+            id="blocks-doubling",
+        ),
+        pytest.param(
+            _squares(40),
+            "{f}:10:7: vars: $v6: '$v5 * $v5' gives a number too large (31 digits; the limit is 2**62)",
+            id="forty-squares",
+        ),
+    ],
+)
+def test_bombs_are_refused_fast_and_located(text: str, expected: str, tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    code, err, seconds = _build(path, capsys)
+    assert (code, err) == (2, f"error: {expected.format(f=path)}\n")
+    assert seconds < 1.0, f"took {seconds:.2f} s to refuse"
+
+
+def test_a_repeat_under_the_limit_still_builds(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(NESTED_REPEATS.replace("times: 1000\n", "times: 30\n"))
+    code, err, _ = _build(path, capsys, "--json")
+    assert (code, err) == (0, "")
+
+
+def test_device_file_is_refused(capsys):
+    code, err, seconds = _build(Path("/dev/zero"), capsys)
+    assert (code, err) == (2, "error: /dev/zero: is not a regular file (a device, pipe or socket); give a spec file\n")
+    assert seconds < 1.0
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path, capsys):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    code, err, _ = _build(fifo, capsys)  # would block forever on open() if it were read
+    assert (code, err) == (2, f"error: {fifo}: is not a regular file (a device, pipe or socket); give a spec file\n")
+
+
+def test_oversized_spec_is_refused(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: big\ninput: [10]\nlayers:\n  - relu\n" + "# padding\n" * 1_100_000)
+    code, err, _ = _build(path, capsys)
+    assert (code, err) == (2, f"error: {path}: file too large for a spec (more than 10,000,000 bytes)\n")
+
+
+# --- expressions: every failure located, never an internal error -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("min(5)", "'min(5)': min takes two or more numbers, e.g. min(8, $c // 4)"),
+        ("max(5)", "'max(5)': max takes two or more numbers, e.g. max(8, $c // 4)"),
+        ("int(1e308*10)", "'int(1e308*10)' gives an infinite number; only finite numbers"),
+        ("1e308*10", "'1e308*10' gives an infinite number; only finite numbers"),
+        ("round(1e308*10)", "'round(1e308*10)' gives an infinite number; only finite numbers"),
+        ("10 // 0", "'10 // 0' divides by zero"),
+        ("10 % 0", "'10 % 0' divides by zero"),
+        ("1 / 0.0", "'1 / 0.0' divides by zero"),
+        ("2**64", "'2**64' gives a number too large (20 digits; the limit is 2**62)"),
+        ("10**1000", "'10**1000': that power is too large"),
+        ("999999.0**64", "'999999.0**64' gives a number too large"),
+        ("(-8)**0.5", "'(-8)**0.5' gives (1.7319121124709868e-16+2.8284271247461903j), not a real number"),
+    ],
+)
+def test_expression_errors_are_located(expression: str, message: str, tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f'name: e\ninput: [10]\nlayers:\n  - relu\n  - linear: {{out_features: "{expression}"}}\n')
+    code, err, _ = _build(path, capsys)
+    assert (code, err) == (2, f"error: {path}:5:28: layers[1] linear: {message}\n")
