@@ -409,7 +409,8 @@ class Trainer:
         frozen = f" ({self.trainable:,} trainable)" if self.trainable != total else ""
         selection = "best.pt chosen on validation accuracy"
         if self.selected_on == "test_accuracy":
-            selection = "no validation split (val_split 0): best.pt is chosen on TEST accuracy"
+            why = "val_split 0" if self.cfg.val_split == 0 else "too few examples to hold one out"
+            selection = f"no validation split ({why}): best.pt is chosen on TEST accuracy"
         return (
             f"{self.spec.name} on {self.info.name}: {self.data.counts()} examples, {len(self.info.classes)} classes; "
             f"{total:,} parameters{frozen}; {selection}"

@@ -357,3 +357,22 @@ def test_one_class_data_says_it_needs_two_classes(tmp_path: Path):
     assert result.returncode == 2, result.stderr
     assert "one class (only '0'); a classifier needs at least 2 classes" in result.stderr
     assert "out_features: 1" not in result.stderr and "out_features to 1" not in result.stderr
+
+
+def test_one_example_per_class_says_what_to_do_and_no_val_split_0(tmp_path: Path):
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    table = tmp_path / "three.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*wine.feature_names, "cultivar"])
+        for cls in range(3):
+            writer.writerow([*wine.data[list(wine.target).index(cls)], cls])
+    spec = tmp_path / "wine.yaml"
+    spec.write_text(WINE)
+    result = run_cli("train", str(spec), "--data", str(table), "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "val_split 0)" not in result.stdout and "too few examples to hold one out" in result.stdout
+    assert "val_split 0.1 and test_split 0.1 of at most 1 example(s) a class is none" in result.stdout
+    assert "add examples (3 or more a class), or give the splits" in result.stdout

@@ -122,6 +122,7 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
             "the other classes"
         )
     split = make_splits(pool, cfg.val_split, cfg.test_split, cfg.seed, recorded)
+    notes = list(pool.notes) + _too_few_to_hold_out(cfg, pool, split)
     train, val, test = (pool.examples.subset(_index(split[name])) if split[name] else None for name in SPLITS)
     assert train is not None
     if cfg.data is None:
@@ -129,7 +130,25 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
     else:
         mean, std = channel_stats(train.inputs, 255.0 if kind == "image" else 1.0)
     info = DataInfo(source_name(cfg), kind, shape, pool.classes, mean, std, features)  # type: ignore[arg-type]
-    return Data(info, train, val, test, split, pool.notes)
+    return Data(info, train, val, test, split, notes)
+
+
+def _too_few_to_hold_out(cfg: TrainConfig, pool: Pool, split: dict[str, list[int]]) -> list[str]:
+    """A note for each split asked for (val_split, test_split > 0) that came out empty: the classes are too small."""
+    empty = [
+        f"{name}_split {fraction:g}"
+        for name, fraction in (("val", cfg.val_split), ("test", cfg.test_split))
+        if fraction > 0 and not split[name] and not bool((pool.given == SPLITS.index(name)).any())
+    ]
+    if not empty:
+        return []
+    most = int(pool.examples.labels.bincount().max()) if len(pool.examples) else 0
+    return [
+        f"{source_name(cfg)}: too few examples to hold any out ({' and '.join(empty)} of at most {most} example(s) "
+        "a class is none): without validation examples best.pt is chosen on test accuracy, and without test "
+        "examples no test accuracy is measured; add examples (3 or more a class), or give the splits (val/ and "
+        "test/ folders, or a split column)"
+    ]
 
 
 def _index(indices: list[int]):
