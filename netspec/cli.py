@@ -19,10 +19,41 @@ from netspec.errors import NetspecError, Terminated, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self._seen = list(sys.argv[1:] if args is None else args)  # for error's did-you-mean
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}{_did_you_mean(self, message)}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """A hint for an unknown option (among the subcommand's own) or an invalid choice: the closest spelling."""
+    import difflib
+    import re
+
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
+        return f"; did you mean '{close[0]}'?" if close else ""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    target = parser
+    for action in parser._actions:  # the top-level parser reports the subcommand's leftovers
+        if isinstance(action, argparse._SubParsersAction):
+            name = next((t for t in getattr(parser, "_seen", []) if t in action.choices), None)
+            if name is not None:
+                target = action.choices[name]
+    options = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for token in message.split(":", 1)[1].split():
+        if token.startswith("-"):
+            close = difflib.get_close_matches(token.split("=", 1)[0], options, n=1, cutoff=0.7)
+            if close:
+                hints.append(f"{token.split('=', 1)[0]}: did you mean {close[0]}?")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def _print_json(data: Any) -> None:

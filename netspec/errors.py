@@ -63,8 +63,20 @@ class BadDataError(DataError):
     exit_code = 2
 
 
+class MissingDataError(DataError):
+    """A dataset's files are not where the user pointed (--data-root): the input's fault, exit 2."""
+
+    exit_code = 2
+
+
 class CheckpointError(NetspecError):
     """A checkpoint that cannot be read, or one that is not a netspec checkpoint."""
+
+
+class MissingCheckpointError(CheckpointError):
+    """No checkpoint where the user pointed (a missing file, a folder without best.pt or last.pt): exit 2."""
+
+    exit_code = 2
 
 
 class TrainingDiverged(NetspecError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from netspec.errors import CheckpointError, NetspecError
+from netspec.errors import CheckpointError, MissingCheckpointError, NetspecError
 
 CHECKPOINT_FORMAT = "netspec-checkpoint"
 _UMASK = os.umask(0)
@@ -79,7 +79,7 @@ def load_checkpoint(
     any dict that torch.load reads with weights_only=True (a state_dict saved by PyTorch) is returned too."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise MissingCheckpointError(f"{path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -16,7 +16,7 @@ from netspec.config import TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, dataset_info, file_kind, is_table, read_rows
 from netspec.data.folders import RESIZE_POLICIES, conversion_notes, decode_images, image_extensions, walk_images
 from netspec.device import resolve_device
-from netspec.errors import BadDataError, CheckpointError, UsageError
+from netspec.errors import BadDataError, CheckpointError, MissingCheckpointError, UsageError
 from netspec.fileio import load_checkpoint
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, load_spec, validate_spec
@@ -42,7 +42,7 @@ def checkpoint_of(path: str | Path) -> tuple[Path, Path | None]:
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return path / name, path
-        raise CheckpointError(f"{path}: a folder without best.pt or last.pt (give a run folder or a checkpoint)")
+        raise MissingCheckpointError(f"{path}: a folder without best.pt or last.pt (give a run folder or a checkpoint)")
     if not path.exists():
         raise UsageError(f"{path}: no such run folder or checkpoint")
     run_dir = path.parent if (path.parent / "split.json").exists() or (path.parent / "spec.yaml").exists() else None

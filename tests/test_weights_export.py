@@ -91,7 +91,7 @@ def test_a_partial_load_is_refused_and_with_skip_mismatched_its_counts_add_up(tm
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     _resnet18_file(tmp_path / "torch")
     d2l = netspec.build(SPECS / "d2l_resnet18.yaml")  # biased convs, shortcuts without batch norm: 127 tensors
-    with pytest.raises(UsageError, match="it holds 122 tensors but the network has 127.*--skip-mismatched"):
+    with pytest.raises(UsageError, match=r"it holds 122 tensors but the network has 127.*--skip-mismatched"):
         start_from(d2l, TrainConfig(init_from="torchvision:resnet18"))
     note = start_from(d2l, TrainConfig(init_from="torchvision:resnet18", skip_mismatched=True))
     loaded, total = map(int, re.search(r"loaded (\d+) of (\d+) tensors", note).groups())
@@ -157,3 +157,46 @@ def test_timm_weights_need_timm():
     model = netspec.build(SPECS / "resnet18.yaml")
     with pytest.raises(UsageError, match="timm is not installed"):
         start_from(model, TrainConfig(init_from="timm:resnet18"))
+
+
+# --- exit codes and did-you-mean -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "specs/lenet.yaml", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/r"], "dataset fashion_mnist not found"),
+        (["train", "specs/lenet.yaml", "--data", "{tmp}/nowhere", "--out", "{tmp}/r"], "no such file or folder"),
+        (["eval", "{tmp}"], "a folder without best.pt or last.pt"),
+        (["eval", "{tmp}/nowhere"], "no such run folder or checkpoint"),
+        (["export", "specs/lenet.yaml", "--format", "onnx", "--checkpoint", "{tmp}/none.pt"], "no such checkpoint file"),
+        (["export", "{tmp}/nowhere", "--format", "onnx"], "no such file"),
+    ],
+)
+def test_a_missing_file_or_folder_exits_2(tmp_path: Path, args: list[str], message: str):
+    result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["train", "specs/lenet.yaml", "--batchsize", "32"], "(--batchsize: did you mean --batch-size?)"),
+        (["build", "specs/lenet.yaml", "--jsn", "--batch-szie=4"], "--jsn: did you mean --json?; --batch-szie: did"),
+        (["export", "specs/lenet.yaml", "--format", "onxx"], "did you mean 'onnx'?"),
+        (["trian", "specs/lenet.yaml"], "did you mean 'train'?"),
+    ],
+)
+def test_a_misspelt_option_gets_did_you_mean(args: list[str], hint: str):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert hint in result.stderr.splitlines()[-1]
+
+
+def test_did_you_mean_takes_the_subcommands_own_options():
+    # --synthetic-size is train's; bench has no such option and export suggests nothing for it
+    result = run_cli("export", "specs/lenet.yaml", "--format", "onnx", "--synthetic-sise", "3")
+    assert result.returncode == 2 and "did you mean" not in result.stderr
+    assert "did you mean --synthetic-size?" in run_cli("train", "specs/lenet.yaml", "--synthetic-sise", "3").stderr

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from netspec.data.base import DataInfo, Examples, Pool
-from netspec.errors import DataError
+from netspec.errors import DataError, MissingDataError
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
@@ -117,14 +117,14 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData
     expected = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     present = all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in expected)
     if not present and not download:
-        raise DataError(_missing(name, folder, expected))
+        raise MissingDataError(_missing(name, folder, expected))
     if not present:
         _download(name, root, lambda: cls(str(root), train=train, download=True))
     try:
         ds = cls(str(root), train=train, download=False)
     except RuntimeError as exc:
         if "not found" in str(exc).lower():
-            raise DataError(f"{_missing(name, folder, expected)} ({exc})") from None
+            raise MissingDataError(f"{_missing(name, folder, expected)} ({exc})") from None
         raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
     except (OSError, ValueError, IndexError, TypeError) as exc:  # truncated or garbled idx files
         raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
@@ -155,7 +155,7 @@ def _cifar10(root: Path, train: bool, download: bool) -> ImageData:
 
         _download("cifar10", root, lambda: datasets.CIFAR10(str(root), train=train, download=True))
     if not all((folder / f).exists() for f in files):
-        raise DataError(_missing("cifar10", folder, files))
+        raise MissingDataError(_missing("cifar10", folder, files))
     images, labels = [], []
     for f in files:
         try:
