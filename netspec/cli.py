@@ -385,10 +385,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from netspec.exporter import export
+    from netspec.exporter import export, is_run_path
 
+    if is_run_path(Path(args.spec)) and args.set:
+        raise UsageError(f"{args.spec} is a run: it is exported with its own spec and weights; give no --set")
+    spec = args.spec if is_run_path(Path(args.spec)) else _load(args)
     result = export(
-        _load(args), args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset,
+        spec, args.format, checkpoint=args.checkpoint, out=args.out, batch=args.batch, opset=args.opset,
         preprocess=not args.no_preprocess,
     )  # fmt: skip
     if args.json:
@@ -881,16 +884,21 @@ def make_parser() -> argparse.ArgumentParser:
     p = _parser(
         sub,
         "export",
-        "export a spec as ONNX, torch.export (.pt2) or a plain PyTorch file, checked against the model",
+        "export a spec or a trained run as ONNX, torch.export (.pt2) or a plain PyTorch file, checked against the "
+        "model",
         [
+            "netspec export runs/lenet --format onnx   # the run's spec, best.pt and normalization",
             "netspec export specs/lenet.yaml --format onnx",
             "netspec export specs/lenet.yaml --format python --checkpoint runs/lenet-.../best.pt --out lenet.py",
             "netspec export specs/resnet_small.yaml --format pt2 --batch 8",
         ],
     )
-    p.add_argument("spec", help="path to a YAML spec")
+    p.add_argument("spec", help="a YAML spec, or a run folder (its spec, best.pt else last.pt, and normalization)")
     p.add_argument("--format", required=True, choices=("onnx", "pt2", "python"), help="what to write")
-    p.add_argument("--checkpoint", help="a run's best.pt or last.pt: export its trained weights")
+    p.add_argument(
+        "--checkpoint", help="a run's best.pt or last.pt: export its trained weights (with a run folder: instead of "
+        "best.pt)",
+    )  # fmt: skip
     p.add_argument("--out", help="file or folder to write (default: <name>.onnx / .pt2 / .py here)")
     p.add_argument(
         "--batch", type=_batch, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
@@ -950,10 +958,32 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _with_spec_warnings(args: argparse.Namespace) -> Any:
+    """Run the command, printing each SpecWarning (a forgotten flatten) once on stderr as `warning: ...`."""
+    import warnings
+
+    from netspec.errors import SpecWarning
+
+    shown: set[str] = set()
+    original = warnings.showwarning
+
+    def show(message: Any, category: type, *rest: Any, **kwargs: Any) -> None:
+        if not issubclass(category, SpecWarning):
+            original(message, category, *rest, **kwargs)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpecWarning)
+        warnings.showwarning = show
+        return args.func(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command's exit code; every error becomes one line on stderr."""
     try:
-        return int(args.func(args) or 0)
+        return int(_with_spec_warnings(args) or 0)
     except NetspecError as exc:
         from netspec.distributed import rank_prefix
 

@@ -91,3 +91,10 @@ class Interrupted(NetspecError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside a training loop (which saves and stops by itself): stop as Ctrl-C does, with a word."""
+
+
+class SpecWarning(UserWarning):
+    """A valid spec that is probably not what its author meant (a linear right after a convolution).
+
+    `infer_shapes` issues each through Python's `warnings` (the command line prints each once on stderr,
+    as `warning: ...`) and lists them in `NetShape.warnings`."""

@@ -10,14 +10,27 @@ Errors name the layer's path and kind, the numbers, and where its input came fro
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from netspec.errors import SpecWarning
 from netspec.graph import EMPTY, INPUT_NAME, SINGLE, BlockUse, Graph, Layer, Merge, Seq, expand
 from netspec.layers import Conv2d, LayerSpec, MergeMismatch, MergeSpec, Shape, ShapeError, format_shape
 from netspec.source import YamlPath
 from netspec.spec import Spec
+
+# Layers that keep the layout of their input (an image stays channels × height × width).
+_KEEPS_LAYOUT = {
+    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "mish", "sigmoid", "tanh", "softplus",
+    "hardswish", "hardsigmoid", "prelu", "dropout", "identity", "stochastic_depth",
+}  # fmt: skip
+# Layers whose output is an image: channels × height × width.
+_SPATIAL = {
+    "conv2d", "conv_transpose2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "batchnorm", "batchnorm2d",
+    "groupnorm", "layernorm2d", "dropout2d", "upsample", "channel_shuffle",
+}  # fmt: skip
 
 
 @dataclass
@@ -125,6 +138,7 @@ class NetShape:
     layers: list[LayerInfo]  # every row, in reading order (a merge before its branches)
     input_shape: Shape
     output_shape: Shape
+    warnings: list[str] = field(default_factory=list)  # SpecWarning messages, one per place in the spec
 
     @property
     def name(self) -> str:
@@ -155,6 +169,7 @@ class _Walker:
     last_path: str = ""
     depth: int = 0
     last_row: int = -1  # the row whose output is the current tensor
+    warnings: dict[YamlPath, str] = field(default_factory=dict)  # one per place in the spec (repeat copies share)
 
     def error(self, message: str, yaml_path: YamlPath, where: str) -> Exception:
         return self.spec.source.error(message, yaml_path, where)
@@ -215,6 +230,8 @@ class _Walker:
             raise self.error(
                 f"output {format_shape(out)} is empty (input {format_shape(shape)})", node.yaml_path, where
             )
+        if layer.kind == "linear" and len(shape) == 3 and node.yaml_path not in self.warnings:
+            self._flatten_forgotten(node, shape, out)
         info = LayerInfo(
             index=len(self.layers),
             path=node.path,
@@ -232,6 +249,29 @@ class _Walker:
         self.layers.append(info)
         self.last_path, self.last_row = node.path, info.index
         return info, out
+
+    def _flatten_forgotten(self, node: Layer, shape: Shape, out: Shape) -> None:
+        """Warn when a linear reads an image (channels × height × width) straight from a convolution, pooling
+        or normalization, or from the spec's input: valid torch (it acts on the last dimension), but almost
+        always a missing flatten."""
+        row = self.last_row
+        while row >= 0 and self.layers[row] is not None and self.layers[row].kind in _KEEPS_LAYOUT:
+            before = self.layers[row - 1] if row > 0 else None
+            if before is None or before.output_shape != self.layers[row].input_shape:
+                row = -2  # not a plain chain: leave it alone
+                break
+            row -= 1
+        if row >= 0 and (self.layers[row] is None or self.layers[row].kind not in _SPATIAL):
+            return
+        if row == -2 or (row == -1 and self.last_path):
+            return
+        after = f"follows {self.layers[row].kind} at {self.layers[row].path}" if row >= 0 else "reads the spec's input"
+        mark = self.spec.source.locate(node.yaml_path)
+        at = f" ({self.spec.source.file}:{mark[0]})" if self.spec.source.file and mark else ""
+        self.warnings[node.yaml_path] = (
+            f"linear at {node.path}{at} {after}: it acts on the last dimension of {format_shape(shape)}, so the "
+            f"output is {format_shape(out)}; add `- flatten` before it if you meant a classifier"
+        )
 
     def _reserve_row(self) -> int:
         """A merge's row comes before its branches' rows; its numbers are known only after them."""
@@ -318,4 +358,6 @@ def infer_shapes(spec: Spec | Graph | str | Path | dict[str, Any]) -> NetShape:
     walker = _Walker(graph.spec)
     root, out = walker.seq(graph.root, tuple(graph.spec.input))
     assert all(info is not None for info in walker.layers)
-    return NetShape(graph.spec, root, walker.layers, tuple(graph.spec.input), out)
+    for message in walker.warnings.values():
+        warnings.warn(message, SpecWarning, stacklevel=2)
+    return NetShape(graph.spec, root, walker.layers, tuple(graph.spec.input), out, list(walker.warnings.values()))

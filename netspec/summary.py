@@ -49,6 +49,8 @@ def summary_dict(net: NetShape, memory: MemoryEstimate | None = None, processes:
     }
     if memory is not None:
         data["memory"] = memory.to_dict(processes)
+    if net.warnings:
+        data["warnings"] = list(net.warnings)
     return data
 
 

@@ -174,3 +174,111 @@ def test_expression_errors_are_located(expression: str, message: str, tmp_path: 
     path.write_text(f'name: e\ninput: [10]\nlayers:\n  - relu\n  - linear: {{out_features: "{expression}"}}\n')
     code, err, _ = _build(path, capsys)
     assert (code, err) == (2, f"error: {path}:5:28: layers[1] linear: {message}\n")
+
+
+# --- the forgotten flatten: valid torch, but warned about, located, once ----------------------------
+
+NO_FLATTEN = """name: noflat
+input: [1, 28, 28]
+layers:
+  - conv2d: {out_channels: 16, kernel_size: 5}
+  - relu
+  - linear: {out_features: 10}
+"""
+
+
+def _flatten_warning(path: Path, line: int, at: str, after: str, shape: str, out: str) -> str:
+    return (
+        f"warning: linear at {at} ({path}:{line}) {after}: it acts on the last dimension of {shape}, so the output "
+        f"is {out}; add `- flatten` before it if you meant a classifier\n"
+    )
+
+
+def test_build_warns_once_about_a_linear_after_a_convolution(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(NO_FLATTEN)
+    code = main(["build", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0  # linear on the last dimension is what torch does: the spec is valid
+    assert err == _flatten_warning(path, 6, "layers[2]", "follows conv2d at layers[0]", "16×24×24", "16×24×10")
+    assert "16×24×10" in out  # the table shows the output it warned about
+
+
+def test_the_warning_is_in_the_json_and_the_python_api(tmp_path: Path, capsys):
+    import json
+
+    import netspec
+    from netspec.errors import SpecWarning
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(NO_FLATTEN)
+    assert main(["build", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [err.removeprefix("warning: ").rstrip("\n")]
+    with pytest.warns(SpecWarning, match=r"linear at layers\[2\] .* follows conv2d"):
+        net = netspec.infer_shapes(path)
+    assert len(net.warnings) == 1 and net.output_shape == (16, 24, 10)
+
+
+def test_one_warning_for_a_linear_written_once_in_a_repeat(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "name: r\ninput: [3, 8, 8]\nlayers:\n  - maxpool2d: {kernel_size: 2}\n  - repeat:\n      times: 3\n"
+        "      layers:\n        - dropout\n        - linear: {out_features: 4}\n"
+    )
+    assert main(["build", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err == _flatten_warning(
+        path, 9, "layers[1].repeat#0[1]", "follows maxpool2d at layers[0]", "3×4×4", "3×4×4"
+    )
+
+
+def test_a_linear_on_the_spec_input_image_is_warned_about(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: mlp\ninput: [1, 28, 28]\nlayers:\n  - linear: {out_features: 10}\n")
+    assert main(["build", str(path)]) == 0
+    assert capsys.readouterr().err == _flatten_warning(
+        path, 4, "layers[0]", "reads the spec's input", "1×28×28", "1×28×10"
+    )
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        pytest.param("  - conv2d: {out_channels: 4, kernel_size: 3}\n  - flatten\n  - linear: {out_features: 10}\n",
+                     id="flattened"),
+        pytest.param("  - conv2d: {out_channels: 4, kernel_size: 3}\n  - permute: {dims: [0, 2, 3, 1]}\n"
+                     "  - layernorm\n  - linear: {out_features: 16}\n", id="channels-last-as-convnext"),
+        pytest.param("  - flatten: {start_dim: 2}\n  - linear: {out_features: 16}\n", id="tokens"),
+    ],
+)  # fmt: skip
+def test_no_warning_when_the_layout_was_changed_on_purpose(layers: str, tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"name: ok\ninput: [3, 8, 8]\nlayers:\n{layers}")
+    assert main(["build", str(path), "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_every_zoo_spec_builds_without_a_warning():
+    import warnings
+
+    import netspec
+    from tests.conftest import SPECS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in sorted(SPECS.glob("*.yaml")):
+            assert netspec.infer_shapes(path).warnings == [], path.name
+
+
+def test_train_prints_the_warning_once(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "name: t\ninput: [1, 8, 8]\nlayers:\n  - conv2d: {out_channels: 4, kernel_size: 3}\n  - relu\n"
+        "  - maxpool2d: {kernel_size: 2}\n  - linear: {out_features: 10}\n  - flatten\n  - linear: {out_features: 10}\n"
+        "train: {dataset: synthetic, synthetic_size: 64, epochs: 1, batch_size: 32}\n"
+    )
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 1
+    assert _flatten_warning(path, 7, "layers[3]", "follows maxpool2d at layers[2]", "4×3×3", "4×3×10") in err
