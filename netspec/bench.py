@@ -6,9 +6,10 @@ loss, backward, optimizer step; infer: forward in eval mode under inference_mode
 Each variant gets warm-up steps first (for torch.compile the first call, which
 compiles, is timed on its own as compile time and never mixed into throughput),
 then `repeats` timed runs of `steps` steps each, synchronized on CUDA; the median
-run is reported with the minimum and maximum. Peak memory is the CUDA allocator's
-maximum, or on CPU the growth of the resident set (peak RSS) during the variant; beside
-it, the memory model's prediction for an eager step (memory.py). A batch size that
+run is reported with the minimum and maximum. Peak memory is the most tensor memory alive at
+once over the build and warm-up, as the allocator counts it (CUDA's peak statistics; on CPU the
+allocator's events through torch.profiler, see memory.PeakMemory); beside it, the memory model's
+prediction for an eager step (memory.py). A batch size that
 does not fit in memory is reported as "oom" and the sweep goes on; `auto` picks the
 largest batch that fits (memory.auto_batch_size). When the repeats of a cell are more
 than UNSTABLE_SPREAD apart (max/min), the cell is marked unstable (`stable: false` and
@@ -229,18 +230,21 @@ def measure(
     result.predicted_peak_bytes = predicted_peak(spec, device, mode, batch_size, variant.amp)
     step: Callable[[], None] | None = None
     try:
+        # The peak is taken over the build and the warm-up (at least two steps: the second has the optimizer
+        # state), so it counts the parameters, inputs, gradients and optimizer state; the timed runs repeat the
+        # same step and run unobserved.
         with PeakMemory(device) as memory:
             step, result.compile_s = prepare_step(spec, device, mode, batch_size, variant, compile_mode)
-            for _ in range(warmup):
+            for _ in range(max(warmup, 2)):
                 step()
             _sync(device)
-            step_seconds = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                _sync(device)
-                step_seconds.append((time.perf_counter() - start) / steps)
+        step_seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            step_seconds.append((time.perf_counter() - start) / steps)
         median = statistics.median(step_seconds)
         result.examples_per_sec = batch_size / median
         result.examples_per_sec_min = batch_size / max(step_seconds)
@@ -431,8 +435,9 @@ def _short_status(r: BenchResult) -> str:
 
 def _footnotes(report: BenchReport) -> list[str]:
     notes = [
-        "peak mem: the CUDA allocator's maximum, or on CPU the growth of the resident set (rough: memory the "
-        "process already holds is not counted again). predicted: netspec's memory model for an eager step."
+        "peak mem: the most tensor memory alive at once while the cell's model was built and warmed up (the CUDA "
+        "allocator's peak; on CPU, the CPU allocator's own events through torch.profiler: the tensors' bytes, not "
+        "the process's resident set). predicted: netspec's memory model for an eager step, the figure to plan with."
     ]
     unstable = [r for r in report.results if r.stable is False]
     if unstable:

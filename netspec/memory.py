@@ -31,12 +31,12 @@ fits a memory budget and confirms it with a real training step.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
+import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -296,49 +296,63 @@ def measure_saved(model: nn.Module, x: torch.Tensor, amp: str = "none") -> int:
 
 
 class PeakMemory:
-    """Peak memory of a block of code. CUDA: the allocator's maximum above what was allocated before.
-    CPU: growth of the resident set, from the kernel's peak RSS (VmHWM): rough (the allocator keeps and
-    returns pages as it likes, and anything else the process does counts too)."""
+    """Peak memory of a block of code as the allocator sees it: the most bytes of tensors alive at once, above
+    what was alive when the block began. CUDA: the allocator's peak statistics. CPU: torch.profiler's memory
+    events (each allocation and free of the CPU allocator, summed in order), so the figure is the tensors'
+    own and not the resident set, which the C library's heap and everything else the process does inflate.
+    Read `peak` after the block."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.start = 0
+        self._profiler: Any = None
+        self._cpu_peak: int | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
-            _reset_peak_rss()
-            self.start = _rss("VmRSS")
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            with _quiet_native_stderr():  # Kineto logs each start and stop on stderr
+                self._profiler.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        if self._profiler is None:
+            return
+        with _quiet_native_stderr():
+            self._profiler.__exit__(*exc)
+        if exc[0] is None:
+            events = [e for e in self._profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+            alive = peak = 0
+            for event in sorted(events, key=lambda e: e.start_ns()):
+                alive += event.nbytes()  # negative for a free
+                peak = max(peak, alive)
+            self._cpu_peak = peak
+        self._profiler = None
 
     @property
     def peak(self) -> int | None:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - self.start
-        peak = _rss("VmHWM")
-        return max(peak - self.start, 0) if peak else None
+        return self._cpu_peak
 
 
-def _rss(field_name: str) -> int:
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # glibc: give freed heap pages back, so they count again
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):  # Linux: writing 5 resets VmHWM to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -391,7 +405,7 @@ def training_step_peak(
         torch.cuda.empty_cache()
     with PeakMemory(device) as memory:
         run(batch_size, steps)
-        peak = memory.peak
+    peak = memory.peak
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return peak

@@ -242,3 +242,23 @@ def test_the_auto_choice_says_its_figure_is_per_process():
         "batch size auto: 48 per process, on each of 4 processes (did not fit: 64): predicted peak 900.0 MiB; "
         "budget 1.0 GiB (90% of 1.1 GiB free on cuda:0)"
     )
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp", "cifar_net_batchnorm", "resnet_small", "vit_mnist"])
+def test_cpu_peak_is_the_allocators_count_and_the_prediction_bounds_it(name: str):
+    # On CPU the measured peak is the CPU allocator's own count (torch.profiler's memory events), not the resident
+    # set: the prediction is an upper bound of it and close to it, so it is the figure to plan with.
+    spec = load_spec(SPECS / f"{name}.yaml")
+    net = netspec.infer_shapes(spec)
+    measured = training_step_peak(net, 32, torch.device("cpu"), optimizer="sgd", momentum=spec.train.momentum)
+    predicted = estimate(net, 32, optimizer="sgd", momentum=spec.train.momentum, device="cpu").peak_train
+    assert measured is not None and measured <= predicted * 1.02 and predicted <= 1.3 * measured, (measured, predicted)
+
+
+def test_bench_cpu_peak_is_close_to_the_prediction():
+    result = run_cli("bench", "specs/lenet.yaml", "--device", "cpu", "--mode", "train", "--batch-size", "256",
+                     "--steps", "2", "--repeats", "1", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (cell,) = json.loads(result.stdout)["results"]
+    assert abs(cell["peak_mem_bytes"] - cell["predicted_peak_bytes"]) <= 0.05 * cell["predicted_peak_bytes"], cell
+    assert "USDT" not in result.stderr and "profiler_start" not in result.stderr
