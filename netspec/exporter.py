@@ -28,7 +28,7 @@ from torch import nn
 
 from netspec.codegen import class_name, write_classes
 from netspec.compiler import build, load_state
-from netspec.errors import NetspecError, UsageError
+from netspec.errors import CheckpointError, NetspecError, UsageError
 from netspec.fileio import atomic_write_bytes, atomic_write_text, load_checkpoint
 from netspec.layers import format_shape
 from netspec.shapes import NetShape, infer_shapes
@@ -134,7 +134,8 @@ def export(
     opset: int | None = None,
     preprocess: bool = True,
 ) -> ExportResult:
-    """Export a spec (with a run's trained weights if `checkpoint` is given) and check the result.
+    """Export a spec (with a run's trained weights if `checkpoint` is given) and check the result. `spec` may be a
+    run folder (or a checkpoint file): its own spec, best.pt (else last.pt, or `checkpoint`) and normalization.
 
     With a checkpoint, the run's input normalization travels with the model: ONNX and pt2 take raw inputs
     (pixels 0..255, or raw table features) and normalize them inside, unless `preprocess=False`; the Python
@@ -144,19 +145,72 @@ def export(
         raise UsageError(f"unknown export format '{format}'; choose from {', '.join(FORMATS)}")
     if batch != "dynamic" and not (isinstance(batch, int) and batch > 0):
         raise UsageError(f"batch must be 'dynamic' or a positive whole number, got {batch!r}")
+    ckpt = None
+    if isinstance(spec, (str, Path)) and is_run_path(Path(spec)):
+        spec, checkpoint, ckpt = _run_spec(Path(spec), checkpoint)
     net = spec if isinstance(spec, NetShape) else infer_shapes(spec)
     model = build(net)
     pre = None
     if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = ckpt if ckpt is not None else load_checkpoint(checkpoint)
         if "model" not in ckpt:
             raise UsageError(f"{checkpoint}: holds no model weights")
-        load_state(model, ckpt["model"], str(checkpoint))
+        try:
+            load_state(model, ckpt["model"], str(checkpoint))
+        except CheckpointError as exc:
+            raise UsageError(f"{exc}{_trained_with(Path(checkpoint), ckpt)}") from None
         pre = _preprocessing(ckpt, len(net.input_shape))
     model.eval()
     path = output_path(net.name, format, out)
     job = _Job(net, model, path, batch, opset, Path(checkpoint) if checkpoint else None, pre, preprocess)
     return {"onnx": _export_onnx, "pt2": _export_pt2, "python": _export_python}[format](job)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def is_run_path(path: Path) -> bool:
+    """A run folder (or a checkpoint file) given where a spec goes: `netspec export runs/x`."""
+    return path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def _run_spec(run: Path, checkpoint: str | Path | None) -> tuple[Spec, Path, dict[str, Any]]:
+    """A run's spec (the one its checkpoint holds, as runs/x/spec.yaml shows it) and checkpoint: best.pt, else
+    last.pt, or the `checkpoint` given."""
+    from netspec.predict import checkpoint_of
+    from netspec.spec import validate_spec
+
+    path, run_dir = checkpoint_of(checkpoint if checkpoint is not None else run)
+    ckpt = load_checkpoint(path)
+    if "spec" in ckpt:
+        try:
+            spec = validate_spec(ckpt["spec"])
+        except NetspecError as exc:
+            raise CheckpointError(f"{path}: the spec it holds is invalid ({exc})") from None
+        except ValueError as exc:  # pydantic's ValidationError
+            raise CheckpointError(f"{path}: the spec it holds is unreadable ({exc})") from None
+    elif run_dir is not None and (run_dir / "spec.yaml").is_file():
+        from netspec.spec import load_spec
+
+        spec = load_spec(run_dir / "spec.yaml")
+    else:
+        raise UsageError(
+            f"{path}: holds no spec; give the spec it was trained from: netspec export SPEC --checkpoint {path}"
+        )
+    return spec, path, ckpt
+
+
+def _trained_with(checkpoint: Path, ckpt: dict[str, Any]) -> str:
+    """Where a checkpoint that does not fit the given spec says its own spec is."""
+    if "spec" not in ckpt:
+        return ""
+    from netspec.predict import checkpoint_of
+
+    run_dir = checkpoint_of(checkpoint)[1]
+    if run_dir is not None and (run_dir / "spec.yaml").is_file():
+        spec_file = run_dir / "spec.yaml"
+        return f". The checkpoint was trained with {spec_file}; export the run folder: netspec export {run_dir}"
+    return f". The checkpoint holds the spec it was trained with; export it alone: netspec export {checkpoint}"
 
 
 def _preprocessing(ckpt: dict[str, Any], rank: int) -> Preprocessing | None:

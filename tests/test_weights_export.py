@@ -165,11 +165,17 @@ def test_timm_weights_need_timm():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "specs/lenet.yaml", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/r"], "dataset fashion_mnist not found"),
+        (
+            ["train", "specs/lenet.yaml", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/r"],
+            "dataset fashion_mnist not found",
+        ),
         (["train", "specs/lenet.yaml", "--data", "{tmp}/nowhere", "--out", "{tmp}/r"], "no such file or folder"),
         (["eval", "{tmp}"], "a folder without best.pt or last.pt"),
         (["eval", "{tmp}/nowhere"], "no such run folder or checkpoint"),
-        (["export", "specs/lenet.yaml", "--format", "onnx", "--checkpoint", "{tmp}/none.pt"], "no such checkpoint file"),
+        (
+            ["export", "specs/lenet.yaml", "--format", "onnx", "--checkpoint", "{tmp}/none.pt"],
+            "no such checkpoint file",
+        ),
         (["export", "{tmp}/nowhere", "--format", "onnx"], "no such file"),
     ],
 )
@@ -200,3 +206,69 @@ def test_did_you_mean_takes_the_subcommands_own_options():
     result = run_cli("export", "specs/lenet.yaml", "--format", "onnx", "--synthetic-sise", "3")
     assert result.returncode == 2 and "did you mean" not in result.stderr
     assert "did you mean --synthetic-size?" in run_cli("train", "specs/lenet.yaml", "--synthetic-sise", "3").stderr
+
+
+# --- export RUN --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def iris_run(tmp_path: Path, write_spec) -> Path:
+    from netspec.train import train
+    from tests.test_own_data import IRIS_MLP, iris_csv
+
+    spec = write_spec(IRIS_MLP.replace("epochs: 40", "epochs: 2"), name="iris_mlp.yaml")
+    train(spec, {"data": str(iris_csv(tmp_path / "iris.csv"))}, out=tmp_path / "runs" / "iris", report=lambda _: None,
+          progress=False)  # fmt: skip
+    return tmp_path / "runs" / "iris"
+
+
+def test_export_takes_a_run_folder_with_its_spec_checkpoint_and_normalization(iris_run: Path, tmp_path: Path):
+    import onnxruntime
+    from sklearn.datasets import load_iris
+
+    from netspec.predict import load_trained
+
+    result = run_cli("export", str(iris_run), "--format", "onnx", "--out", str(tmp_path / "out") + "/")
+    assert result.returncode == 0, result.stderr
+    assert "input: raw feature values, standardized inside" in result.stdout
+    onnx_file = tmp_path / "out" / "iris_mlp.onnx"
+    raw = torch.tensor(load_iris().data[:7], dtype=torch.float32)  # rows as the CSV holds them
+    trained = load_trained(iris_run)  # what `netspec predict runs/iris` uses: best.pt and its normalization
+    assert trained.checkpoint.name == "best.pt"
+    mean, std = torch.tensor(trained.info.mean), torch.tensor(trained.info.std)
+    with torch.no_grad():
+        expected = trained.model((raw - mean) / std)
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["output"], {"input": raw.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+    # The Python API takes the run folder too, and --checkpoint picks another of its checkpoints.
+    program = netspec.export(iris_run, format="pt2", checkpoint=iris_run / "last.pt", out=tmp_path / "out" / "x.pt2")
+    assert program.path.is_file() and program.max_abs_diff < 1e-5
+    refused = run_cli("export", str(iris_run), "--format", "onnx", "--set", "width=3")
+    assert refused.returncode == 2 and "give no --set" in refused.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_the_spec_points_to_the_runs_spec(iris_run: Path, write_spec):
+    other = write_spec(IRIS_OTHER, name="mine.yaml")
+    result = run_cli("export", str(other), "--format", "onnx", "--checkpoint", str(iris_run / "best.pt"))
+    assert result.returncode == 2
+    assert (
+        f"The checkpoint was trained with {iris_run / 'spec.yaml'}; export the run folder: netspec export {iris_run}"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_export_of_a_folder_without_checkpoints_exits_2(tmp_path: Path):
+    result = run_cli("export", str(tmp_path), "--format", "onnx")
+    assert result.returncode == 2 and "a folder without best.pt or last.pt" in result.stderr
+
+
+IRIS_OTHER = """\
+name: iris_mlp
+input: [4]
+layers:
+  - linear: {out_features: 8}
+  - relu
+  - linear: {out_features: 3}
+"""
