@@ -622,8 +622,9 @@ def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
         "--monitor", choices=("val_loss", "val_accuracy"), help="what --patience watches (default: val_loss)"
     )
     g.add_argument(
-        "--init-from", metavar="FILE",
-        help="start from these weights: a netspec checkpoint or a PyTorch state_dict (matched by name or position)",
+        "--init-from", metavar="FILE|torchvision:NAME|timm:NAME",
+        help="start from these weights: a netspec checkpoint, a PyTorch state_dict, or a library's pretrained "
+        "weights from its cache (torchvision:resnet18; --download fetches them), matched by name or position",
     )  # fmt: skip
     g.add_argument(
         "--skip-mismatched", action="store_true",
@@ -666,7 +667,7 @@ def make_parser() -> argparse.ArgumentParser:
         "validate a spec and show its layers, shapes, parameters, MACs and (with --batch-size) memory",
         [
             "netspec build specs/lenet.yaml",
-            "netspec build specs/googlenet.yaml --json",
+            "netspec build specs/d2l_googlenet.yaml --json",
             "netspec build x.yaml --set width=64",
             "netspec build specs/resnet18.yaml --batch-size 128 --amp bf16 --optimizer adam",
         ],
