@@ -510,19 +510,58 @@ def _add_memory_options(g: argparse._ArgumentGroup) -> None:
     )  # fmt: skip
 
 
-def _parse_number(text: str, cast: type, noun: str, minimum: float, inclusive: bool) -> Any:
+def _parse_number(
+    text: str, cast: type, noun: str, minimum: float, inclusive: bool, maximum: int | None = None
+) -> Any:
+    """`text` as a finite number of type `cast` (a whole number may be written 1e5) within its bounds; argparse
+    names the option in the message."""
+    import decimal
+    import math
+
     try:
         value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        value = None
+        if cast is int:  # 1e5, 2.0e3: a whole number written as a float, read exactly
+            try:
+                exact = decimal.Decimal(text.strip())
+                value = int(exact) if exact.is_finite() and exact == exact.to_integral_value() else None
+            except (decimal.InvalidOperation, ValueError):
+                value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     if value < minimum or (not inclusive and value == minimum):
         bound = f"at least {minimum}" if inclusive else f"greater than {minimum}"
         raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
     return value
 
 
 def _positive_int(text: str) -> int:
     return _parse_number(text, int, "a whole number", 1, inclusive=True)
+
+
+def _non_negative_int(text: str) -> int:
+    return _parse_number(text, int, "a whole number", 0, inclusive=True)
+
+
+def _seed(text: str) -> int:
+    """A random seed: 0 to 2**63 - 1 (torch's generators take 64-bit seeds)."""
+    return _parse_number(text, int, "a whole number", 0, inclusive=True, maximum=2**63 - 1)
+
+
+def _sampler_seed(text: str) -> int:
+    """Optuna's samplers seed numpy, which takes 0 to 2**32 - 1."""
+    return _parse_number(text, int, "a whole number", 0, inclusive=True, maximum=2**32 - 1)
+
+
+def _synthetic_size(text: str) -> int:
+    from netspec.config import MAX_SYNTHETIC_SIZE
+
+    return _parse_number(text, int, "a whole number", 1, inclusive=True, maximum=MAX_SYNTHETIC_SIZE)
 
 
 def _positive_float(text: str) -> float:
@@ -538,7 +577,10 @@ def _assignments(pairs: list[str] | None) -> dict[str, Any]:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: write NAME=VALUE, e.g. --set width=64")
-        values[name.strip()] = parse_value(text)
+        try:
+            values[name.strip()] = parse_value(text)
+        except ValueError as exc:
+            raise UsageError(f"--set {pair}: {exc}") from None
     return values
 
 
@@ -595,9 +637,9 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
         g.add_argument("--batch-size", type=_positive_int, help="training batch size")
     g.add_argument("--test-batch-size", type=_positive_int, help="batch size of evaluation (default: 1024)")
     g.add_argument(
-        "--seed", type=int, help="random seed for initialization, splits, shuffling and dropout (default: 0)"
+        "--seed", type=_seed, help="random seed for initialization, splits, shuffling and dropout (default: 0)"
     )
-    g.add_argument("--synthetic-size", type=_positive_int, help="training examples of the synthetic dataset")
+    g.add_argument("--synthetic-size", type=_synthetic_size, help="training examples of the synthetic dataset")
 
 
 def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
@@ -727,7 +769,7 @@ def make_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("several processes and machines (torch.distributed, launched by torchrun's engine)")
     g.add_argument("--nproc-per-node", type=_positive_int, help="worker processes on this machine (one per GPU)")
     g.add_argument("--nnodes", help="number of machines, or MIN:MAX for an elastic job (default: 1)")
-    g.add_argument("--node-rank", type=int, help="this machine's rank among --nnodes (static rendezvous)")
+    g.add_argument("--node-rank", type=_non_negative_int, help="this machine's rank among --nnodes (static rendezvous)")
     g.add_argument("--master-addr", help="address of the rank-0 machine (static rendezvous)")
     g.add_argument("--master-port", type=_positive_int, help="port on the rank-0 machine (static rendezvous)")
     g.add_argument("--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous, instead of --master-addr/--node-rank")
@@ -738,7 +780,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="c10d rendezvous settings, e.g. last_call_timeout=5,join_timeout=600 (seconds)",
     )  # fmt: skip
     g.add_argument("--local-addr", help="this machine's address for the others (default: its host name's)")
-    g.add_argument("--max-restarts", type=int, help="restart the workers this many times after a failure")
+    g.add_argument("--max-restarts", type=_non_negative_int, help="restart the workers this many times after a failure")
     g.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl when every worker has a GPU, else gloo")
     g.add_argument(
         "--sync-bn", action=argparse.BooleanOptionalAction, default=None,
@@ -823,7 +865,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_set_option(g)
     _add_memory_options(g)
     g = p.add_argument_group("timing")
-    g.add_argument("--warmup", type=int, help="untimed steps before timing (default: 5)")
+    g.add_argument("--warmup", type=_non_negative_int, help="untimed steps before timing (default: 5)")
     g.add_argument("--steps", type=_positive_int, help="steps per timed repeat (default: 20)")
     g.add_argument("--repeats", type=_positive_int, help="timed repeats; the table shows the median (default: 5)")
     g.add_argument("--end-to-end", action="store_true", help="time a real `netspec train` epoch, data path included")
@@ -858,7 +900,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", choices=("grid", "tpe", "random"), help="how trials are chosen (default: grid)")
     g.add_argument("--trials", type=_positive_int, help="number of trials, for tpe and random")
     g.add_argument("--no-prune", action="store_true", help="never stop a trial early (default: median pruning)")
-    g.add_argument("--sweep-seed", type=int, help="the sampler's seed (default: 0)")
+    g.add_argument("--sweep-seed", type=_sampler_seed, help="the sampler's seed (default: 0)")
     g = p.add_argument_group("every trial (overrides of the spec's train section)")
     _add_data_options(g)
     _add_recipe_options(g)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Strict, model_validator
 
 PositiveInt = Annotated[int, Strict(), Gt(0)]
+# The synthetic dataset is held in memory (one byte a value): a million examples is already gigabytes for images.
+MAX_SYNTHETIC_SIZE = 1_000_000
+# torch's generators take 64-bit seeds.
+Seed = Annotated[int, Ge(0), Le(2**63 - 1)]
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar2", "synthetic")
 Dataset = Literal["mnist", "fashion_mnist", "cifar10", "cifar2", "synthetic"]
 
@@ -38,7 +42,7 @@ class Augment(BaseModel):
 class TrainConfig(BaseModel):
     """How to train a spec; every field can be overridden on the command line."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # `lr: .inf` is refused, not trained into NaN
 
     dataset: Dataset = "mnist"
     data_root: str = "data"
@@ -77,9 +81,9 @@ class TrainConfig(BaseModel):
     # Resize each batch (bilinear, on the device) to the spec's input size, as d2l trains AlexNet on
     # Fashion-MNIST at 224×224; the channel count must still match.
     resize: bool = False
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
-    synthetic_size: PositiveInt = 4096  # training examples of the synthetic dataset
+    synthetic_size: Annotated[int, Strict(), Gt(0), Le(MAX_SYNTHETIC_SIZE)] = 4096  # examples of the synthetic dataset
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
@@ -120,5 +124,5 @@ class SweepConfig(BaseModel):
     trials: PositiveInt | None = None  # for tpe and random
     epochs: PositiveInt | None = None  # every trial's epochs (default: the train section's)
     prune: bool = True  # stop trials below the median validation accuracy of earlier trials at the same epoch
-    seed: int = 0
+    seed: Annotated[int, Ge(0), Le(2**32 - 1)] = 0  # numpy's range (optuna's samplers)
     storage: str | None = None  # an Optuna RDB URL shared by several workers (default: DIR/study.db)

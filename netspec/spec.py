@@ -677,10 +677,21 @@ def parse_value(text: str) -> Any:
     text = text.strip()
     for cast in (int, float):
         try:
-            return cast(text)
+            value = cast(text)
         except ValueError:
-            pass
-    return yaml.safe_load(text) if text else ""
+            continue
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{text} is not a finite number")
+        return value
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise ValueError(f"cannot read {text!r} as a value (a number, true/false or a word)") from None
+    if not isinstance(value, (int, float, bool, str)) or (isinstance(value, float) and value != value):
+        raise ValueError(f"cannot read {text!r} as a value: a variable is a number, true/false or a word")
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 _VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")

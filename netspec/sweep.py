@@ -36,7 +36,8 @@ from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
 from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from netspec.shapes import infer_shapes
-from netspec.spec import Spec, closest, load_spec, parse_value
+from netspec.spec import Spec, closest, load_spec
+from netspec.spec import parse_value as spec_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
 from netspec.train import (
@@ -95,6 +96,13 @@ def parse_dimension(key: str, value: Any) -> Dimension:
     if isinstance(value, list):
         return Dimension(key, values=list(value))
     text = str(value)
+
+    def parse_value(part: str) -> Any:
+        try:
+            return spec_value(part)
+        except ValueError as exc:  # nan, inf, `[1,`
+            raise UsageError(f"--grid {key}={text}: {exc}") from None
+
     match = _RANGE.match(text)
     if match:
         low, high = (parse_value(match.group(i)) for i in (1, 2))

@@ -282,3 +282,91 @@ def test_train_prints_the_warning_once(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: ") == 1
     assert _flatten_warning(path, 7, "layers[3]", "follows maxpool2d at layers[2]", "4×3×3", "4×3×10") in err
+
+
+# --- numeric options: finite, in range, named in the message -----------------------------------------
+
+MLP = "name: m\ninput: [4]\nlayers:\n  - linear: {out_features: 10}\ntrain: {dataset: synthetic, epochs: 1}\n"
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """The last stderr line of a command refused with exit code 2 (argparse exits; netspec returns 2)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    return capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--lr", "inf"], "error: argument --lr: must be a finite number, got 'inf'"),
+        (["--lr", "nan"], "error: argument --lr: must be a finite number, got 'nan'"),
+        (["--weight-decay", "inf"], "error: argument --weight-decay: must be a finite number, got 'inf'"),
+        (["--momentum", "nan"], "error: argument --momentum: must be a finite number, got 'nan'"),
+        (["--grad-clip=-inf"], "error: argument --grad-clip: must be a finite number, got '-inf'"),
+        (
+            ["--seed", "99999999999999999999999"],
+            "error: argument --seed: must be at most 9,223,372,036,854,775,807, got 99,999,999,999,999,999,999,999",
+        ),
+        (["--seed", "-1"], "error: argument --seed: must be at least 0, got -1"),
+        (["--synthetic-size", "1e11"], "error: argument --synthetic-size: must be at most 1,000,000, got 100,000,000,000"),
+        (["--synthetic-size", "1e1.5"], "error: argument --synthetic-size: expected a whole number, got '1e1.5'"),
+        (["--epochs", "2.5"], "error: argument --epochs: expected a whole number, got '2.5'"),
+        (["--set", "a"], "error: --set a: write NAME=VALUE, e.g. --set width=64"),
+        (["--set", "=3"], "error: --set =3: write NAME=VALUE, e.g. --set width=64"),
+        (["--set", "x=[1,"], "error: --set x=[1,: cannot read '[1,' as a value (a number, true/false or a word)"),
+        (["--set", "x={a: 1}"], "error: --set x={a: 1}: cannot read '{a: 1}' as a value: a variable is a number, "
+                                "true/false or a word"),
+        (["--set", "x=nan"], "error: --set x=nan: nan is not a finite number"),
+    ],
+)
+def test_numeric_options_are_checked(options: list[str], message: str, tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    assert _refused(["train", str(spec), "--out", str(tmp_path / "run"), *options], capsys) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_sweep_seed_is_in_numpy_range(tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    assert _refused(["sweep", str(spec), "--sweep-seed", str(2**32)], capsys) == (
+        "error: argument --sweep-seed: must be at most 4,294,967,295, got 4,294,967,296"
+    )
+
+
+def test_a_whole_number_in_scientific_notation_is_read_exactly(tmp_path: Path, capsys):
+    import json
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    argv = ["train", str(spec), "--out", str(tmp_path / "run"), "--synthetic-size", "2e2", "--batch-size", "1e2",
+            "--seed", "9223372036854775807", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    settings = (tmp_path / "run" / "spec.yaml").read_text()
+    assert "synthetic_size: 200" in settings and "seed: 9223372036854775807" in settings, result
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("{lr: .inf}", "{f}:5:13: train.lr: input should be a finite number, got inf"),
+        (
+            "{seed: 100000000000000000000}",
+            "{f}:5:15: train.seed: input should be less than or equal to 9223372036854775807, got 100000000000000000000",
+        ),
+        (
+            "{synthetic_size: 100000000000}",
+            "{f}:5:25: train.synthetic_size: input should be less than or equal to 1000000, got 100000000000",
+        ),
+    ],
+)
+def test_the_train_section_is_checked_as_the_options_are(train: str, message: str, tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: m\ninput: [4]\nlayers:\n  - linear: {{out_features: 3}}\ntrain: {train}\n")
+    code, err, _ = _build(spec, capsys)
+    assert (code, err) == (2, f"error: {message.format(f=spec)}\n")

@@ -78,7 +78,7 @@ class DeviceLoader:
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.labels), device=self.device)
-        gen = torch.Generator().manual_seed(self._epoch_seed(epoch))
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch) % 2**64)  # any seed up to 2**63 - 1
         return torch.randperm(len(self.labels), generator=gen).to(self.device)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -120,7 +120,7 @@ class DeviceLoader:
         aug = self.augment
         assert aug is not None
         n, c, h, w = x.shape
-        gen = torch.Generator().manual_seed(self._epoch_seed(epoch) * 100_003 + batch)
+        gen = torch.Generator().manual_seed((self._epoch_seed(epoch) * 100_003 + batch) % 2**64)
         pad = aug.crop.padding if aug.crop is not None else 0
         dy, dx = (torch.randint(0, 2 * pad + 1, (2, n), generator=gen)).to(x.device)
         flip = (torch.rand(n, generator=gen) < 0.5).to(x.device) if aug.flip else None
