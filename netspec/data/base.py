@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from netspec.errors import DataError
+from netspec.errors import BadDataError, DataError
 
 SPLITS = ("train", "val", "test")
 # Folder and column values that name a split (as Ultralytics and timm read them).
@@ -157,7 +157,10 @@ def make_splits(
     if len(val) == 0 and val_split > 0:
         val, train = _stratified_cut(train, labels, val_split, gen)
     if len(train) == 0:
-        raise DataError("no training examples are left after the validation and test splits")
+        raise BadDataError(
+            "no training examples are left after the validation and test splits; add examples, or lower "
+            "--val-split and --test-split"
+        )
     return {name: sorted(idx.tolist()) for name, idx in zip(SPLITS, (train, val, test), strict=True)}
 
 

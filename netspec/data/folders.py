@@ -278,7 +278,7 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
         w, h = _png_size(path)
         raise UnreadableImage(_too_large(w, h)) from None
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image (not a format that PIL or torchvision reads)") from None
+        raise UnreadableImage("not a readable image (in no format that PIL or torchvision reads)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage(f"not a readable image ({_first_line(exc)})") from None
     if w * h > MAX_PIXELS:
