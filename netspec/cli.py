@@ -749,7 +749,7 @@ def make_parser() -> argparse.ArgumentParser:
             "netspec train specs/lenet.yaml --dataset mnist --data-root ../shared/data",
             "netspec train specs/mlp.yaml --epochs 2 --lr 0.03 --json",
             "netspec train --resume runs/lenet-20261124-120000",
-            "netspec train specs/resnet18.yaml --batch-size auto --memory-fraction 0.8  # CUDA",
+            "netspec train specs/d2l_resnet18.yaml --batch-size auto --memory-fraction 0.8  # CUDA",
         ],
     )
     p.add_argument("spec", nargs="?", help="path to a YAML spec (omit with --resume)")

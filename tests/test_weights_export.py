@@ -43,9 +43,8 @@ def _resnet18_file(torch_home: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, state
 
 
-def _small_resnet18(write_spec, classes: int = 1000) -> Path:
-    text = (SPECS / "resnet18.yaml").read_text().replace("[3, 224, 224]", "[3, 32, 32]")
-    return write_spec(text.replace("out_features: 1000", f"out_features: {classes}"))
+def _small_resnet18(write_spec) -> Path:
+    return write_spec((SPECS / "resnet18.yaml").read_text().replace("[3, 224, 224]", "[3, 32, 32]"))
 
 
 # --- resize is the data's business ---------------------------------------------------------------
@@ -103,8 +102,9 @@ def test_a_partial_load_is_refused_and_with_skip_mismatched_its_counts_add_up(tm
 def test_init_from_torchvision_trains_with_a_new_head(tmp_path: Path, write_spec):
     torch_home = tmp_path / "torch"
     _resnet18_file(torch_home)
-    spec = _small_resnet18(write_spec, classes=10)
-    common = ["--init-from", "torchvision:resnet18", "--synthetic-size", "16", "--batch-size", "8", "--epochs", "1"]
+    spec = _small_resnet18(write_spec)
+    common = ["--init-from", "torchvision:resnet18", "--set", "classes=10", "--synthetic-size", "16", "--batch-size",
+              "8", "--epochs", "1"]  # fmt: skip
     env = {"TORCH_HOME": str(torch_home)}
     refused = run_cli("train", str(spec), *common, "--out", str(tmp_path / "r1"), env=env)
     assert refused.returncode == 2, refused.stderr
@@ -121,9 +121,10 @@ def test_init_from_torchvision_trains_with_a_new_head(tmp_path: Path, write_spec
 
 
 def test_weights_missing_from_the_cache_name_the_path_and_url(tmp_path: Path, write_spec):
-    spec = _small_resnet18(write_spec, classes=10)
+    spec = _small_resnet18(write_spec)
     result = run_cli(
-        "train", str(spec), "--init-from", "torchvision:resnet18", "--synthetic-size", "16", "--out",
+        "train", str(spec), "--init-from", "torchvision:resnet18", "--set", "classes=10", "--synthetic-size", "16",
+        "--out",
         str(tmp_path / "run"), env={"TORCH_HOME": str(tmp_path / "empty")},
     )  # fmt: skip
     assert result.returncode == 2
