@@ -20,6 +20,7 @@ import json
 import math
 import re
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from netspec.train import (
 Reporter = Callable[[str], None]
 SPEC_KEY = "spec"  # the dimension that chooses among several specs
 STUDY_DB = "study.db"
+PRUNE_AFTER = 2  # finished trials of an architecture before its other trials can be pruned
 
 
 class TrialFailed(NetspecError):
@@ -350,6 +352,32 @@ def _recover(study: Any, report: Reporter) -> None:
         report(f"trial {t.number} ({_label(t.params)}) did not finish; it continues from its last checkpoint")
 
 
+def prune_reason(trial: Any, epoch: int) -> str | None:
+    """Why `trial` should stop after `epoch`, or None: its validation accuracy is below the median of the
+    finished trials of the same architecture (spec and variables) at that epoch, and at least PRUNE_AFTER of
+    those exist.
+    Comparing only within an architecture keeps a slow-starting network from being cut against another."""
+    from optuna.trial import TrialState
+
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    value = frozen.intermediate_values.get(epoch)
+    architecture = frozen.user_attrs.get("architecture")
+    peers = [
+        t.intermediate_values[epoch]
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("architecture") == architecture and epoch in t.intermediate_values
+    ]
+    if value is None or len(peers) < PRUNE_AFTER:
+        return None
+    median = statistics.median(peers)
+    if value >= median:
+        return None
+    return (
+        f"validation accuracy {value:.3f} after epoch {epoch} is below the median {median:.3f} of the {len(peers)} "
+        f"finished trials of {architecture} at that epoch"
+    )
+
+
 class _Sweeper:
     def __init__(self, plan: SweepPlan, out: Path, report: Reporter) -> None:
         self.plan, self.out, self.report = plan, out, report
@@ -367,15 +395,21 @@ class _Sweeper:
             sampler = optuna.samplers.TPESampler(seed=plan.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=plan.seed)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if plan.prune else optuna.pruners.NopPruner()
+        # Pruning is decided in `objective` (prune_reason), among trials of the same architecture only.
         study = optuna.create_study(
             study_name=plan.study_name,
             storage=storage,
             sampler=sampler,
-            pruner=pruner,
+            pruner=optuna.pruners.NopPruner(),
             direction="maximize",
             load_if_exists=True,
         )
+        if plan.prune:
+            self.report(
+                f"pruning: a trial stops early when its validation accuracy falls below the median of the finished "
+                f"trials of the same architecture (spec and variables) at that epoch, once {PRUNE_AFTER} of them have finished; --no-prune runs "
+                "every trial to the end"
+            )
         if resume and plan.storage is None:  # a shared storage's stale trials are found by the heartbeat
             _recover(study, self.report)
         return study
@@ -407,13 +441,16 @@ class _Sweeper:
             trial.set_user_attr("epochs_run", metrics.epoch)
             trial.report(selection_accuracy(metrics.val_accuracy, metrics.test_accuracy), metrics.epoch)
             # Pruning saves the epochs still to come; a trial at its last epoch has finished anyway.
-            if plan.prune and metrics.epoch < total_epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
+            if plan.prune and metrics.epoch < total_epochs:
+                reason = prune_reason(trial, metrics.epoch)
+                if reason:
+                    raise optuna.TrialPruned(reason)
 
         try:
             spec = load_spec(spec_path, variables=variables)
             total_epochs = resolve_config(spec, overrides).epochs
             trial.set_user_attr("spec", spec.name)
+            trial.set_user_attr("architecture", spec.name + (f" ({_label(variables)})" if variables else ""))
             trial.set_user_attr("params", infer_shapes(spec).total_params)
             result = self._train(spec, overrides, run_dir, resume, on_epoch)
         except (StorageLost, optuna.exceptions.UpdateFinishedTrialError) as exc:
@@ -426,7 +463,7 @@ class _Sweeper:
             raise
         except (optuna.TrialPruned, Interrupted, KeyboardInterrupt) as exc:
             if isinstance(exc, optuna.TrialPruned):
-                self.report(f"  trial {trial.number} pruned: {exc}")
+                self.report(f"  trial {trial.number} pruned: {exc} (--no-prune to run every trial to the end)")
             else:  # --resume continues it from its last checkpoint (a finished one just reports)
                 trial.set_user_attr("interrupted", True)
             raise

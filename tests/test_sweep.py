@@ -189,6 +189,19 @@ def test_architecture_sweep_over_specs_and_variables(write_spec, tmp_path: Path)
     assert params[("varnet", 8)] < params[("varnet", 16)]  # the variable changed the architecture
 
 
+def test_pruning_never_compares_one_architecture_with_another(write_spec, tmp_path: Path):
+    # A thin network learns slower than a wide one; with two trials each, no architecture has the two finished
+    # peers that pruning waits for, so every trial runs to the end, whichever order the grid takes.
+    wide = write_spec(VAR_SPEC.replace("width: 32", "width: 64"), "wide.yaml")
+    thin = write_spec(VAR_SPEC.replace("name: varnet", "name: thin").replace("width: 32", "width: 2"), "thin.yaml")
+    result = _sweep(str(wide), str(thin), "--grid", "lr=0.1,0.05", "--epochs", "2", "--out", str(tmp_path / "s"),
+                    "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pruning: a trial stops early" in result.stderr and "--no-prune" in result.stderr
+    trials = json.loads(result.stdout)["trials"]
+    assert [t["state"] for t in trials] == ["complete"] * 4 and all(t["epochs_run"] == 2 for t in trials)
+
+
 def test_failing_trial_is_recorded_and_the_rest_finish(write_spec, tmp_path: Path):
     path = write_spec(VAR_SPEC)
     out = tmp_path / "sweep"
@@ -211,6 +224,7 @@ def test_pruning_stops_a_hopeless_trial(write_spec, tmp_path: Path):
     assert trials[1e-6]["number"] == 2, "the grid order this test relies on changed"
     assert trials[1e-6]["state"] == "pruned"
     assert trials[1e-6]["epochs_run"] < 3
+    assert "trial 2 pruned: validation accuracy" in result.stderr and "finished trials of varnet" in result.stderr
     assert trials[0.1]["epochs_run"] == trials[0.05]["epochs_run"] == 3
 
 
