@@ -123,6 +123,6 @@ class SweepConfig(BaseModel):
     sampler: Literal["grid", "tpe", "random"] = "grid"
     trials: PositiveInt | None = None  # for tpe and random
     epochs: PositiveInt | None = None  # every trial's epochs (default: the train section's)
-    prune: bool = True  # stop trials below the median validation accuracy of earlier trials at the same epoch
+    prune: bool = True  # stop trials below the median validation accuracy of finished trials of their architecture
     seed: Annotated[int, Ge(0), Le(2**32 - 1)] = 0  # numpy's range (optuna's samplers)
     storage: str | None = None  # an Optuna RDB URL shared by several workers (default: DIR/study.db)
