@@ -31,6 +31,17 @@ def test_every_zoo_spec_has_a_reference_model_or_a_forward_backward_test():
     assert sorted([*REFERENCES, *TORCHVISION_ZOO, *BEYOND_THE_BOOK]) == ZOO
 
 
+def test_a_zoo_name_that_is_a_torchvision_model_is_that_model():
+    # specs/resnet18.yaml is torchvision's ResNet-18 (its weights load); d2l's variants carry a d2l_ prefix.
+    import torchvision
+
+    assert {name for name in ZOO if name in torchvision.models.list_models()} == set(TORCHVISION_ZOO)
+    assert {name.removeprefix("d2l_") for name in ZOO if name.startswith("d2l_")} == {
+        "alexnet", "vgg11", "googlenet", "densenet", "resnet18"
+    }  # fmt: skip
+    assert netspec.infer_shapes(SPECS / "resnet18.yaml").total_params == 11_689_512
+
+
 @pytest.mark.parametrize("name", BEYOND_THE_BOOK)
 def test_beyond_the_book_specs_run_forward_and_backward(name: str):
     torch.manual_seed(0)
