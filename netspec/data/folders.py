@@ -318,11 +318,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     try:
         with warnings.catch_warnings():  # torchvision >= 0.29 points at TorchCodec; its decoders still work
             warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_image, read_file
+
             data = read_file(str(path))
             return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError):
