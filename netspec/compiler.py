@@ -14,6 +14,7 @@ still load: their tensors are mapped onto today's keys by position, once, on loa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,10 +264,53 @@ def build(
     the original stays reachable as `._orig_mod`.
     """
     net_shape = spec if isinstance(spec, NetShape) else infer_shapes(spec)
+    check_fits(net_shape)
     model: nn.Module = SpecNet(net_shape)
     if compile:
         model = torch.compile(model, **compile_kwargs)  # type: ignore[assignment]
     return model
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            break
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:,.1f} {unit}" if n < 10**6 else f"{n:.1e} {unit}"
+
+
+def check_fits(net: NetShape, available: int | None = None) -> None:
+    """Refuse, before any allocation, a network whose float32 parameters alone exceed the memory this machine
+    has available (a width of 1e9 typed for 1e3): a located SpecError naming the largest layer."""
+    total = net.total_params * 4
+    available = available_memory() if available is None else available
+    too_big_for_torch = any(d >= 2**63 for info in net.layers for d in info.output_shape) or total >= 2**63
+    if not too_big_for_torch and (available is None or total <= available):
+        return
+    largest = max(net.layers, key=lambda info: info.params)
+    room = f"more than the {_bytes(available)} of memory available" if available is not None else "too large"
+    raise net.spec.source.error(
+        f"the network would have {net.total_params:,} parameters ({_bytes(total)} as float32), {room}; "
+        f"refused before allocating any; the largest layer is {largest.path} {largest.kind} with {largest.params:,} (output "
+        f"{'×'.join(map(str, largest.output_shape))}): check its widths",
+        largest.yaml_path,
+        f"{largest.path} {largest.kind}",
+    )
 
 
 def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -> int:

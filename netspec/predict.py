@@ -19,6 +19,7 @@ from netspec.device import resolve_device
 from netspec.errors import BadDataError, CheckpointError, MissingCheckpointError, UsageError
 from netspec.fileio import load_checkpoint
 from netspec.shapes import infer_shapes
+from netspec.source import SourceMap
 from netspec.spec import Spec, load_spec, validate_spec
 from netspec.train import Evaluation, evaluate, load_data, read_split, resolve_config
 
@@ -54,7 +55,8 @@ def load_trained(path: str | Path, spec: Spec | str | Path | None = None) -> Tra
     checkpoint, run_dir = checkpoint_of(path)
     ckpt = load_checkpoint(checkpoint)
     try:
-        own = validate_spec(ckpt["spec"]) if "spec" in ckpt else None
+        # Checked as a spec file is (bombs included), and named after the checkpoint that holds it.
+        own = validate_spec(ckpt["spec"], SourceMap(file=f"{checkpoint} (its spec)")) if "spec" in ckpt else None
         cfg = TrainConfig.model_validate(ckpt["train_config"]) if "train_config" in ckpt else TrainConfig()
     except ValidationError as exc:
         raise CheckpointError(f"{checkpoint}: its spec or settings are unreadable ({exc})") from None

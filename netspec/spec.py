@@ -329,12 +329,16 @@ ENTRY_LIST = TypeAdapter(list[LayerEntry])
 InputShape = Annotated[tuple[Annotated[int, Strict(), Gt(0)], ...], Field(min_length=1, max_length=3)]
 
 
+# A spec's name names files (runs, exports, pictures): short enough for any file system's 255-byte names.
+MAX_NAME = 100
+
+
 class Spec(BaseModel):
     """A network spec: one file describes one experiment."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     input: InputShape
     # Spec variables: `$name` anywhere in layers and blocks; `--set name=value` on every command.
@@ -550,7 +554,11 @@ def _message(error: dict[str, Any], field: str, in_layer: bool) -> str:
     msg = msg.removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
     value = error.get("input")
-    got = f", got {value!r}" if isinstance(value, (int, float, str, bool)) or value is None else ""
+    if isinstance(value, str) and len(value) > 60:
+        value = f"{value[:40]}...' ({len(value):,} characters)"
+        got = f", got '{value}"
+    else:
+        got = f", got {value!r}" if isinstance(value, (int, float, str, bool)) or value is None else ""
     return f"{field}: {msg}{got}" if field else msg
 
 

@@ -370,3 +370,81 @@ def test_the_train_section_is_checked_as_the_options_are(train: str, message: st
     spec.write_text(f"name: m\ninput: [4]\nlayers:\n  - linear: {{out_features: 3}}\ntrain: {train}\n")
     code, err, _ = _build(spec, capsys)
     assert (code, err) == (2, f"error: {message.format(f=spec)}\n")
+
+
+# --- a network too large to allocate, a name too long for a file ------------------------------------
+
+
+@pytest.mark.parametrize("width", ["1000000000000", "1000000000000000000000000000000"])
+def test_a_network_too_wide_to_allocate_is_refused_before_allocating(width: str, tmp_path: Path, capsys):
+    import re
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: wide\ninput: [1, 8, 8]\nlayers:\n  - flatten\n  - linear: {{out_features: {width}}}\n"
+        "  - linear: {out_features: 10}\ntrain: {dataset: synthetic, synthetic_size: 64, epochs: 1}\n"
+    )
+    start = time.perf_counter()
+    code = main(["train", str(spec), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    params = f"{(64 + 1 + 10) * int(width) + 10:,}"
+    assert re.fullmatch(
+        rf"error: {re.escape(str(spec))}:5:5: layers\[1\] linear: the network would have {params} parameters "
+        r"\(\S+ \S+ as float32\), more than the [\d.,]+ \S+ of memory available; refused before allocating any; "
+        rf"the largest layer is layers\[1\] linear with {(64 + 1) * int(width):,} \(output {width}\): check its widths\n",
+        err,
+    ), err
+    assert time.perf_counter() - start < 5
+    # The summary of the same spec still works: it allocates nothing.
+    assert main(["build", str(spec), "--json"]) == 0
+
+
+def test_check_fits_against_a_given_amount_of_memory():
+    import netspec
+    from netspec.compiler import check_fits
+    from netspec.errors import SpecError
+
+    net = netspec.infer_shapes("name: m\ninput: [100]\nlayers:\n  - linear: {out_features: 1000}\n")
+    check_fits(net, available=101_000 * 4)  # 101,000 parameters fit in 404,000 bytes
+    with pytest.raises(SpecError, match=r"101,000 parameters \(394.5 KiB as float32\), more than the 390.6 KiB"):
+        check_fits(net, available=400_000)
+
+
+def test_a_spec_name_longer_than_a_file_name_allows_is_refused(tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: {'n' * 300}\ninput: [4]\nlayers:\n  - linear: {{out_features: 10}}\n")
+    code, err, _ = _build(spec, capsys)
+    assert (code, err) == (
+        2,
+        f"error: {spec}:1:7: name: string should have at most 100 characters, got '{'n' * 40}...' (300 characters)\n",
+    )
+
+
+def test_a_checkpoint_whose_spec_is_a_bomb_is_refused(tmp_path: Path, capsys):
+    import torch
+    from PIL import Image
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: small\ninput: [1, 8, 8]\nlayers:\n  - flatten\n  - linear: {out_features: 10}\n"
+        "train: {dataset: synthetic, synthetic_size: 64, epochs: 1, batch_size: 32}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(run)]) == 0
+    capsys.readouterr()
+    for name in ("best.pt", "last.pt"):
+        checkpoint = torch.load(run / name, weights_only=False)
+        checkpoint["spec"]["layers"].insert(0, {"repeat": {"times": 1_000_000_000, "layers": ["relu"]}})
+        torch.save(checkpoint, run / name)
+    image = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 128).save(image)
+    expected = (
+        f"error: {run / 'best.pt'} (its spec): layers[0] repeat: repeat ×1,000,000,000 expands the spec to more "
+        "than 100,000 layers (at least 1,000,000,000); no network needs that many: check the repeat counts\n"
+    )
+    for argv in (["eval", str(run)], ["predict", str(run), str(image)]):
+        start = time.perf_counter()
+        code = main(argv)
+        assert (code, capsys.readouterr().err) == (2, expected), argv
+        assert time.perf_counter() - start < 1.0, argv
