@@ -84,6 +84,21 @@ def server_of(url: str) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or default_port or '?'}"
 
 
+def _check_port(url: str, shown: str) -> None:
+    """A URL whose port cannot be one (99999, abc) is refused before any connection is tried."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        port = make_url(url).port
+    except ValueError:
+        raise UsageError(f"--storage {shown}: the port is not a number (e.g. postgresql://user@host:5432/db)") from None
+    except ArgumentError:
+        return  # not a URL at all: open_storage says so
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"--storage {shown}: port {port} is out of range (1 to 65535)")
+
+
 def open_storage(url: str, report: Reporter = print, *, attempts: int = 5) -> Any:
     """Optuna's storage at a database URL, with heartbeats and retries; a URL it cannot use is a UsageError."""
     from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
@@ -95,6 +110,7 @@ def open_storage(url: str, report: Reporter = print, *, attempts: int = 5) -> An
             f"{GRACE_ENV}={grace} must be longer than {HEARTBEAT_ENV}={heartbeat}, or live trials would look dead"
         )
     shown = shown_url(url)
+    _check_port(url, shown)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a pooled connection that died is replaced
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}

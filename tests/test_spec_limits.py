@@ -448,3 +448,17 @@ def test_a_checkpoint_whose_spec_is_a_bomb_is_refused(tmp_path: Path, capsys):
         code = main(argv)
         assert (code, capsys.readouterr().err) == (2, expected), argv
         assert time.perf_counter() - start < 1.0, argv
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u@localhost:99999/db", "port 99999 is out of range (1 to 65535)"),
+        ("postgresql://u@localhost:abc/db", "the port is not a number (e.g. postgresql://user@host:5432/db)"),
+    ],
+)
+def test_a_storage_url_with_a_bad_port_is_refused(url: str, message: str, tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    argv = ["sweep", str(spec), "--grid", "lr=0.1,0.2", "--storage", url, "--out", str(tmp_path / "sweep")]
+    assert _refused(argv, capsys) == f"error: --storage {url}: {message}"
