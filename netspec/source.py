@@ -103,6 +103,8 @@ def _error_at(source: SourceMap, node: Node, message: str) -> SpecError:
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
     """Parse one YAML document safely; return its data and its SourceMap."""
     source = SourceMap(file=file)
+    if len(text) > MAX_BYTES:
+        raise SpecError(f"too large for a spec (more than {MAX_BYTES:,} characters)", file=file)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
