@@ -377,3 +377,19 @@ def test_one_example_per_class_says_what_to_do_and_no_val_split_0(tmp_path: Path
     assert "val_split 0)" not in result.stdout and "too few examples to hold one out" in result.stdout
     assert "val_split 0.1 and test_split 0.1 of at most 1 example(s) a class is none" in result.stdout
     assert "add examples (3 or more a class), or give the splits" in result.stdout
+
+
+@requires_mnist
+def test_a_fifo_or_device_is_never_read(runs, tmp_path: Path):
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    spec = tmp_path / "wine.yaml"
+    spec.write_text(WINE)
+    for data in (fifo, Path("/dev/zero")):
+        result = run_cli("train", str(spec), "--data", str(data), "--out", str(tmp_path / "run"), timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"--data {data}: neither a folder nor a text table (not a regular file)" in result.stderr
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    result = run_cli("predict", str(runs["digits"]), str(pipe), timeout=60)
+    assert result.returncode == 2 and f"{pipe}: not a regular file" in result.stderr, result.stderr

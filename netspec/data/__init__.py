@@ -64,6 +64,8 @@ def file_kind(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "folder"
+    if not path.is_file():  # a FIFO, a device such as /dev/zero: never read
+        return "other"
     if path.suffix.lower() in TABLE_SUFFIXES:
         return "table"
     if path.name.lower().endswith(image_extensions()):
@@ -86,6 +88,8 @@ def check_data_path(path: str | Path, option: str = "--data") -> None:
     kind = file_kind(path)
     if kind in ("image", "other"):
         what = "an image file" if kind == "image" else "neither a folder nor a text table"
+        if not path.is_file() and kind == "other":
+            what += " (not a regular file)"
         raise UsageError(
             f"{option} {path}: {what}; {option} takes a folder of class folders (or of train/ val/ test/ folders "
             "that hold them), or a CSV table (.csv, .tsv)"

@@ -268,6 +268,8 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
         if path.is_symlink():
             raise UnreadableImage(f"a broken link (to {os.readlink(path)}, which does not exist)")
         raise UnreadableImage("no such file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise UnreadableImage("not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
