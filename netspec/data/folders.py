@@ -135,7 +135,7 @@ def read_folder(
     entries = []
     real_files: set[str] = set()
     twice = 0
-    for split, files in sorted(per_split.items(), key=lambda item: SPLITS.index(item[0]) if item[0] else 0):
+    for split, files in per_split.items():  # the order of earlier versions: a run's split.json holds indices
         for label, name in enumerate(classes):
             for path in files[name]:
                 real = os.path.realpath(path)
