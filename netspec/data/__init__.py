@@ -113,8 +113,8 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
         known = dataset_info(cfg.dataset, input_shape)
         kind, shape = "image", known.sample_shape
     elif is_table(cfg.data):
-        pool = read_table(cfg.data, cfg.label)
         features = tuple(table_columns(Path(cfg.data), cfg.label)[0])
+        pool = read_table(cfg.data, cfg.label)
         kind, shape = "table", (len(features),)
     else:
         pool = read_folder(cfg.data, input_shape, cfg.skip_bad_files)

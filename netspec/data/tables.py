@@ -11,6 +11,7 @@ read as Latin-1, and a note says so.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from pathlib import Path
@@ -74,6 +75,20 @@ class _Text:
         return _number(self.path, line, column, cell, decimal_comma=self.delimiter == ";")
 
 
+def _text(path: Path) -> _Text:
+    """The file's _Text, read once for the header, the columns and the rows (kept while the file is unchanged)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    return _read_text(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_text(path: Path, size: int, mtime_ns: int) -> _Text:
+    return _Text(path)
+
+
 def _header(text: _Text) -> list[str]:
     try:
         header = next(text.reader(), None)
@@ -85,7 +100,7 @@ def _header(text: _Text) -> list[str]:
 
 
 def read_header(path: Path) -> list[str]:
-    return _header(_Text(path))
+    return _header(_text(path))
 
 
 def table_columns(path: Path, label: str | None) -> tuple[list[str], str]:
@@ -116,7 +131,7 @@ def read_table(path: str | Path, label: str | None = None) -> Pool:
     path = Path(path)
     if not path.is_file():
         raise BadDataError(f"{path}: no such file")
-    text = _Text(path)
+    text = _text(path)
     header = _header(text)
     features, label = _columns(path, header, label)
     feature_at = [header.index(f) for f in features]
@@ -149,6 +164,7 @@ def read_table(path: str | Path, label: str | None = None) -> Pool:
     if len(set(raw_labels)) > len(classes):
         notes.append(f"{path}: labels written differently but equal as numbers (such as 1 and 1.0) are one class")
     examples = Examples(torch.tensor(rows, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
+    _read_text.cache_clear()  # the rows are read: keep no copy of the file's text
     return Pool(examples, classes, torch.tensor(given, dtype=torch.int8), ids, notes)
 
 
@@ -208,7 +224,7 @@ def _label_number(value: str) -> float | None:
 def read_rows(path: Path, features: list[str], notes: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
     """The feature columns of a table to predict on (its label column, if any, is ignored): rows and their ids.
     What was noted while reading it (a file read as Latin-1) is added to `notes`."""
-    text = _Text(path)
+    text = _text(path)
     header = _header(text)
     missing = [f for f in features if f not in header]
     if missing:
@@ -226,4 +242,5 @@ def read_rows(path: Path, features: list[str], notes: list[str] | None = None) -
         raise BadDataError(f"{path}: the table has a header but no rows to classify")
     if notes is not None:
         notes += text.notes
+    _read_text.cache_clear()
     return torch.tensor(rows, dtype=torch.float32).view(len(rows), len(features)), ids
