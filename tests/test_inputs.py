@@ -393,3 +393,17 @@ def test_a_fifo_or_device_is_never_read(runs, tmp_path: Path):
     os.mkfifo(pipe)
     result = run_cli("predict", str(runs["digits"]), str(pipe), timeout=60)
     assert result.returncode == 2 and f"{pipe}: not a regular file" in result.stderr, result.stderr
+
+
+@requires_mnist
+def test_an_animated_gif_gives_its_first_frame_and_a_gray_palette_is_not_colour(runs, tmp_path: Path):
+    digit = Image.fromarray(mnist_digits(1)[0][0])
+    gif = tmp_path / "anim.gif"
+    digit.save(gif, save_all=True, append_images=[Image.new("L", (28, 28), 255)] * 2)
+    first = decode_image(gif, (1, 28, 28))
+    assert first.shape == (1, 28, 28)
+    assert (first[0].int() - torch.from_numpy(np.asarray(digit).copy()).int()).abs().max() <= 1  # RGB → gray rounding
+    assert decode_image(gif, (3, 28, 28)).shape == (3, 28, 28)
+    lines: list[str] = []
+    got = predict(runs["digits"], [gif], report=lines.append)
+    assert len(got) == 1 and not any("colour" in line for line in lines), lines

@@ -276,6 +276,10 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
             with Image.open(path) as im:
                 w, h = im.size
                 mode = im.mode
+                if mode == "P":  # a palette of grays only is a grayscale image
+                    palette = im.getpalette() or []
+                    rgb = zip(palette[0::3], palette[1::3], palette[2::3], strict=False)
+                    mode = "L" if all(r == g == b for r, g, b in rgb) else mode
     except Image.DecompressionBombError:
         w, h = _png_size(path)
         raise UnreadableImage(_too_large(w, h)) from None
@@ -289,10 +293,15 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
     image = _decode_torchvision(path, channels)
     if image is None:
         image = _decode_pil(path, channels)
-    if image.dtype != torch.uint8:  # a 16-bit PNG
-        from torchvision.transforms.v2 import functional as F
+    if image.dim() == 4:  # an animated GIF: its first frame, as PIL reads it
+        image = image[0]
+    from torchvision.transforms.v2 import functional as F
 
+    if image.dtype != torch.uint8:  # a 16-bit PNG
         image = F.to_dtype(image, torch.uint8, scale=True)
+    if image.shape[0] != channels:  # a decoder that ignores the mode asked for (GIF)
+        image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+        image = F.rgb_to_grayscale(image) if channels == 1 else image
     return Decoded(fit(image, height, width, policy), source)
 
 
