@@ -407,3 +407,10 @@ def test_an_animated_gif_gives_its_first_frame_and_a_gray_palette_is_not_colour(
     lines: list[str] = []
     got = predict(runs["digits"], [gif], report=lines.append)
     assert len(got) == 1 and not any("colour" in line for line in lines), lines
+
+
+def test_an_extreme_aspect_ratio_is_cropped_before_it_is_scaled_up(tmp_path: Path):
+    line = tmp_path / "line.png"  # scaled up first, 28 × 56,000,000 pixels: gigabytes
+    Image.fromarray(np.full((1, 2_000_000), 200, np.uint8)).save(line)
+    image = decode_image(line, (1, 28, 28))
+    assert image.shape == (1, 28, 28) and bool((image == 200).all())

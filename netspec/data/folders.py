@@ -369,6 +369,16 @@ def fit(image: torch.Tensor, height: int, width: int, policy: str = "crop") -> t
         return image.contiguous()
     if policy == "stretch":
         return F.resize(image, [height, width], antialias=True).contiguous()
+    if policy == "crop" and max(h / w, w / h) > 64 * max(height / width, width / height):
+        # An extreme aspect ratio (1×50,000,000 is under the pixel limit): crop to the output's aspect first, so
+        # that scaling the shorter side up never makes a huge image.
+        if w / h > width / height:
+            keep = max(1, round(h * width / height))
+            image = image[..., :, (w - keep) // 2 : (w - keep) // 2 + keep]
+        else:
+            keep = max(1, round(w * height / width))
+            image = image[..., (h - keep) // 2 : (h - keep) // 2 + keep, :]
+        h, w = image.shape[-2:]
     s = max(height / h, width / w) if policy == "crop" else min(height / h, width / w)
     if policy == "crop":
         size = [max(height, round(h * s)), max(width, round(w * s))]
