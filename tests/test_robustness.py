@@ -79,7 +79,7 @@ CASES = [
     pytest.param(
         ["train", "{spec}", "--dataset", "mnist", "--data-root", "{tmp}/spec.yaml"],
         GOOD,
-        1,
+        2,  # the user's input: exit 2
         "dataset mnist not found",
         id="data-root-is-a-file",
     ),
