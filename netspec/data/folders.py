@@ -335,7 +335,8 @@ def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
             from torchvision.io import ImageReadMode, decode_image, read_file
 
             data = read_file(str(path))
-            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+            webp = bytes(data[:4].tolist()) == b"RIFF"  # WebP has no grayscale: converted after decoding
+            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 and not webp else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError):
         return None
 
