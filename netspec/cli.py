@@ -525,6 +525,8 @@ def _parse_number(
         if cast is int:  # 1e5, 2.0e3: a whole number written as a float, read exactly
             try:
                 exact = decimal.Decimal(text.strip())
+                if exact.is_finite() and exact.adjusted() > 40:  # 1e999999999 would take forever to expand
+                    raise argparse.ArgumentTypeError(f"{text} is far too large")
                 value = int(exact) if exact.is_finite() and exact == exact.to_integral_value() else None
             except (decimal.InvalidOperation, ValueError):
                 value = None

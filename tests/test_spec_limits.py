@@ -313,6 +313,8 @@ def _refused(argv: list[str], capsys) -> str:
         ),
         (["--seed", "-1"], "error: argument --seed: must be at least 0, got -1"),
         (["--synthetic-size", "1e11"], "error: argument --synthetic-size: must be at most 1,000,000, got 100,000,000,000"),
+        (["--synthetic-size", "1e999999999"], "error: argument --synthetic-size: 1e999999999 is far too large"),
+        (["--seed", "9" * 5000], f"error: argument --seed: {'9' * 5000} is far too large"),
         (["--synthetic-size", "1e1.5"], "error: argument --synthetic-size: expected a whole number, got '1e1.5'"),
         (["--epochs", "2.5"], "error: argument --epochs: expected a whole number, got '2.5'"),
         (["--set", "a"], "error: --set a: write NAME=VALUE, e.g. --set width=64"),
