@@ -722,6 +722,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {"round": round, "min": min, "max": 
 # The largest whole number an expression may produce (or use) at any step: far beyond any width or
 # count, small enough that `$a * $a` forty times over never builds a number with millions of digits.
 MAX_INTEGER = 2**62
+# The longest expression: a width's arithmetic is a line, never a page (and Python's parser recurses).
+MAX_EXPRESSION = 500
 
 
 def _checked(value: Any, text: str) -> Any:
@@ -748,9 +750,11 @@ def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> A
         if whole.group(1) not in env:
             raise ValueError(unknown(whole.group(1)))
         return env[whole.group(1)]
+    if len(text) > MAX_EXPRESSION:
+        raise ValueError(f"an expression of {len(text):,} characters is too long (at most {MAX_EXPRESSION:,})")
     try:
         tree = ast.parse(_VARIABLE.sub(r"\1", text).strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise ValueError(f"cannot read '{text}' as arithmetic (write e.g. $width * 2)") from None
 
     def walk(node: ast.AST) -> Any:
@@ -798,7 +802,10 @@ def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> A
             f"'{text}': only numbers, $variables, + - * / // % **, brackets and {', '.join(_FUNCTIONS)} are allowed"
         )
 
-    return walk(tree)
+    try:
+        return walk(tree)
+    except RecursionError:
+        raise ValueError(f"'{text[:40]}...' is nested too deeply") from None
 
 
 def is_plain_arithmetic(text: str) -> bool:

@@ -464,3 +464,15 @@ def test_a_storage_url_with_a_bad_port_is_refused(url: str, message: str, tmp_pa
     spec.write_text(MLP)
     argv = ["sweep", str(spec), "--grid", "lr=0.1,0.2", "--storage", url, "--out", str(tmp_path / "sweep")]
     assert _refused(argv, capsys) == f"error: --storage {url}: {message}"
+
+
+def test_an_expression_too_long_to_be_a_width_is_refused(tmp_path: Path, capsys):
+    path = tmp_path / "spec.yaml"
+    expression = "$w" + " + $w" * 3000  # Python's own parser would recurse too deeply on it
+    path.write_text(f'name: e\ninput: [10]\nvars: {{w: 1}}\nlayers:\n  - linear: {{out_features: "{expression}"}}\n')
+    code, err, seconds = _build(path, capsys)
+    assert (code, err) == (
+        2,
+        f"error: {path}:5:28: layers[0] linear: an expression of 15,002 characters is too long (at most 500)\n",
+    )
+    assert seconds < 1.0
