@@ -14,6 +14,7 @@ still load: their tensors are mapped onto today's keys by position, once, on loa
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ def build(
     the original stays reachable as `._orig_mod`.
     """
     net_shape = spec if isinstance(spec, NetShape) else infer_shapes(spec)
-    check_fits(net_shape)
+    check_memory(net_shape)
     model: nn.Module = SpecNet(net_shape)
     if compile:
         model = torch.compile(model, **compile_kwargs)  # type: ignore[assignment]
@@ -294,16 +295,33 @@ def _bytes(n: int) -> str:
     return f"{n:,.1f} {unit}" if n < 10**6 else f"{n:.1e} {unit}"
 
 
-def check_fits(net: NetShape, available: int | None = None) -> None:
+def check_memory(net: NetShape, available: int | None = None) -> None:
     """Refuse, before any allocation, a network whose float32 parameters alone exceed the memory this machine
-    has available (a width of 1e9 typed for 1e3): a located SpecError naming the largest layer."""
+    has available (a width of 1e9 typed for 1e3), or one example's largest tensor does: a located SpecError
+    naming the layer."""
     total = net.total_params * 4
+    one = max(math.prod(s) for s in (net.input_shape, *(i.output_shape for i in net.layers))) * 4  # one example's
     available = available_memory() if available is None else available
     too_big_for_torch = any(d >= 2**63 for info in net.layers for d in info.output_shape) or total >= 2**63
-    if not too_big_for_torch and (available is None or total <= available):
+    if not too_big_for_torch and (available is None or max(total, one) <= available):
         return
-    largest = max(net.layers, key=lambda info: info.params)
     room = f"more than the {_bytes(available)} of memory available" if available is not None else "too large"
+    largest = max(net.layers, key=lambda info: info.params)
+    widest = max(net.layers, key=lambda info: math.prod(info.output_shape))
+    if one > total and math.prod(net.input_shape) * 4 == one:  # the input alone is too large
+        raise net.spec.source.error(
+            f"one example of the input {'×'.join(map(str, net.input_shape))} would take {_bytes(one)} as float32, "
+            f"{room}; refused before allocating any: check the input shape",
+            ("input",),
+        )
+    if one > total:  # the network is small but its tensors are not
+        raise net.spec.source.error(
+            f"one example's output of {widest.path} {widest.kind} ({'×'.join(map(str, widest.output_shape))}) "
+            f"would take {_bytes(one)} as float32, {room}; refused before allocating any: check the input shape "
+            "and the sizes",
+            widest.yaml_path,
+            f"{widest.path} {widest.kind}",
+        )
     raise net.spec.source.error(
         f"the network would have {net.total_params:,} parameters ({_bytes(total)} as float32), {room}; "
         f"refused before allocating any; the largest layer is {largest.path} {largest.kind} with {largest.params:,} (output "

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from netspec import distributed, runfolder
-from netspec.compiler import SpecNet, build, transfer_state_dict
+from netspec.compiler import SpecNet, build, check_memory, transfer_state_dict
 from netspec.config import Augment, TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
 from netspec.device import autocast, resolve_device
@@ -358,6 +358,7 @@ class Trainer:
         self.device = device or resolve_device(cfg.device)
         check_batch_size(cfg.batch_size, dist)
         net = infer_shapes(spec)
+        check_memory(net)  # a width of 1e9 is refused before the data is read
         self.data = load_data(net, cfg, recorded_split)
         self.info = self.data.info
         for note in self.data.notes:

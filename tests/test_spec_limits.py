@@ -404,13 +404,13 @@ def test_a_network_too_wide_to_allocate_is_refused_before_allocating(width: str,
 
 def test_check_fits_against_a_given_amount_of_memory():
     import netspec
-    from netspec.compiler import check_fits
+    from netspec.compiler import check_memory
     from netspec.errors import SpecError
 
     net = netspec.infer_shapes("name: m\ninput: [100]\nlayers:\n  - linear: {out_features: 1000}\n")
-    check_fits(net, available=101_000 * 4)  # 101,000 parameters fit in 404,000 bytes
+    check_memory(net, available=101_000 * 4)  # 101,000 parameters fit in 404,000 bytes
     with pytest.raises(SpecError, match=r"101,000 parameters \(394.5 KiB as float32\), more than the 390.6 KiB"):
-        check_fits(net, available=400_000)
+        check_memory(net, available=400_000)
 
 
 def test_a_spec_name_longer_than_a_file_name_allows_is_refused(tmp_path: Path, capsys):
@@ -476,3 +476,27 @@ def test_an_expression_too_long_to_be_a_width_is_refused(tmp_path: Path, capsys)
         f"error: {path}:5:28: layers[0] linear: an expression of 15,002 characters is too long (at most 500)\n",
     )
     assert seconds < 1.0
+
+
+@pytest.mark.parametrize(
+    ("first", "message"),
+    [
+        (
+            "  - conv2d: {out_channels: 4, kernel_size: 3}\n",
+            "{f}:4:5: layers[0] conv2d: one example's output of layers[0] conv2d (4×999998×999998) would take",
+        ),
+        ("", "{f}:2:8: one example of the input 3×1000000×1000000 would take"),
+    ],
+)
+def test_an_input_too_large_for_memory_is_refused_before_the_data_is_made(
+    first: str, message: str, tmp_path: Path, capsys
+):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: big\ninput: [3, 1000000, 1000000]\nlayers:\n{first}  - adaptive_avgpool2d: {{output_size: 1}}\n"
+        "  - flatten\n  - linear: {out_features: 10}\ntrain: {dataset: synthetic, synthetic_size: 64, epochs: 1}\n"
+    )
+    code = main(["train", str(spec), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {message.format(f=spec)} "), err
+    assert "as float32, more than the" in err and "refused before allocating any" in err
