@@ -413,14 +413,16 @@ def test_check_fits_against_a_given_amount_of_memory():
         check_memory(net, available=400_000)
 
 
-def test_a_spec_name_longer_than_a_file_name_allows_is_refused(tmp_path: Path, capsys):
+@pytest.mark.parametrize("command", [["build"], ["export", "--format", "python"]])
+def test_a_spec_name_longer_than_a_file_name_allows_is_refused(command: list[str], tmp_path: Path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: {'n' * 300}\ninput: [4]\nlayers:\n  - linear: {{out_features: 10}}\n")
-    code, err, _ = _build(spec, capsys)
-    assert (code, err) == (
+    code = main([command[0], str(spec), *command[1:]])
+    assert (code, capsys.readouterr().err) == (
         2,
         f"error: {spec}:1:7: name: string should have at most 100 characters, got '{'n' * 40}...' (300 characters)\n",
     )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing written
 
 
 def test_a_checkpoint_whose_spec_is_a_bomb_is_refused(tmp_path: Path, capsys):
