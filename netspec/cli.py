@@ -1017,7 +1017,8 @@ def _with_spec_warnings(args: argparse.Namespace) -> Any:
             original(message, category, *rest, **kwargs)
         elif str(message) not in shown:
             shown.add(str(message))
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+                print(f"warning: {message}", file=sys.stderr, flush=True)  # once a job: rank 0 says it
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", SpecWarning)

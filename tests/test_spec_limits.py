@@ -502,3 +502,19 @@ def test_an_input_too_large_for_memory_is_refused_before_the_data_is_made(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: {message.format(f=spec)} "), err
     assert "as float32, more than the" in err and "refused before allocating any" in err
+
+
+def test_only_rank_0_of_a_distributed_job_prints_the_warning(tmp_path: Path, capsys, monkeypatch):
+    import argparse
+
+    import netspec
+    from netspec import cli
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(NO_FLATTEN)
+    args = argparse.Namespace(func=lambda _: netspec.infer_shapes(path) and 0)
+    for rank, printed in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        assert cli._with_spec_warnings(args) == 0
+        assert capsys.readouterr().err.count("warning: linear at layers[2]") == printed, rank
