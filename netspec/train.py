@@ -965,9 +965,12 @@ def _timm_state(name: str, download: bool) -> dict[str, torch.Tensor]:
         hint = f"; did you mean timm:{close[0]}?" if close else ""
         raise UsageError(f"--init-from timm:{name}: timm has no model named {name!r}{hint}")
     import os
+    import types
 
-    import huggingface_hub.constants as hub_constants
-
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # timm without the hub: its weights come from elsewhere
+        hub_constants = types.SimpleNamespace(HF_HUB_OFFLINE=False, HF_HUB_CACHE="~/.cache/huggingface/hub")
     offline = {} if download else {"HF_HUB_OFFLINE": "1"}
     saved = {key: os.environ.get(key) for key in offline}
     os.environ.update(offline)
@@ -976,9 +979,10 @@ def _timm_state(name: str, download: bool) -> dict[str, torch.Tensor]:
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # timm and huggingface_hub raise many kinds for a file not in the cache
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise UsageError(
             f"--init-from timm:{name}: timm could not load its pretrained weights from the Hugging Face cache "
-            f"{hub_constants.HF_HUB_CACHE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{hub_constants.HF_HUB_CACHE} ({type(exc).__name__}: {first})"
             + ("" if download else "; pass --download to fetch them")
         ) from None
     finally:

@@ -150,6 +150,37 @@ def test_unknown_weights_are_a_usage_error(source: str, message: str):
     assert message in str(caught.value)
 
 
+def test_timm_weights_come_through_timm_offline_unless_download(monkeypatch):
+    # timm's own API, stood in for: what it is asked, and with which offline setting; its errors become one line.
+    import sys
+    import types
+
+    import torchvision
+
+    calls = []
+
+    def create_model(name: str, pretrained: bool = False):
+        calls.append((name, pretrained, os.environ.get("HF_HUB_OFFLINE")))
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise OSError("We have no connection or you passed local_files_only, so the file is not in the cache")
+        return torchvision.models.resnet18(weights=None)
+
+    fake = types.SimpleNamespace(is_model=lambda name: name == "resnet18", list_models=lambda: ["resnet18"],
+                                 create_model=create_model)  # fmt: skip
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = netspec.build(SPECS / "resnet18.yaml")
+    with pytest.raises(UsageError) as caught:
+        start_from(model, TrainConfig(init_from="timm:resnet18"))
+    assert "timm:resnet18: timm could not load its pretrained weights from the Hugging Face cache" in str(caught.value)
+    assert "OSError: We have no connection" in str(caught.value) and "pass --download" in str(caught.value)
+    note = start_from(model, TrainConfig(init_from="timm:resnet18", download=True))
+    assert note == "init from timm:resnet18: loaded 122 of 122 tensors"
+    assert calls == [("resnet18", True, "1"), ("resnet18", True, None)] and "HF_HUB_OFFLINE" not in os.environ
+    with pytest.raises(UsageError, match="timm has no model named 'resnet81'; did you mean timm:resnet18"):
+        start_from(model, TrainConfig(init_from="timm:resnet81"))
+
+
 def test_timm_weights_need_timm():
     import importlib.util
 
