@@ -518,3 +518,23 @@ def test_only_rank_0_of_a_distributed_job_prints_the_warning(tmp_path: Path, cap
         monkeypatch.setenv("RANK", rank)
         assert cli._with_spec_warnings(args) == 0
         assert capsys.readouterr().err.count("warning: linear at layers[2]") == printed, rank
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": float("inf")}, "--lr: input should be a finite number, got inf"),
+        ({"seed": 2**64}, "--seed: input should be less than or equal to 9223372036854775807, got 18446744073709551616"),
+        ({"synthetic_size": 10**11}, "--synthetic-size: input should be less than or equal to 1000000, got 100000000000"),
+    ],
+)
+def test_the_python_api_checks_the_same_settings(overrides: dict, message: str, tmp_path: Path):
+    from netspec.errors import UsageError
+    from netspec.train import train
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    with pytest.raises(UsageError) as caught:
+        train(spec, overrides, out=tmp_path / "run")
+    assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()
