@@ -538,3 +538,11 @@ def test_the_python_api_checks_the_same_settings(overrides: dict, message: str, 
         train(spec, overrides, out=tmp_path / "run")
     assert str(caught.value) == message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_grid_value_that_is_not_finite_is_refused(tmp_path: Path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MLP)
+    argv = ["sweep", str(spec), "--grid", "lr=nan,0.1", "--out", str(tmp_path / "sweep")]
+    assert _refused(argv, capsys) == "error: --grid lr=nan,0.1: nan is not a finite number"
+    assert not (tmp_path / "sweep").exists()
