@@ -35,6 +35,7 @@ from torch import nn
 
 from netspec.compiler import build
 from netspec.device import autocast, resolve_device
+from netspec.engine import TrainStep, make_optimizer
 from netspec.errors import UsageError
 from netspec.memory import PeakMemory, auto_batch_size, estimate, format_bytes, is_oom
 from netspec.shapes import infer_shapes
@@ -150,32 +151,18 @@ def _make_step(
     cfg = spec.train
     # A small learning rate: random labels with the spec's own (often large) rate can drive the
     # weights to inf/NaN within a benchmark, and non-finite arithmetic runs at a different speed.
-    optimizer = torch.optim.SGD(model.parameters(), lr=min(cfg.lr, 1e-3), momentum=cfg.momentum)
+    optimizer = make_optimizer(model.parameters(), "sgd", lr=min(cfg.lr, 1e-3), momentum=cfg.momentum)
     loss_fn = nn.CrossEntropyLoss()
 
-    def loss_of(out: torch.Tensor) -> torch.Tensor:
-        return loss_fn(out.float(), y) if len(out_shape) == 1 else out.float().mean()
+    def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss_fn(out, target) if len(out_shape) == 1 else out.mean()
 
-    if variant.amp == "none":  # exactly the textbook step: nothing else in the timed region
+    step = TrainStep(runner, optimizer, loss_of, device, amp=variant.amp)  # the step `netspec train` runs
 
-        def train_step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_of(runner(x)).backward()
-            optimizer.step()
+    def train_step() -> None:
+        step(x, y)
 
-        return train_step
-
-    scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == "fp16")
-
-    def amp_train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, variant.amp):
-            out = runner(x)
-        scaler.scale(loss_of(out)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return amp_train_step
+    return train_step
 
 
 def prepare_step(

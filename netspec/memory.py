@@ -379,24 +379,20 @@ def training_step_peak(
     one-time costs (kernel libraries, the cuBLAS workspace) are not counted. Raises the device's out-of-memory
     error."""
     from netspec.compiler import build
-    from netspec.device import autocast
+    from netspec.engine import TrainStep, make_optimizer
+
+    def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(out, target) if len(net.output_shape) == 1 else out.mean()
 
     def run(batch: int, count: int) -> None:
         model = build(net).to(device).train()
-        make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
-        opt = make(model.parameters(), lr=1e-3, **({"momentum": momentum} if optimizer == "sgd" else {}))
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        opt = make_optimizer(model.parameters(), optimizer, lr=1e-3, momentum=momentum)
+        step = TrainStep(model, opt, loss_of, device, amp=amp)  # the step `netspec train` runs
         x = torch.randn(batch, *net.input_shape, device=device)
-        classes = net.output_shape[0] if len(net.output_shape) == 1 else 0
-        y = torch.randint(0, max(classes, 1), (batch,), device=device)
+        classes = net.output_shape[0] if len(net.output_shape) == 1 else 1
+        y = torch.randint(0, classes, (batch,), device=device)
         for _ in range(count):
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                out = model(x).float()
-            loss = nn.functional.cross_entropy(out, y) if classes else out.mean()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            step(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

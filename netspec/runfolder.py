@@ -1,14 +1,16 @@
 """Output folders that are never overwritten by accident.
 
 A run folder (train) or sweep folder is claimed before anything is written to it: one process at a time holds
-it (an advisory lock the operating system drops when the process ends, so a kill leaves no stale lock), and a
+it (an advisory flock on the folder, which the operating system drops when the process ends, so a kill leaves no
+stale lock and no lock file), and a
 folder that already holds a run is refused unless the command says `--resume` (continue it) or `--overwrite`
-(replace it). Only folders that hold netspec's own files are ever replaced.
+(replace it). `--overwrite` removes only the names netspec writes (WRITES); a user's other files stay.
 """
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -19,11 +21,19 @@ from typing import Literal
 from netspec.errors import UsageError
 from netspec.fileio import ensure_writable_dir
 
-LOCK_FILE = ".netspec.lock"
-# The files by which a folder is recognised as netspec's: what train and sweep write first.
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "metrics.json", "spec.yaml", "data.json", "split.json")
-SWEEP_FILES = ("sweep.json", "study.db", "results.json", "results.csv")
 Kind = Literal["run", "sweep"]
+# Every name a run or a sweep writes in its folder (glob patterns): `--overwrite` removes these and nothing else.
+WRITES: dict[str, tuple[str, ...]] = {
+    "run": ("spec.yaml", "data.json", "split.json", "metrics.csv", "metrics.json", "last.pt", "best.pt",
+            "curves.png", "confusion.png", "events.out.tfevents.*", ".*.tmp"),
+    "sweep": ("sweep.json", "study.db", "study.db-*", "results.json", "results.csv", "curves.png", "gap.png",
+              "heatmap.png", "importance.png", "parallel.png", "trials", ".*.tmp"),
+}  # fmt: skip
+# The names by which a folder is recognised as holding a run or a sweep (written as it starts).
+MARKERS: dict[str, tuple[str, ...]] = {
+    "run": ("last.pt", "best.pt", "metrics.json", "metrics.csv", "data.json", "split.json"),
+    "sweep": ("sweep.json", "study.db", "results.json"),
+}
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Claim:
 
 def free_name(path: Path) -> Path:
     """The first of `path-2`, `path-3`, ... that does not exist."""
+    path = path if path.name else path.resolve()  # `.` has no name to number
     n = 2
     while (candidate := path.with_name(f"{path.name}-{n}")).exists():
         n += 1
@@ -48,8 +59,14 @@ def free_name(path: Path) -> Path:
 
 
 def holds(path: Path, kind: Kind) -> bool:
-    names = RUN_FILES if kind == "run" else SWEEP_FILES
-    return path.is_dir() and any((path / name).exists() for name in names)
+    return path.is_dir() and any((path / name).exists() for name in MARKERS[kind])
+
+
+def written_by_netspec(path: Path, kind: Kind) -> list[Path]:
+    """The entries of `path` that a run (or sweep) writes: what it would replace, and what --overwrite removes."""
+    if not path.is_dir():
+        return []
+    return [entry for entry in path.iterdir() if any(fnmatch.fnmatchcase(entry.name, p) for p in WRITES[kind])]
 
 
 def describe(path: Path, kind: Kind) -> str:
@@ -96,43 +113,40 @@ def refusal(path: Path, kind: Kind) -> str:
 
 
 def _lock(path: Path) -> int:
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """flock the folder itself (no lock file to leave behind or go stale)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            holder = os.read(fd, 64).decode(errors="replace").strip()
-        finally:
-            os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
+        os.close(fd)
         raise UsageError(
-            f"{path} is in use by another netspec process{who}; wait for it to finish, or write to another folder"
+            f"{path} is in use by another netspec process; wait for it to finish, or write to another folder"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
     return fd
 
 
 def check_new(path: str | Path, kind: Kind, *, overwrite: bool = False) -> list[Path]:
-    """Refuse an --out that holds a run (without `overwrite`) or files that are not netspec's; returns the entries
-    that `overwrite` replaces. Called before any work starts, and again under the lock."""
+    """Refuse an --out that holds a run (or sweep), or a file the new one would write over, unless `overwrite`;
+    returns the entries `overwrite` removes (netspec's own: anything else in the folder stays). Called before any
+    work starts, and again under the lock."""
     path = Path(path)
-    entries = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
-    if entries and not holds(path, kind):
-        raise UsageError(
-            f"--out {path} is not empty and holds no netspec {kind} ({entries[0].name}, ...); nothing was changed. "
-            f"Choose a new folder (--out {free_name(path)} is free)"
-        )
-    if entries and not overwrite:
+    ours = written_by_netspec(path, kind)
+    if holds(path, kind) and not overwrite:
         raise UsageError(refusal(path, kind))
-    return entries
+    if ours and not overwrite:
+        raise UsageError(
+            f"--out {path} holds {ours[0].name}, which the {kind} would write over; nothing was changed. Choose a "
+            f"new folder (--out {free_name(path)} is free), or pass --overwrite to replace it"
+        )
+    return ours
 
 
 def claim(path: str | Path, kind: Kind, *, overwrite: bool = False, existing: bool = False) -> Claim:
     """Lock `path` for this process and make sure writing to it loses nothing.
 
-    `existing=True` (resume) takes a folder that holds a run as it is. Otherwise the folder must be new, empty,
-    or (with `overwrite`) one of netspec's own, whose files are then removed. Anything else is refused.
+    `existing=True` (resume) takes a folder that holds a run as it is. Otherwise the folder must hold no run and
+    nothing the run would write over, or (with `overwrite`) those files are removed first; files that netspec
+    does not write are never touched.
     """
     path = ensure_writable_dir(Path(path))
     fd = _lock(path)

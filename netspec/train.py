@@ -33,6 +33,7 @@ from netspec.config import Augment, TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
 from netspec.device import autocast, resolve_device
 from netspec.distributed import SINGLE, Dist, check_batch_size
+from netspec.engine import TrainStep, make_scheduler, optimizer_for
 from netspec.errors import CheckpointError, DataError, Interrupted, TrainingDiverged, UsageError
 from netspec.fileio import (
     atomic_write_bytes,
@@ -137,31 +138,6 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer of the trainable (not frozen) parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-        )
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Schedulers step once per batch, so they follow the run exactly across resumes."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, cfg.gamma)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
-    return None
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -383,14 +359,15 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         wrapped = distributed.wrap(self.model, dist, self.device, sync_bn)  # DDP; the model itself if one process
         self.forward: nn.Module = torch.compile(wrapped) if cfg.compile else wrapped
-        self.optimizer = make_optimizer(self.model, cfg)
+        self.optimizer = optimizer_for(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        # One process: the batch's mean loss. Several: this rank's summed loss, weighted below by its share of
-        # the global batch, so that DDP's average of the ranks' gradients is the global batch's mean.
-        self.loss_fn = nn.CrossEntropyLoss(
-            label_smoothing=cfg.label_smoothing, reduction="sum" if dist.active else "mean"
-        )
+        # One process: the batch's mean loss. Several: this rank's summed loss, weighted by its share of the
+        # global batch, so that DDP's average of the ranks' gradients is the global batch's mean.
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if dist.active else "mean")
+        self.step = TrainStep(
+            self.forward, self.optimizer, loss_fn, self.device, amp=cfg.amp, grad_clip=cfg.grad_clip,
+            scheduler=self.scheduler,
+        )  # fmt: skip
         self.epochs: list[EpochMetrics] = []
         self.steps: list[list[float]] = []  # [epoch + fraction, training loss] at each loss check
         self.epoch = 0  # completed epochs
@@ -429,7 +406,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
             "epoch": self.epoch,
             "batch": self.batch,
             "partial": asdict(self.partial),
@@ -456,7 +433,7 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scheduler and ckpt["scheduler"]:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
+            self.step.scaler.load_state_dict(ckpt["scaler"])
             self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
             self.partial = _Progress(**ckpt["partial"])
             self.epochs = [EpochMetrics(**m) for m in ckpt["metrics"]]
@@ -557,20 +534,7 @@ class Trainer:
                 speed=None,
             )
             for x, y, weight in self._batches():
-                with autocast(self.device, cfg.amp):
-                    logits = self.forward(x)
-                    loss = self.loss_fn(logits.float(), y)
-                if self.dist.active:
-                    loss = loss * weight
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scheduler:
-                    self.scheduler.step()
+                loss, logits = self.step(x, y, weight if self.dist.active else None)
                 if weight:  # (0: a stand-in example for a rank the last short batch left nothing)
                     n = len(y)
                     loss_sum += loss.detach() * n if not self.dist.active else loss.detach() / weight
@@ -1114,7 +1078,7 @@ def _resume(
         try:
             trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, read_split(run_dir))
         except DataError as exc:
-            raise DataError(f"--resume {run_dir}: {exc}") from None
+            raise type(exc)(f"--resume {run_dir}: {exc}") from None  # same class: same exit code
         trainer.cfg = cfg
         trainer.run_dir = run_dir
         trainer.load_state(ckpt)

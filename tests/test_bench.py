@@ -184,14 +184,15 @@ def test_unstable_repeats_are_flagged_with_the_reason(monkeypatch):
     monkeypatch.setattr(bench_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
     spec = bench_module.load_spec("specs/mlp.yaml")
     cpu = bench_module.resolve_device("cpu")
-    # One warm-up step, then three repeats of two steps; the third repeat runs 3× slower (other load).
-    clock.durations = [0.001] + [0.001] * 4 + [0.003] * 2
+    # Two warm-up steps (at least two, so that the peak has the optimizer state), then three repeats of two
+    # steps; the third repeat runs 3× slower (other load).
+    clock.durations = [0.001] * 2 + [0.001] * 4 + [0.003] * 2
     shaky = bench_module.measure(spec, cpu, "infer", 8, bench_module.Variant(), warmup=1, steps=2, repeats=3)
     assert shaky.status == "ok" and shaky.stable is False
     assert shaky.examples_per_sec_max / shaky.examples_per_sec_min == pytest.approx(3.0)
     assert shaky.note.startswith("unstable: the 3 repeats ranged 2,667–8,000 examples/s (3.0× apart): ")
     assert "load average" in shaky.note and "compare only figures measured side by side" in shaky.note
-    clock.durations = [0.001] + [0.001] * 4 + [0.0014] * 2  # 1.4× apart: ordinary noise
+    clock.durations = [0.001] * 2 + [0.001] * 4 + [0.0014] * 2  # 1.4× apart: ordinary noise
     steady = bench_module.measure(spec, cpu, "infer", 8, bench_module.Variant(), warmup=1, steps=2, repeats=3)
     assert steady.stable is True and steady.note is None
     report = bench_module.BenchReport("specs/mlp.yaml", {}, [steady, shaky])

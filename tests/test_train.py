@@ -214,10 +214,11 @@ def test_interrupted_run_resumes_mid_epoch_and_matches_an_uninterrupted_one(
 
 def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):
     spec = small_spec(write_spec, epochs=1)
-    first = train(spec, out=tmp_path, **QUIET)
+    run = tmp_path / "run"  # beside the spec file, not over it
+    first = train(spec, out=run, **QUIET)
     lines: list[str] = []
-    again = train(resume=tmp_path, report=lines.append, progress=False)
-    assert lines == [f"{tmp_path} already finished its 1 epochs"]
+    again = train(resume=run, report=lines.append, progress=False)
+    assert lines == [f"{run} already finished its 1 epochs"]
     assert comparable(again.epochs) == comparable(first.epochs)
     assert again.confusion == first.confusion and sum(map(sum, again.confusion)) == 512  # 2048 // 4 test images
 
@@ -227,15 +228,15 @@ def test_resuming_a_finished_run_changes_nothing(write_spec, tmp_path: Path):
 )
 def test_every_optimizer_and_scheduler_trains(write_spec, tmp_path: Path, optimizer: str, scheduler: str):
     overrides = {"optimizer": optimizer, "scheduler": scheduler, "lr": 0.01, "seed": 1}
-    result = train(small_spec(write_spec, epochs=2), overrides, out=tmp_path, **QUIET)
+    result = train(small_spec(write_spec, epochs=2), overrides, out=tmp_path / "run", **QUIET)
     assert result.last.test_accuracy > 0.2
-    saved = load_checkpoint(tmp_path / "last.pt")["scheduler"]  # loaded with weights_only=True
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["scheduler"]  # loaded with weights_only=True
     assert (saved is None) == (scheduler == "none")
 
 
 def test_bf16_autocast_and_extras_on_cpu(write_spec, tmp_path: Path):
     overrides = {"amp": "bf16", "label_smoothing": 0.1, "grad_clip": 1.0, "init": "kaiming", "weight_decay": 1e-4}
-    result = train(small_spec(write_spec), overrides, out=tmp_path, **QUIET)
+    result = train(small_spec(write_spec), overrides, out=tmp_path / "run", **QUIET)
     assert result.last.test_accuracy > 0.2 and math.isfinite(result.last.train_loss)
 
 
@@ -248,8 +249,8 @@ def test_resume_refuses_a_spec_or_overrides(tmp_path: Path):
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(write_spec, tmp_path: Path):
     spec = small_spec(write_spec)
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1, step \d+; stopped"):
-        train(spec, {"lr": 1e12, "seed": 0}, out=tmp_path, **QUIET)
-    ckpt = load_checkpoint(tmp_path / "last.pt")
+        train(spec, {"lr": 1e12, "seed": 0}, out=tmp_path / "run", **QUIET)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
     result = run_cli("train", str(spec), "--lr", "1e12", "--out", str(tmp_path / "cli"))
@@ -261,7 +262,7 @@ def test_missing_dataset_folder_names_folder_and_files(tmp_path: Path):
     result = run_cli(
         "train", "specs/mnist_cnn.yaml", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # the user's input: exit 2
     assert (
         f"dataset mnist not found: expected train-images-idx3-ubyte, train-labels-idx1-ubyte in "
         f"{tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in result.stderr
@@ -352,7 +353,7 @@ def test_augmentation_crops_and_flips_on_the_device():
 @requires_cuda
 def test_training_on_cuda_with_bf16(write_spec, tmp_path: Path):
     result = train(
-        small_spec(write_spec), {"device": "cuda", "amp": "bf16", "channels_last": True}, out=tmp_path, **QUIET
+        small_spec(write_spec), {"device": "cuda", "amp": "bf16", "channels_last": True}, out=tmp_path / "run", **QUIET
     )
     assert result.device == "cuda:0" and result.last.test_accuracy > 0.3
 
