@@ -186,3 +186,14 @@ def test_ctrl_c_in_a_sweep_stops_it_and_resume_finishes_every_trial(tmp_path: Pa
     trials = json.loads(resumed.stdout)["trials"]
     assert sorted(t["overrides"]["lr"] for t in trials) == [0.02, 0.05, 0.1]
     assert all(t["state"] == "complete" and t["epochs_run"] == 2 for t in trials)
+
+
+def test_a_full_disk_during_export_names_the_file(tmp_path: Path, monkeypatch, capsys):
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(["export", str(ROOT / "specs" / "lenet.yaml"), "--format", "python", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"cannot write {tmp_path / 'lenet.py'}" in err and "No space left on device" in err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
