@@ -346,7 +346,12 @@ class Trainer:
         )
         # Selection (best.pt, early stopping, a sweep's pruner) uses validation; only with val_split 0 and no
         # validation split in the data does it fall back on test, and says so.
-        self.selected_on = "val_accuracy" if self.val_loader is not None else "test_accuracy"
+        # With neither split (too few examples to hold any out), best.pt is simply the last epoch.
+        self.selected_on = (
+            "val_accuracy" if self.val_loader is not None
+            else "test_accuracy" if self.test_loader is not None
+            else "last_epoch"
+        )  # fmt: skip
 
         torch.manual_seed(cfg.seed)
         model = build(net)
@@ -389,6 +394,8 @@ class Trainer:
         if self.selected_on == "test_accuracy":
             why = "val_split 0" if self.cfg.val_split == 0 else "too few examples to hold one out"
             selection = f"no validation split ({why}): best.pt is chosen on TEST accuracy"
+        elif self.selected_on == "last_epoch":
+            selection = "no validation or test split (too few examples to hold any out): best.pt is the last epoch"
         return (
             f"{self.spec.name} on {self.info.name}: {self.data.counts()} examples, {len(self.info.classes)} classes; "
             f"{total:,} parameters{frozen}; {selection}"
@@ -624,8 +631,8 @@ class Trainer:
         self.batch = 0
         self.partial = _Progress()
         # best.pt: the best selection accuracy (validation; test only when there is no validation split).
-        chosen = getattr(metrics, self.selected_on)
-        improved = chosen is not None and chosen > self.best_accuracy
+        chosen = metrics.train_accuracy if self.selected_on == "last_epoch" else getattr(metrics, self.selected_on)
+        improved = self.selected_on == "last_epoch" or (chosen is not None and chosen > self.best_accuracy)
         if improved:
             self.best_accuracy, self.best_epoch = chosen, metrics.epoch
         self._early_stopping(metrics)

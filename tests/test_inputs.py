@@ -374,7 +374,9 @@ def test_one_example_per_class_says_what_to_do_and_no_val_split_0(tmp_path: Path
     spec.write_text(WINE)
     result = run_cli("train", str(spec), "--data", str(table), "--out", str(tmp_path / "run"), "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "val_split 0)" not in result.stdout and "too few examples to hold one out" in result.stdout
+    assert "val_split 0)" not in result.stdout and "TEST accuracy" not in result.stdout  # there is no test split
+    assert "no validation or test split (too few examples to hold any out): best.pt is the last epoch" in result.stdout
+    assert (tmp_path / "run" / "best.pt").exists()
     assert "val_split 0.1 and test_split 0.1 of at most 1 example(s) a class is none" in result.stdout
     assert "add examples (3 or more a class), or give the splits" in result.stdout
 
