@@ -25,10 +25,10 @@ from typing import Any
 
 from torch import nn
 
+from netspec.expr import VARIABLE, evaluate, evaluate_code
 from netspec.graph import EMPTY, FLAT, REPEAT, SCOPE, SEQUENTIAL, SINGLE
 from netspec.layers import LayerSpec, MergeSpec, ModuleCall, argument_names, format_shape
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq
-from netspec.spec import _VARIABLE
 
 INDENT = "    "
 MAX_LINE = 110
@@ -161,33 +161,6 @@ def _has_sym(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and any(_has_sym(v) for v in value)
 
 
-def evaluate_code(expr: str, env: dict[str, Any]) -> Any:
-    """The value of a generated argument expression for one block use (numbers, names, lists, arithmetic)."""
-
-    def walk(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return env[node.id]
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [walk(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -walk(node.operand)
-        if isinstance(node, ast.BinOp):
-            symbol = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Div: "/", ast.Mod: "%",
-                      ast.Pow: "**"}[type(node.op)]  # fmt: skip
-            return _OPS[symbol](walk(node.left), walk(node.right))
-        if isinstance(node, ast.Compare) and len(node.ops) == 1:
-            left, right = walk(node.left), walk(node.comparators[0])
-            return left == right if isinstance(node.ops[0], ast.Eq) else left != right
-        raise ValueError(ast.dump(node))
-
-    return walk(ast.parse(expr, mode="eval"))
-
-
 def _same(a: Any, b: Any) -> bool:
     """Equal values of the same kind (True is not 1 here)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -211,10 +184,10 @@ def written_expr(written: Any, names: set[str], constants: dict[str, Any] | None
     if not isinstance(written, str) or "$" not in written:
         return None
     constants = constants or {}
-    used = set(_VARIABLE.findall(written))
+    used = set(VARIABLE.findall(written))
     if not used <= names | set(constants):
         return None
-    code = _VARIABLE.sub(lambda m: repr(constants[m.group(1)]) if m.group(1) in constants else m.group(1), written)
+    code = VARIABLE.sub(lambda m: repr(constants[m.group(1)]) if m.group(1) in constants else m.group(1), written)
     try:
         tree = ast.parse(code.strip(), mode="eval")
     except SyntaxError:
@@ -423,8 +396,6 @@ class Writer:
 
     def _block_params(self, name: str) -> dict[str, Any]:
         """A block's parameters and their defaults, with the spec's variables in defaults put in."""
-        from netspec.spec import evaluate
-
         params = {}
         for key, default in self.net.spec.blocks[name].params.items():
             if isinstance(default, str) and "$" in default:

@@ -14,10 +14,7 @@ layer path and kind.
 
 from __future__ import annotations
 
-import ast
 import difflib
-import operator
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -44,6 +41,7 @@ from pydantic_core import PydanticCustomError
 
 from netspec.config import BenchConfig, SweepConfig, TrainConfig
 from netspec.errors import SpecError
+from netspec.expr import evaluate, is_plain_arithmetic
 from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, can_be_bare, resolve_alias
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
@@ -700,131 +698,6 @@ def parse_value(text: str) -> Any:
     if isinstance(value, float) and value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is not a finite number")
     return value
-
-
-_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-_OPERATORS: dict[type, Callable[..., Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
-
-
-# Functions an expression may call (RegNet's `round(0.25 * $w)`, `max(8, $c // 4)`).
-_FUNCTIONS: dict[str, Callable[..., Any]] = {"round": round, "min": min, "max": max, "int": int, "abs": abs}
-
-# The largest whole number an expression may produce (or use) at any step: far beyond any width or
-# count, small enough that `$a * $a` forty times over never builds a number with millions of digits.
-MAX_INTEGER = 2**62
-# The longest expression: a width's arithmetic is a line, never a page (and Python's parser recurses).
-MAX_EXPRESSION = 500
-
-
-def _checked(value: Any, text: str) -> Any:
-    """`value` if it is a finite number within MAX_INTEGER, else the ValueError that says what is wrong."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        if abs(value) > MAX_INTEGER:
-            raise ValueError(f"'{text}' gives a number too large ({len(str(abs(value)))} digits; the limit is 2**62)")
-        return value
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"'{text}' gives {'nan' if value != value else 'an infinite number'}; only finite numbers")
-        return value
-    raise ValueError(f"'{text}' gives {value!r}, not a real number")
-
-
-def evaluate(text: str, env: dict[str, Any], unknown: Callable[[str], str]) -> Any:
-    """`$width` -> its value; `$width * 2 + 1`, `round(0.25 * $w)`, `1 - 0.9997` -> arithmetic on numbers,
-    by walking the parsed expression (never eval). Raises ValueError with the message to show;
-    `unknown(name)` words an unknown name."""
-    whole = _VARIABLE.fullmatch(text.strip())
-    if whole:
-        if whole.group(1) not in env:
-            raise ValueError(unknown(whole.group(1)))
-        return env[whole.group(1)]
-    if len(text) > MAX_EXPRESSION:
-        raise ValueError(f"an expression of {len(text):,} characters is too long (at most {MAX_EXPRESSION:,})")
-    try:
-        tree = ast.parse(_VARIABLE.sub(r"\1", text).strip(), mode="eval")
-    except (SyntaxError, RecursionError, MemoryError):
-        raise ValueError(f"cannot read '{text}' as arithmetic (write e.g. $width * 2)") from None
-
-    def walk(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return _checked(node.value, text)
-        if isinstance(node, ast.Name):
-            if node.id not in env:
-                raise ValueError(unknown(node.id))
-            value = env[node.id]
-            if type(value) not in (int, float):
-                raise ValueError(f"${node.id} is {value!r}, not a number, in '{text}'")
-            return _checked(value, text)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-                raise ValueError(f"'{text}': that power is too large")
-            try:
-                return _checked(_OPERATORS[type(node.op)](left, right), text)
-            except ZeroDivisionError:
-                raise ValueError(f"'{text}' divides by zero") from None
-            except OverflowError:
-                raise ValueError(f"'{text}' gives a number too large") from None
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](walk(node.operand))
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and node.args
-            and not node.keywords
-            and not any(isinstance(a, ast.Starred) for a in node.args)
-        ):
-            args = [walk(a) for a in node.args]
-            if node.func.id in ("round", "int", "abs") and len(args) != 1:
-                raise ValueError(f"'{text}': {node.func.id} takes one number")
-            if node.func.id in ("min", "max") and len(args) < 2:
-                raise ValueError(f"'{text}': {node.func.id} takes two or more numbers, e.g. {node.func.id}(8, $c // 4)")
-            try:
-                return _checked(_FUNCTIONS[node.func.id](*args), text)
-            except OverflowError:
-                raise ValueError(f"'{text}' gives a number too large (or infinite) for {node.func.id}") from None
-        raise ValueError(
-            f"'{text}': only numbers, $variables, + - * / // % **, brackets and {', '.join(_FUNCTIONS)} are allowed"
-        )
-
-    try:
-        return walk(tree)
-    except RecursionError:
-        raise ValueError(f"'{text[:40]}...' is nested too deeply") from None
-
-
-def is_plain_arithmetic(text: str) -> bool:
-    """True for text like `1 - 0.9997` or `round(2.5 * 8)`: numbers, operators and the allowed functions only
-    (so that `same`, `relu` or `3x3` stay text)."""
-    if not any(c.isdigit() for c in text) or len(text) > 200:
-        return False
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
-        return False
-    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Call, ast.Load, *_OPERATORS)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if node.id not in _FUNCTIONS:
-                return False
-        elif not isinstance(node, allowed) or (isinstance(node, ast.Constant) and type(node.value) not in (int, float)):
-            return False
-    return not isinstance(tree.body, ast.Constant)
 
 
 def substitute(

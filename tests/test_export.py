@@ -14,6 +14,7 @@ import torch
 
 import netspec
 from netspec.exporter import class_name, load_python_module
+from netspec.expr import FUNCTIONS, OPERATORS
 from tests.conftest import SHARED_DATA, SPECS, TORCHVISION_ZOO, ZOO, requires_mnist, run_cli
 
 # ONNX and pt2 of these take several seconds each on 2 cores: they run under -m slow.
@@ -295,3 +296,44 @@ def test_checkpoint_exports_carry_the_input_normalization(tmp_path: Path):
     session = onnxruntime.InferenceSession(str(bare), providers=["CPUExecutionProvider"])
     (got,) = session.run(["output"], {"input": ((raw / 255 - 0.1307) / 0.3081).numpy()})
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+
+
+# A block whose sizes use every function and operator an expression may: each must export as the expression it is.
+EVERY_FUNCTION_SPEC = """
+name: every_function
+input: [3, 8, 8]
+blocks:
+  stage:
+    params: {w: 16}
+    layers:
+      - conv2d: {out_channels: "round(0.5 * $w)", kernel_size: 1}
+      - conv2d: {out_channels: "max(8, $w // 4)", kernel_size: 1}
+      - conv2d: {out_channels: "min($w, 3 * $w) - 1", kernel_size: 1}
+      - conv2d: {out_channels: "int($w / 2) + $w % 3", kernel_size: 1}
+      - conv2d: {out_channels: "abs(-$w) + 2 ** 2", kernel_size: 1}
+      - conv2d: {out_channels: "+$w", kernel_size: 1}
+layers:
+  - stage: {w: 16}
+  - stage: {w: 40}
+  - flatten
+  - linear: {out_features: 10}
+"""
+
+
+def test_every_expression_function_exports_as_its_expression(write_spec, tmp_path: Path):
+    written = re.findall(r'out_channels: "([^"]+)"', EVERY_FUNCTION_SPEC)
+    used = {n.func.id for e in written for n in ast.walk(ast.parse(e.replace("$", ""))) if isinstance(n, ast.Call)}
+    assert used == set(FUNCTIONS)
+    operators = {type(n.op) for e in written for n in ast.walk(ast.parse(e.replace("$", ""))) if hasattr(n, "op")}
+    assert operators == set(OPERATORS)
+    spec = write_spec(EVERY_FUNCTION_SPEC)
+    source = netspec.export(spec, format="python", out=tmp_path / "every.py").path.read_text()
+    assert "def __init__(self, in_channels: int, w: int = 16)" in source  # `w` a parameter, not one per use
+    assert "nn.Conv2d(in_channels, round(0.5 * w), 1)" in source
+    for expression in ("max(8, w // 4)", "min(w, 3 * w) - 1", "int(w / 2) + w % 3", "abs(-w) + 4", "+w, 1)"):
+        assert expression in source
+    generated = load_python_module(tmp_path / "every.py").EveryFunction()
+    model = netspec.build(spec)
+    assert {k: v.shape for k, v in generated.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
