@@ -603,7 +603,7 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> None:
-    from netspec.config import DATASETS
+    from netspec.config import Dataset, choices
 
     g.add_argument(
         "--data", metavar="PATH",
@@ -611,7 +611,7 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
     )  # fmt: skip
     g.add_argument("--label", metavar="COLUMN", help="a table's label column (default: the last column)")
     g.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images (counted) instead of stopping")
-    g.add_argument("--dataset", choices=DATASETS, help="a built-in dataset (default: the spec's train section)")
+    g.add_argument("--dataset", choices=choices(Dataset), help="a built-in dataset (default: the spec's train section)")
     g.add_argument("--data-root", help="folder holding the built-in datasets in torchvision's layout (default: data)")
     g.add_argument("--download", action="store_true", help="download the built-in dataset if missing (needs internet)")
     g.add_argument(
@@ -695,6 +695,8 @@ def _parser(sub: Any, name: str, help: str, examples: list[str]) -> argparse.Arg
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from netspec.config import Dataset, choices
+
     parser = _Parser(
         prog="netspec",
         description="Declarative model specs: build, train, benchmark, sweep, export and draw.",
@@ -805,7 +807,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split (default: test)")
     g = p.add_argument_group("data and device (default: the run's own)")
     g.add_argument("--data", metavar="PATH", help="the run's folder or table, if it has moved")
-    g.add_argument("--dataset", choices=__import__("netspec.config").config.DATASETS,
+    g.add_argument("--dataset", choices=choices(Dataset),
                    help="a built-in dataset, if not the run's (with a spec and --checkpoint)")  # fmt: skip
     g.add_argument("--data-root", help="folder holding the built-in datasets, if not the run's")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")

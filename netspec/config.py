@@ -1,25 +1,39 @@
-"""The `train:` and `bench:` sections of a spec: typed, validated settings."""
+"""The `train:`, `bench:` and `sweep:` sections of a spec: typed, validated settings.
+
+This is the one source of the settings: each field's type, default, validation and description (which
+`netspec schema` carries), and each choice list (a `Literal`, read with `choices`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 PositiveInt = Annotated[int, Strict(), Gt(0)]
 # The synthetic dataset is held in memory (one byte a value): a million examples is already gigabytes for images.
 MAX_SYNTHETIC_SIZE = 1_000_000
 # torch's generators take 64-bit seeds.
 Seed = Annotated[int, Ge(0), Le(2**63 - 1)]
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar2", "synthetic")
+# Optuna's samplers seed numpy, which takes 0 to 2**32 - 1.
+SamplerSeed = Annotated[int, Ge(0), Le(2**32 - 1)]
 Dataset = Literal["mnist", "fashion_mnist", "cifar10", "cifar2", "synthetic"]
+Optimizer = Literal["sgd", "adam", "adamw"]  # engine.OPTIMIZERS maps each to its class
+AmpMode = Literal["none", "bf16", "fp16"]
+Scheduler = Literal["none", "step", "cosine", "onecycle"]
+Init = Literal["default", "xavier_uniform", "kaiming"]
+
+
+def choices(literal: object) -> tuple[str, ...]:
+    """The values a `Literal` allows, e.g. choices(Optimizer) == ("sgd", "adam", "adamw")."""
+    return get_args(literal)
 
 
 class Crop(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    padding: Annotated[int, Strict(), Ge(0)] = 4
+    padding: Annotated[int, Strict(), Ge(0)] = Field(4, description="zero padding on each side before cropping")
 
 
 class Augment(BaseModel):
@@ -27,9 +41,9 @@ class Augment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crop: Crop | None = None  # random crop of the zero-padded image, back to its size
-    flip: bool = False  # horizontal flip of half the images
-    cutout: Annotated[int, Strict(), Ge(0)] = 0  # a random square of this side set to zero (0: none)
+    crop: Crop | None = Field(None, description="random crop of the zero-padded image, back to its size")
+    flip: bool = Field(False, description="horizontal flip of half the images")
+    cutout: Annotated[int, Strict(), Ge(0)] = Field(0, description="a random square of this side set to zero (0: none)")
 
     @classmethod
     def of(cls, value: bool | Augment) -> Augment | None:
@@ -44,46 +58,66 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # `lr: .inf` is refused, not trained into NaN
 
-    dataset: Dataset = "mnist"
-    data_root: str = "data"
-    # The user's own data: a folder of class folders (or of train/ val/ test/ folders), or a .csv table.
-    data: str | None = None
-    label: str | None = None  # a table's label column (default: the last)
-    skip_bad_files: bool = False  # skip unreadable images (counted in the output) instead of stopping
-    # Held out for validation when the data has no validation split: this fraction of the training examples
-    # (stratified, seeded). 0: no validation split; then best.pt and early stopping fall back on test.
-    val_split: Annotated[float, Ge(0.0), Lt(1.0)] = 0.1
-    test_split: Annotated[float, Ge(0.0), Lt(1.0)] = 0.1  # held out for testing when the data has no test split
-    patience: PositiveInt | None = None  # early stopping: epochs without improvement of `monitor`
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    init_from: str | None = None  # start from a netspec checkpoint or a PyTorch state_dict file
-    skip_mismatched: bool = False  # with init_from: leave tensors whose shapes differ at their initialization
-    freeze: list[str] = []  # parameter-name prefixes (state_dict keys) kept fixed
-    download: bool = False
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 64
-    test_batch_size: PositiveInt = 1024
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: Annotated[float, Gt(0.0)] = 0.01
-    momentum: Annotated[float, Ge(0.0), Lt(1.0)] = 0.0
-    nesterov: bool = False
-    weight_decay: Annotated[float, Ge(0.0)] = 0.0
-    scheduler: Literal["none", "step", "cosine", "onecycle"] = "none"
-    step_size: PositiveInt = 30  # epochs between decays, for scheduler: step
-    gamma: Annotated[float, Gt(0.0)] = 0.1
-    init: Literal["default", "xavier_uniform", "kaiming"] = "default"
-    label_smoothing: Annotated[float, Ge(0.0), Lt(1.0)] = 0.0
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
-    grad_clip: Annotated[float, Gt(0.0)] | None = None
-    augment: bool | Augment = False  # true: random crop (padding 4) and horizontal flip, on the device
-    # Resize each batch (bilinear, on the device) to the spec's input size, as d2l trains AlexNet on
-    # Fashion-MNIST at 224×224; the channel count must still match.
-    resize: bool = False
-    seed: Seed = 0
-    device: str = "auto"
-    synthetic_size: Annotated[int, Strict(), Gt(0), Le(MAX_SYNTHETIC_SIZE)] = 4096  # examples of the synthetic dataset
+    dataset: Dataset = Field("mnist", description="a built-in dataset")
+    data_root: str = Field("data", description="folder holding the built-in datasets in torchvision's layout")
+    data: str | None = Field(
+        None, description="your own data: a folder of class folders (or of train/ val/ test/ folders), or a CSV table"
+    )
+    label: str | None = Field(None, description="a table's label column (default: the last column)")
+    skip_bad_files: bool = Field(False, description="skip unreadable images (counted) instead of stopping")
+    val_split: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
+        0.1,
+        description="share of the training examples held out for validation when the data has none (stratified, "
+        "seeded; 0: none, and best.pt and early stopping then fall back on test)",
+    )
+    test_split: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
+        0.1, description="share of the examples held out for testing when the data has no test split"
+    )
+    patience: PositiveInt | None = Field(None, description="early stopping: epochs without improvement of monitor")
+    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what patience watches")
+    init_from: str | None = Field(
+        None,
+        description="start from these weights: a netspec checkpoint, a PyTorch state_dict, or a library's "
+        "pretrained weights from its cache (torchvision:resnet18; download fetches them), matched by name or "
+        "position",
+    )
+    skip_mismatched: bool = Field(
+        False, description="with init_from: keep tensors whose shapes differ (a new head) at their initialization"
+    )
+    freeze: list[str] = Field([], description="parameter-name prefixes (state_dict keys) kept fixed")
+    download: bool = Field(False, description="download the built-in dataset if missing (needs internet)")
+    epochs: PositiveInt = Field(10, description="number of epochs")
+    batch_size: PositiveInt = Field(64, description="training batch size")
+    test_batch_size: PositiveInt = Field(1024, description="batch size of evaluation")
+    optimizer: Optimizer = Field("sgd", description="optimizer")
+    lr: Annotated[float, Gt(0.0)] = Field(0.01, description="learning rate")
+    momentum: Annotated[float, Ge(0.0), Lt(1.0)] = Field(0.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    weight_decay: Annotated[float, Ge(0.0)] = Field(0.0, description="weight decay")
+    scheduler: Scheduler = Field("none", description="learning-rate schedule")
+    step_size: PositiveInt = Field(30, description="epochs between decays (scheduler step)")
+    gamma: Annotated[float, Gt(0.0)] = Field(0.1, description="decay factor (scheduler step)")
+    init: Init = Field("default", description="weight initialization")
+    label_smoothing: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
+        0.0, description="label smoothing of the loss (0 <= s < 1)"
+    )
+    amp: AmpMode = Field("none", description="automatic mixed precision")
+    channels_last: bool = Field(False, description="channels_last memory format for images")
+    compile: bool = Field(False, description="train through torch.compile")
+    grad_clip: Annotated[float, Gt(0.0)] | None = Field(None, description="clip the gradient norm to this value")
+    augment: bool | Augment = Field(
+        False, description="random crop (padding 4) and horizontal flip of training images, on the device"
+    )
+    resize: bool = Field(
+        False,
+        description="resize each batch (bilinear, on the device) to the spec's input size, as d2l trains AlexNet "
+        "on Fashion-MNIST at 224×224; the channel count must still match",
+    )
+    seed: Seed = Field(0, description="random seed for initialization, splits, shuffling and dropout")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    synthetic_size: Annotated[int, Strict(), Gt(0), Le(MAX_SYNTHETIC_SIZE)] = Field(
+        4096, description="training examples of the synthetic dataset"
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
@@ -99,15 +133,15 @@ class BenchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_sizes: list[PositiveInt] = []  # empty: the train section's batch size
-    modes: list[Literal["train", "infer"]] = ["train", "infer"]
-    compile: Literal["off", "on", "both"] = "off"
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    devices: list[str] = []  # empty: every available device
-    warmup: Annotated[int, Strict(), Ge(0)] = 5
-    steps: PositiveInt = 20
-    repeats: PositiveInt = 5
+    batch_sizes: list[PositiveInt] = Field([], description="batch sizes to sweep (empty: the train section's)")
+    modes: list[Literal["train", "infer"]] = Field(["train", "infer"], description="train, infer or both")
+    compile: Literal["off", "on", "both"] = Field("off", description="eager, torch.compile, or both side by side")
+    amp: AmpMode = Field("none", description="automatic mixed precision")
+    channels_last: bool = Field(False, description="channels_last memory format for images")
+    devices: list[str] = Field([], description="cpu, cuda, cuda:N (empty: every available device)")
+    warmup: Annotated[int, Strict(), Ge(0)] = Field(5, description="untimed steps before timing")
+    steps: PositiveInt = Field(20, description="steps per timed repeat")
+    repeats: PositiveInt = Field(5, description="timed repeats; the table shows the median")
 
 
 GridValue = list[int | float | str | bool] | str
@@ -118,11 +152,16 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # KEY: [values] (categorical), or "low..high" / "low..high:log" (a range, for tpe and random)
-    grid: dict[str, GridValue] = {}
-    sampler: Literal["grid", "tpe", "random"] = "grid"
-    trials: PositiveInt | None = None  # for tpe and random
-    epochs: PositiveInt | None = None  # every trial's epochs (default: the train section's)
-    prune: bool = True  # stop trials below the median validation accuracy of finished trials of their architecture
-    seed: Annotated[int, Ge(0), Le(2**32 - 1)] = 0  # numpy's range (optuna's samplers)
-    storage: str | None = None  # an Optuna RDB URL shared by several workers (default: DIR/study.db)
+    grid: dict[str, GridValue] = Field(
+        {},
+        description="a train setting or spec variable and its values: KEY: [values] (categorical), or "
+        '"low..high" / "low..high:log" (a range, for tpe and random)',
+    )
+    sampler: Literal["grid", "tpe", "random"] = Field("grid", description="how trials are chosen")
+    trials: PositiveInt | None = Field(None, description="number of trials, for tpe and random")
+    epochs: PositiveInt | None = Field(None, description="every trial's epochs (default: the train section's)")
+    prune: bool = Field(
+        True, description="stop trials below the median validation accuracy of finished trials of their architecture"
+    )
+    seed: SamplerSeed = Field(0, description="the sampler's seed (numpy's range: Optuna's samplers)")
+    storage: str | None = Field(None, description="an Optuna RDB URL shared by several workers (default: DIR/study.db)")
