@@ -95,37 +95,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _memory_estimate(args: argparse.Namespace, spec: Any, net: Any) -> tuple[Any, int]:
     """The memory model's prediction for `build --batch-size N` (per process with --nproc-per-node), or None."""
-    from netspec.memory import estimate
+    from netspec.memory import settings_estimate
 
     if args.batch_size is None:
         if any(getattr(args, name) is not None for name in ("amp", "optimizer", "momentum", "nproc_per_node")):
             raise UsageError("--amp, --optimizer, --momentum and --nproc-per-node describe memory: give --batch-size")
         return None, 1
     processes = args.nproc_per_node or 1
-    if args.batch_size % processes:
-        raise UsageError(
-            f"--batch-size {args.batch_size} does not divide among {processes} processes (the batch is global)"
-        )
-    cfg = spec.train
-    optimizer = args.optimizer or cfg.optimizer
-    momentum = args.momentum if args.momentum is not None else (cfg.momentum if optimizer == "sgd" else 0.0)
-    device = args.device or _memory_device(cfg.device)
-    memory = estimate(
-        net, args.batch_size // processes, amp=args.amp or cfg.amp, optimizer=optimizer, momentum=momentum,
-        device=device,
+    memory = settings_estimate(
+        net, spec.train, args.batch_size, processes, amp=args.amp, optimizer=args.optimizer, momentum=args.momentum,
+        device=args.device,
     )  # fmt: skip
     return memory, processes
-
-
-def _memory_device(name: str) -> str:
-    """Whose rules the memory model follows for a spec's device: cpu, or cuda (also for auto on a GPU machine)."""
-    from netspec.device import resolve_device
-
-    try:
-        kind = resolve_device(name).type
-    except UsageError:
-        kind = "cuda" if name.startswith("cuda") else "cpu"
-    return "cpu" if kind == "cpu" else "cuda"
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -150,7 +131,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from netspec import distributed
+    from netspec import distributed, launch
     from netspec.train import train
 
     extra = {k for k in _train_overrides(args) if k != "epochs"}
@@ -163,11 +144,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     launching = any(getattr(args, name) is not None for name in distributed.LAUNCH_OPTIONS)
     if args.batch_size == "auto":
-        _choose_batch_size(args, launching)
+        launch.choose_batch_size(args, lambda: _load(args), _train_overrides(args), launching)
     elif args.memory_budget is not None or args.memory_fraction is not None:
         raise UsageError("--memory-budget and --memory-fraction go with --batch-size auto")
     if launching and not distributed.is_worker():
-        return _launch_training(args)
+        return launch.launch_training(args, lambda: _load(args), _train_overrides(args))
     resume = args.resume
     if distributed.under_torchrun():
         distributed.stop_with_launcher()
@@ -204,87 +185,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run folder: {result.run_dir}")
     return 0
-
-
-def _choose_batch_size(args: argparse.Namespace, launching: bool) -> None:
-    """`train --batch-size auto`: the largest batch whose predicted peak fits the budget, confirmed by a real step
-    (memory.auto_batch_size). With --nproc-per-node the figure is per process and the global batch N times it."""
-    from netspec.device import resolve_device
-    from netspec.memory import auto_batch_size
-    from netspec.shapes import infer_shapes
-    from netspec.train import resolve_config
-
-    if args.spec is None:
-        raise UsageError("--batch-size auto needs a spec")
-    if args.nnodes not in (None, "1"):
-        raise UsageError("--batch-size auto chooses on one machine; with --nnodes give every machine the same number")
-    processes = (args.nproc_per_node or 1) if launching else 1
-    spec = _load(args)
-    cfg = resolve_config(spec, {k: v for k, v in _train_overrides(args).items() if k != "batch_size"})
-    choice = auto_batch_size(
-        infer_shapes(spec),
-        resolve_device(cfg.device),
-        amp=cfg.amp,
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum if cfg.optimizer == "sgd" else 0.0,
-        budget=args.memory_budget,
-        fraction=args.memory_fraction or 0.9,
-        processes=processes,
-    )
-    print(choice.describe() + (f"; global batch {choice.batch_size * processes}" if processes > 1 else ""),
-          file=sys.stderr if args.json else sys.stdout, flush=True)  # fmt: skip
-    args.batch_size = choice.batch_size * processes
-    args.argv = [*_without_options(args.argv, ["--batch-size", "--memory-budget", "--memory-fraction"]),
-                 "--batch-size", str(args.batch_size)]  # fmt: skip
-    args.memory_budget = args.memory_fraction = None
-
-
-def _launch_training(args: argparse.Namespace) -> int:
-    """`netspec train ... --nproc-per-node N`: the same command in N workers, through torch.distributed.run."""
-    from netspec import distributed, runfolder
-    from netspec.train import new_run_dir, resolve_config
-
-    worker_args = _without_options(args.argv, [f"--{n.replace('_', '-')}" for n in distributed.LAUNCH_OPTIONS])
-    run_dir = Path(args.resume) if args.resume else None
-    nodes = int(args.nnodes) if args.nnodes and str(args.nnodes).isdigit() else None
-    low, _, high = str(args.nnodes or 1).partition(":")
-    joins_late = bool(high) and low != high  # an elastic job: a machine may join while it runs
-    if run_dir is None and args.out is not None and not joins_late:
-        # The workers would continue a run in --out (that is how a restarted worker picks its run up): refuse
-        # here as a single process does, unless --overwrite.
-        runfolder.check_new(Path(args.out), "run", overwrite=args.overwrite)
-    if run_dir is None and args.out is None and str(args.nnodes or 1) != "1":
-        raise UsageError(
-            f"--nnodes {args.nnodes}: a job across machines needs --out RUN_DIR, the same folder on every machine "
-            "(on a file system they share, so that any of them can write and resume it)"
-        )
-    if run_dir is None:
-        spec = _load(args)
-        world = (args.nproc_per_node or 1) * (nodes or 1)
-        distributed.check_batch_size(
-            resolve_config(spec, _train_overrides(args)).batch_size, distributed.Dist(0, world)
-        )
-        # The launcher picks the run folder, so that every worker (and this message) names the same one.
-        run_dir = new_run_dir(spec.name, args.out)
-        if args.out is None:
-            worker_args += ["--out", str(run_dir)]
-    options = {name: getattr(args, name) for name in distributed.LAUNCH_OPTIONS}
-    return distributed.launch(worker_args, options, run_dir)
-
-
-def _without_options(argv: list[str], names: list[str]) -> list[str]:
-    """argv with the given options (and their values) taken out."""
-    kept, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-            continue
-        name = token.split("=", 1)[0]
-        if name in names:
-            skip = "=" not in token
-            continue
-        kept.append(token)
-    return kept
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netspec.config import TrainConfig
+from netspec.config import Optimizer, TrainConfig, choices
 from netspec.device import autocast
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -21,6 +21,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
+# The names a spec may give (config.Optimizer) and the classes built for them are one list.
+assert tuple(OPTIMIZERS) == choices(Optimizer), "engine.OPTIMIZERS must name config.Optimizer's choices"
 
 
 def make_optimizer(

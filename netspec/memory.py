@@ -42,18 +42,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from netspec.config import AmpMode, Optimizer, TrainConfig, choices
 from netspec.errors import UsageError
 from netspec.layers.saved import ACTIVATION, INPUT, WEIGHT_CAST, Run, Settings, Storage, Tensor, contiguous_strides
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-AMP_MODES = ("none", "bf16", "fp16")
-
 
 def optimizer_copies(optimizer: str, momentum: float = 0.0) -> int:
     """Tensors of optimizer state per parameter: SGD's momentum buffer, Adam's two moments."""
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer '{optimizer}' (use {', '.join(OPTIMIZERS)})")
+    if optimizer not in choices(Optimizer):
+        raise UsageError(f"unknown optimizer '{optimizer}' (use {', '.join(choices(Optimizer))})")
     if optimizer == "sgd":
         return 1 if momentum > 0 else 0
     return 2
@@ -209,8 +207,8 @@ def estimate(
     device: str = "cuda",
 ) -> MemoryEstimate:
     """Predict the memory of training (and of inference) `net` at `batch_size` on one process."""
-    if amp not in AMP_MODES:
-        raise UsageError(f"unknown amp '{amp}' (use {', '.join(AMP_MODES)})")
+    if amp not in choices(AmpMode):
+        raise UsageError(f"unknown amp '{amp}' (use {', '.join(choices(AmpMode))})")
     if device not in ("cpu", "cuda"):
         raise UsageError(f"memory is predicted for cpu or cuda, not '{device}'")
     if batch_size < 1:
@@ -250,6 +248,47 @@ def estimate(
 _UNITS = {"": 1, "b": 1}
 for _power, _prefix in enumerate("kmgt", 1):
     _UNITS.update({_prefix: 1024**_power, f"{_prefix}ib": 1024**_power, f"{_prefix}b": 1000**_power})
+
+
+def step_settings(
+    cfg: TrainConfig, *, amp: str | None = None, optimizer: str | None = None, momentum: float | None = None
+) -> dict[str, Any]:
+    """The settings the memory of a training step depends on: the ones given, else the train section's
+    (SGD's momentum only with SGD: the others keep no momentum buffer)."""
+    optimizer = optimizer or cfg.optimizer
+    if momentum is None:
+        momentum = cfg.momentum if optimizer == "sgd" else 0.0
+    return {"amp": amp or cfg.amp, "optimizer": optimizer, "momentum": momentum}
+
+
+def settings_estimate(
+    net: NetShape,
+    cfg: TrainConfig,
+    batch_size: int,
+    processes: int = 1,
+    *,
+    amp: str | None = None,
+    optimizer: str | None = None,
+    momentum: float | None = None,
+    device: str | None = None,
+) -> MemoryEstimate:
+    """`netspec build --batch-size N`: the estimate per process of a global batch shared by `processes`, with
+    the train section's settings where none is given (device: whose rules its device follows)."""
+    if batch_size % processes:
+        raise UsageError(f"--batch-size {batch_size} does not divide among {processes} processes (the batch is global)")
+    settings = step_settings(cfg, amp=amp, optimizer=optimizer, momentum=momentum)
+    return estimate(net, batch_size // processes, **settings, device=device or _rules_of(cfg.device))
+
+
+def _rules_of(device: str) -> str:
+    """Whose rules the memory model follows for a spec's device: cpu, or cuda (also for auto on a GPU machine)."""
+    from netspec.device import resolve_device
+
+    try:
+        kind = resolve_device(device).type
+    except UsageError:
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+    return "cpu" if kind == "cpu" else "cuda"
 
 
 def format_bytes(n: int | float | None) -> str:
