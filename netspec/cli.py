@@ -15,45 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from netspec.cli_options import (
+    NetspecParser,
+    add_field_option,
+    batch_or_dynamic,
+    batch_size_or_auto,
+    batch_sizes,
+    byte_size,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from netspec.errors import NetspecError, Terminated, UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        self._seen = list(sys.argv[1:] if args is None else args)  # for error's did-you-mean
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"error: {message}{_did_you_mean(self, message)}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
-    """A hint for an unknown option (among the subcommand's own) or an invalid choice: the closest spelling."""
-    import difflib
-    import re
-
-    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-    if choice:
-        close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
-        return f"; did you mean '{close[0]}'?" if close else ""
-    if not message.startswith("unrecognized arguments:"):
-        return ""
-    target = parser
-    for action in parser._actions:  # the top-level parser reports the subcommand's leftovers
-        if isinstance(action, argparse._SubParsersAction):
-            name = next((t for t in getattr(parser, "_seen", []) if t in action.choices), None)
-            if name is not None:
-                target = action.choices[name]
-    options = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
-    hints = []
-    for token in message.split(":", 1)[1].split():
-        if token.startswith("-"):
-            close = difflib.get_close_matches(token.split("=", 1)[0], options, n=1, cutoff=0.7)
-            if close:
-                hints.append(f"{token.split('=', 1)[0]}: did you mean {close[0]}?")
-    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def _print_json(data: Any) -> None:
@@ -350,124 +323,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(text: str) -> int | str:
-    return "dynamic" if text == "dynamic" else _positive_int(text)
-
-
-def _int_list(text: str) -> list[int]:
-    values = [_positive_int(part) for part in text.split(",") if part.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of whole numbers")
-    return values
-
-
-def _batch_sizes(text: str) -> list[int | str]:
-    """`64,256,auto`: whole numbers, or auto (the largest that fits: --memory-budget / --memory-fraction)."""
-    values = [
-        part.strip() if part.strip() == "auto" else _positive_int(part) for part in text.split(",") if part.strip()
-    ]
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of whole numbers (or auto)")
-    return values
-
-
-def _batch_size_or_auto(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive_int(text)
-
-
-def _bytes(text: str) -> int:
-    from netspec.memory import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _below_one(text: str) -> float:
-    """0 <= x < 1: a momentum, a label smoothing, a split's share."""
-    value = _parse_number(text, float, "a number", 0, inclusive=True)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be less than 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be at most 1, got {value}")
-    return value
-
-
 def _add_memory_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
-        "--memory-budget", type=_bytes, metavar="SIZE",
+        "--memory-budget", type=byte_size, metavar="SIZE",
         help="for batch size auto: the memory a process may use (e.g. 8GiB); needed on CPU",
     )  # fmt: skip
     g.add_argument(
-        "--memory-fraction", type=_fraction, metavar="F",
+        "--memory-fraction", type=fraction, metavar="F",
         help="for batch size auto on CUDA: the share of the device's free memory to fill (default: 0.9)",
     )  # fmt: skip
-
-
-def _parse_number(
-    text: str, cast: type, noun: str, minimum: float, inclusive: bool, maximum: int | None = None
-) -> Any:
-    """`text` as a finite number of type `cast` (a whole number may be written 1e5) within its bounds; argparse
-    names the option in the message."""
-    import decimal
-    import math
-
-    try:
-        value = cast(text)
-    except ValueError:
-        value = None
-        if cast is int:  # 1e5, 2.0e3: a whole number written as a float, read exactly
-            try:
-                exact = decimal.Decimal(text.strip())
-                if exact.is_finite() and exact.adjusted() > 40:  # 1e999999999 would take forever to expand
-                    raise argparse.ArgumentTypeError(f"{text} is far too large")
-                value = int(exact) if exact.is_finite() and exact == exact.to_integral_value() else None
-            except (decimal.InvalidOperation, ValueError):
-                value = None
-        if value is None:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    if value < minimum or (not inclusive and value == minimum):
-        bound = f"at least {minimum}" if inclusive else f"greater than {minimum}"
-        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-    if maximum is not None and value > maximum:
-        raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _parse_number(text, int, "a whole number", 1, inclusive=True)
-
-
-def _non_negative_int(text: str) -> int:
-    return _parse_number(text, int, "a whole number", 0, inclusive=True)
-
-
-def _seed(text: str) -> int:
-    """A random seed: 0 to 2**63 - 1 (torch's generators take 64-bit seeds)."""
-    return _parse_number(text, int, "a whole number", 0, inclusive=True, maximum=2**63 - 1)
-
-
-def _sampler_seed(text: str) -> int:
-    """Optuna's samplers seed numpy, which takes 0 to 2**32 - 1."""
-    return _parse_number(text, int, "a whole number", 0, inclusive=True, maximum=2**32 - 1)
-
-
-def _synthetic_size(text: str) -> int:
-    from netspec.config import MAX_SYNTHETIC_SIZE
-
-    return _parse_number(text, int, "a whole number", 1, inclusive=True, maximum=MAX_SYNTHETIC_SIZE)
-
-
-def _positive_float(text: str) -> float:
-    return _parse_number(text, float, "a number", 0, inclusive=False)
 
 
 def _assignments(pairs: list[str] | None) -> dict[str, Any]:
@@ -503,85 +367,57 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> None:
-    from netspec.config import Dataset, choices
+    """The train section's data and device fields, as options (config.TrainConfig says what each is)."""
+    from netspec.config import TrainConfig
 
-    g.add_argument(
-        "--data", metavar="PATH",
-        help="your own data: a folder of class folders (or of train/ val/ test/ folders), or a CSV table",
-    )  # fmt: skip
-    g.add_argument("--label", metavar="COLUMN", help="a table's label column (default: the last column)")
-    g.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images (counted) instead of stopping")
-    g.add_argument("--dataset", choices=choices(Dataset), help="a built-in dataset (default: the spec's train section)")
-    g.add_argument("--data-root", help="folder holding the built-in datasets in torchvision's layout (default: data)")
-    g.add_argument("--download", action="store_true", help="download the built-in dataset if missing (needs internet)")
-    g.add_argument(
-        "--resize", action=argparse.BooleanOptionalAction, default=None,
+    def option(name: str, **kwargs: Any) -> None:
+        add_field_option(g, TrainConfig, name, **kwargs)
+
+    option("data", metavar="PATH")
+    option("label", metavar="COLUMN")
+    option("skip_bad_files")
+    option("dataset", note="default: the spec's train section")
+    option("data_root", show_default=True)
+    option("download")
+    option(
+        "resize", action=argparse.BooleanOptionalAction, default=None,
         help="resize built-in images to the spec's input size on the fly (as d2l's); --no-resize turns a spec's "
         "resize: true off (--data images are always resized to the spec's input)",
     )  # fmt: skip
-    g.add_argument(
-        "--val-split", type=_below_one, metavar="F",
-        help="share of the training examples held out for validation when the data has none (default: 0.1; "
-        "0: none, and best.pt is then chosen on test)",
-    )  # fmt: skip
-    g.add_argument(
-        "--test-split", type=_below_one, metavar="F",
-        help="share of the examples held out for testing when the data has no test split (default: 0.1)",
-    )  # fmt: skip
-    g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    option("val_split", metavar="F", show_default=True)
+    option("test_split", metavar="F", show_default=True)
+    option("device", show_default=True)
     if auto_batch:
-        g.add_argument(
-            "--batch-size", type=_batch_size_or_auto,
+        option(
+            "batch_size", type=batch_size_or_auto,
             help="training batch size, or auto: the largest that fits in memory (see --memory-budget)",
         )  # fmt: skip
         _add_memory_options(g)
     else:
-        g.add_argument("--batch-size", type=_positive_int, help="training batch size")
-    g.add_argument("--test-batch-size", type=_positive_int, help="batch size of evaluation (default: 1024)")
-    g.add_argument(
-        "--seed", type=_seed, help="random seed for initialization, splits, shuffling and dropout (default: 0)"
-    )
-    g.add_argument("--synthetic-size", type=_synthetic_size, help="training examples of the synthetic dataset")
+        option("batch_size")
+    option("test_batch_size", show_default=True)
+    option("seed", show_default=True)
+    option("synthetic_size")
 
 
 def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--epochs", type=_positive_int, help="number of epochs (with --resume: extend the run to N)")
-    g.add_argument("--lr", type=_positive_float, help="learning rate")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer")
-    g.add_argument("--momentum", type=_below_one, help="SGD momentum")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    g.add_argument("--weight-decay", type=_non_negative_float, help="weight decay")
-    g.add_argument("--scheduler", choices=("none", "step", "cosine", "onecycle"), help="learning-rate schedule")
-    g.add_argument("--step-size", type=_positive_int, help="epochs between decays (scheduler step)")
-    g.add_argument("--gamma", type=_positive_float, help="decay factor (scheduler step)")
-    g.add_argument("--init", choices=("default", "xavier_uniform", "kaiming"), help="weight initialization")
-    g.add_argument("--label-smoothing", type=_below_one, help="label smoothing of the loss (0 <= s < 1)")
-    g.add_argument("--grad-clip", type=_positive_float, help="clip the gradient norm to this value")
-    g.add_argument("--augment", action="store_true", help="random crop (padding 4) and flip of training images")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
-    g.add_argument("--compile", action="store_true", help="train through torch.compile")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
-    g.add_argument("--patience", type=_positive_int, help="early stopping: epochs without improvement of --monitor")
-    g.add_argument(
-        "--monitor", choices=("val_loss", "val_accuracy"), help="what --patience watches (default: val_loss)"
-    )
-    g.add_argument(
-        "--init-from", metavar="FILE|torchvision:NAME|timm:NAME",
-        help="start from these weights: a netspec checkpoint, a PyTorch state_dict, or a library's pretrained "
-        "weights from its cache (torchvision:resnet18; --download fetches them), matched by name or position",
-    )  # fmt: skip
-    g.add_argument(
-        "--skip-mismatched", action="store_true",
-        help="with --init-from: keep tensors whose shapes differ (a new head) at their initialization",
-    )  # fmt: skip
-    g.add_argument(
-        "--freeze", action="append", metavar="PREFIX",
-        help="keep the parameters under this state_dict prefix fixed (repeatable), e.g. --freeze features",
-    )  # fmt: skip
+    """The train section's recipe fields, as options (config.TrainConfig says what each is)."""
+    from netspec.config import TrainConfig
 
+    def option(name: str, **kwargs: Any) -> None:
+        add_field_option(g, TrainConfig, name, **kwargs)
 
-def _non_negative_float(text: str) -> float:
-    return _parse_number(text, float, "a number", 0, inclusive=True)
+    option("epochs", note="with --resume: extend the run to N")
+    for name in ("lr", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "step_size", "gamma",
+                 "init", "label_smoothing", "grad_clip"):  # fmt: skip
+        option(name)
+    option("augment", action="store_true")
+    for name in ("amp", "compile", "channels_last", "patience"):
+        option(name)
+    option("monitor", show_default=True)
+    option("init_from", metavar="FILE|torchvision:NAME|timm:NAME")
+    option("skip_mismatched")
+    option("freeze", metavar="PREFIX", note="repeatable, e.g. --freeze features")
 
 
 def _parser(sub: Any, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
@@ -595,9 +431,7 @@ def _parser(sub: Any, name: str, help: str, examples: list[str]) -> argparse.Arg
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from netspec.config import Dataset, choices
-
-    parser = _Parser(
+    parser = NetspecParser(
         prog="netspec",
         description="Declarative model specs: build, train, benchmark, sweep, export and draw.",
         epilog="examples:\n  netspec build specs/lenet.yaml\n  netspec train specs/lenet.yaml --dataset mnist\n"
@@ -605,7 +439,21 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"netspec {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="command")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=NetspecParser, metavar="command")
+    _build_parser(sub)
+    _schema_parser(sub)
+    _train_parser(sub)
+    _eval_parser(sub)
+    _predict_parser(sub)
+    _bench_parser(sub)
+    _sweep_parser(sub)
+    _export_parser(sub)
+    _draw_parser(sub)
+    return parser
+
+
+def _build_parser(sub: Any) -> None:
+    from netspec.config import TrainConfig
 
     p = _parser(
         sub,
@@ -624,27 +472,27 @@ def make_parser() -> argparse.ArgumentParser:
     _add_set_option(p)
     g = p.add_argument_group("memory (predicted from the shapes; see the README's Memory section)")
     g.add_argument(
-        "--batch-size", type=_positive_int,
+        "--batch-size", type=positive_int,
         help="predict the memory of training at this (global) batch size: a 'saved' column and a memory summary",
     )  # fmt: skip
-    g.add_argument(
-        "--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default: the spec's train section)"
-    )
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer (default: the spec's)")
-    g.add_argument(
-        "--momentum", type=_below_one, help="SGD momentum (default: the spec's; > 0 keeps a momentum buffer)"
-    )
+    add_field_option(g, TrainConfig, "amp", note="default: the spec's train section")
+    add_field_option(g, TrainConfig, "optimizer", note="default: the spec's")
+    add_field_option(g, TrainConfig, "momentum", note="default: the spec's; > 0 keeps a momentum buffer")
     g.add_argument("--device", choices=("cpu", "cuda"), help="whose kernels' rules to follow (default: this machine's)")
     g.add_argument(
-        "--nproc-per-node", type=_positive_int,
+        "--nproc-per-node", type=positive_int,
         help="processes sharing the batch (DDP): the figures are per process, at batch-size / N",
     )  # fmt: skip
     p.set_defaults(func=cmd_build)
 
+
+def _schema_parser(sub: Any) -> None:
     p = _parser(sub, "schema", "print the JSON Schema of the spec language (for editors)",
                 ["netspec schema > netspec.schema.json"])  # fmt: skip
     p.set_defaults(func=cmd_schema)
 
+
+def _train_parser(sub: Any) -> None:
     p = _parser(
         sub,
         "train",
@@ -671,11 +519,11 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the final result as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("several processes and machines (torch.distributed, launched by torchrun's engine)")
-    g.add_argument("--nproc-per-node", type=_positive_int, help="worker processes on this machine (one per GPU)")
+    g.add_argument("--nproc-per-node", type=positive_int, help="worker processes on this machine (one per GPU)")
     g.add_argument("--nnodes", help="number of machines, or MIN:MAX for an elastic job (default: 1)")
-    g.add_argument("--node-rank", type=_non_negative_int, help="this machine's rank among --nnodes (static rendezvous)")
+    g.add_argument("--node-rank", type=non_negative_int, help="this machine's rank among --nnodes (static rendezvous)")
     g.add_argument("--master-addr", help="address of the rank-0 machine (static rendezvous)")
-    g.add_argument("--master-port", type=_positive_int, help="port on the rank-0 machine (static rendezvous)")
+    g.add_argument("--master-port", type=positive_int, help="port on the rank-0 machine (static rendezvous)")
     g.add_argument("--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous, instead of --master-addr/--node-rank")
     g.add_argument("--rdzv-backend", help="rendezvous backend (static or c10d; default: torchrun's)")
     g.add_argument("--rdzv-id", help="job id shared by the machines of one c10d rendezvous (default: none)")
@@ -684,13 +532,17 @@ def make_parser() -> argparse.ArgumentParser:
         help="c10d rendezvous settings, e.g. last_call_timeout=5,join_timeout=600 (seconds)",
     )  # fmt: skip
     g.add_argument("--local-addr", help="this machine's address for the others (default: its host name's)")
-    g.add_argument("--max-restarts", type=_non_negative_int, help="restart the workers this many times after a failure")
+    g.add_argument("--max-restarts", type=non_negative_int, help="restart the workers this many times after a failure")
     g.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl when every worker has a GPU, else gloo")
     g.add_argument(
         "--sync-bn", action=argparse.BooleanOptionalAction, default=None,
         help="SyncBatchNorm across workers (default: on with CUDA; needs CUDA)",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
+
+
+def _eval_parser(sub: Any) -> None:
+    from netspec.config import TrainConfig
 
     p = _parser(
         sub,
@@ -707,16 +559,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split (default: test)")
     g = p.add_argument_group("data and device (default: the run's own)")
     g.add_argument("--data", metavar="PATH", help="the run's folder or table, if it has moved")
-    g.add_argument("--dataset", choices=choices(Dataset),
-                   help="a built-in dataset, if not the run's (with a spec and --checkpoint)")  # fmt: skip
+    add_field_option(
+        g, TrainConfig, "dataset", help="a built-in dataset, if not the run's (with a spec and --checkpoint)"
+    )
     g.add_argument("--data-root", help="folder holding the built-in datasets, if not the run's")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    g.add_argument("--test-batch-size", "--batch-size", dest="test_batch_size", type=_positive_int,
+    g.add_argument("--test-batch-size", "--batch-size", dest="test_batch_size", type=positive_int,
                    help="evaluation batch size (default: the run's, 1024)")  # fmt: skip
     _add_set_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval, spec=None)
 
+
+def _predict_parser(sub: Any) -> None:
     p = _parser(
         sub,
         "predict",
@@ -729,7 +584,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", metavar="RUN", help="a run folder (its best.pt is used) or a checkpoint file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or a CSV table")
-    p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show per input (default: 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="how many classes to show per input (default: 3)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="skip unreadable images (each named on stderr) and classify the others")  # fmt: skip
@@ -738,6 +593,10 @@ def make_parser() -> argparse.ArgumentParser:
                    "does: shorter side scaled, centre cropped), pad (longer side scaled, black borders) or stretch")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_predict)
+
+
+def _bench_parser(sub: Any) -> None:
+    from netspec.config import BenchConfig
 
     p = _parser(
         sub,
@@ -752,26 +611,27 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", help="path to a YAML spec")
     g = p.add_argument_group("what to measure")
-    g.add_argument("--device", action="append", help="cpu, cuda, cuda:N (repeatable; default: every available)")
-    g.add_argument(
-        "--batch-sizes", type=_batch_sizes, metavar="N,N,...",
+    add_field_option(
+        g, BenchConfig, "devices", "--device", help="cpu, cuda, cuda:N (repeatable; default: every available)"
+    )
+    add_field_option(
+        g, BenchConfig, "batch_sizes", type=batch_sizes, metavar="N,N,...",
         help="batch sizes to sweep, e.g. 64,256,1024; auto: the largest whose training step fits (see --memory-*)",
     )  # fmt: skip
-    g.add_argument("--modes", type=lambda t: t.split(","), metavar="train,infer", help="train, infer or both")
-    g.add_argument("--compile", choices=("off", "on", "both"), help="eager, torch.compile, or both side by side")
+    add_field_option(g, BenchConfig, "modes", type=lambda t: t.split(","), metavar="train,infer")
+    add_field_option(g, BenchConfig, "compile")
     g.add_argument(
         "--compile-mode",
         choices=("default", "reduce-overhead", "max-autotune"),
         help="torch.compile mode (reduce-overhead uses CUDA graphs)",
     )
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="automatic mixed precision")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
+    add_field_option(g, BenchConfig, "amp")
+    add_field_option(g, BenchConfig, "channels_last")
     _add_set_option(g)
     _add_memory_options(g)
     g = p.add_argument_group("timing")
-    g.add_argument("--warmup", type=_non_negative_int, help="untimed steps before timing (default: 5)")
-    g.add_argument("--steps", type=_positive_int, help="steps per timed repeat (default: 20)")
-    g.add_argument("--repeats", type=_positive_int, help="timed repeats; the table shows the median (default: 5)")
+    for name in ("warmup", "steps", "repeats"):
+        add_field_option(g, BenchConfig, name, show_default=True)
     g.add_argument("--end-to-end", action="store_true", help="time a real `netspec train` epoch, data path included")
     g.add_argument("--dataset", help="dataset for --end-to-end (default: the spec's)")
     g.add_argument("--data-root", help="dataset folder for --end-to-end")
@@ -779,6 +639,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
+
+
+def _sweep_parser(sub: Any) -> None:
+    from netspec.config import SweepConfig
 
     p = _parser(
         sub,
@@ -794,17 +658,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("specs", nargs="*", metavar="SPEC", help="one spec, or several to compare (omit with --resume)")
     g = p.add_argument_group("the search")
-    g.add_argument(
-        "--grid",
-        action="append",
-        metavar="KEY=VALUES",
+    add_field_option(
+        g, SweepConfig, "grid", action="append", metavar="KEY=VALUES",
         help="a train setting or spec variable and its values: lr=0.1,0.01 (a list) or lr=1e-4..1e-1:log, "
         "width=16..128 (a range, for tpe/random); repeatable",
-    )
-    g.add_argument("--sampler", choices=("grid", "tpe", "random"), help="how trials are chosen (default: grid)")
-    g.add_argument("--trials", type=_positive_int, help="number of trials, for tpe and random")
-    g.add_argument("--no-prune", action="store_true", help="never stop a trial early (default: median pruning)")
-    g.add_argument("--sweep-seed", type=_sampler_seed, help="the sampler's seed (default: 0)")
+    )  # fmt: skip
+    add_field_option(g, SweepConfig, "sampler", show_default=True)
+    add_field_option(g, SweepConfig, "trials")
+    add_field_option(g, SweepConfig, "prune", "--no-prune", help="never stop a trial early (default: median pruning)")
+    add_field_option(g, SweepConfig, "seed", "--sweep-seed", show_default=True)
     g = p.add_argument_group("every trial (overrides of the spec's train section)")
     _add_data_options(g)
     _add_recipe_options(g)
@@ -815,19 +677,17 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--overwrite", action="store_true", help="replace the sweep that --out holds (without it, such an --out is refused)"
     )
+    add_field_option(g, SweepConfig, "storage", metavar="URL")
     g.add_argument(
-        "--storage",
-        metavar="URL",
-        help="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: DIR/study.db)",
-    )
-    g.add_argument(
-        "--nproc-per-node", type=_positive_int, metavar="N",
+        "--nproc-per-node", type=positive_int, metavar="N",
         help="run each trial as a torch.distributed job of N processes on this machine (as netspec train "
         "--nproc-per-node N; the batch size is the global batch)",
     )  # fmt: skip
     g.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=cmd_sweep)
 
+
+def _export_parser(sub: Any) -> None:
     p = _parser(
         sub,
         "export",
@@ -848,9 +708,9 @@ def make_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--out", help="file or folder to write (default: <name>.onnx / .pt2 / .py here)")
     p.add_argument(
-        "--batch", type=_batch, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
+        "--batch", type=batch_or_dynamic, default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size"
     )
-    p.add_argument("--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset version (default: the exporter's)")
     p.add_argument(
         "--no-preprocess", action="store_true",
         help="with --checkpoint: ONNX/pt2 take inputs already normalized, instead of raw pixels or features",
@@ -859,6 +719,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)
 
+
+def _draw_parser(sub: Any) -> None:
     p = _parser(
         sub,
         "draw",
@@ -876,7 +738,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true", help="expand block uses and repeats into their layers")
     _add_set_option(p)
     p.set_defaults(func=cmd_draw)
-    return parser
 
 
 def _version() -> str:

@@ -23,6 +23,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]  # engine.OPTIMIZERS maps each to it
 AmpMode = Literal["none", "bf16", "fp16"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
 Init = Literal["default", "xavier_uniform", "kaiming"]
+Sampler = Literal["grid", "tpe", "random"]
 
 
 def choices(literal: object) -> tuple[str, ...]:
@@ -157,11 +158,15 @@ class SweepConfig(BaseModel):
         description="a train setting or spec variable and its values: KEY: [values] (categorical), or "
         '"low..high" / "low..high:log" (a range, for tpe and random)',
     )
-    sampler: Literal["grid", "tpe", "random"] = Field("grid", description="how trials are chosen")
+    sampler: Sampler = Field("grid", description="how trials are chosen")
     trials: PositiveInt | None = Field(None, description="number of trials, for tpe and random")
     epochs: PositiveInt | None = Field(None, description="every trial's epochs (default: the train section's)")
     prune: bool = Field(
         True, description="stop trials below the median validation accuracy of finished trials of their architecture"
     )
     seed: SamplerSeed = Field(0, description="the sampler's seed (numpy's range: Optuna's samplers)")
-    storage: str | None = Field(None, description="an Optuna RDB URL shared by several workers (default: DIR/study.db)")
+    storage: str | None = Field(
+        None,
+        description="an Optuna RDB URL (sqlite:///..., postgresql://...) shared by several workers (default: "
+        "DIR/study.db)",
+    )
