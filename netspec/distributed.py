@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import json
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from netspec.errors import Interrupted, NetspecError, UsageError
+from netspec.runfolder import RunDir
 
 # A collective that waits longer than this (a peer died or hangs) ends the job instead of hanging it.
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NETSPEC_DIST_TIMEOUT", "120")))
@@ -129,7 +129,7 @@ def agreed_resume(resume: str | None, out: str | None) -> str | None:
     """
     if resume is not None or out is None:
         return resume
-    mine = (Path(out) / "last.pt").exists()
+    mine = RunDir(Path(out)).last.exists()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return out if mine else None
     key = "netspec/continue"
@@ -297,7 +297,7 @@ class TrainingJob:
         try:
             while True:
                 done = process.poll() is not None
-                rows = _read_metrics(run_dir)
+                rows = RunDir(run_dir).read_metrics()
                 for row in rows[seen:]:
                     seen += 1
                     on_epoch(row)
@@ -342,14 +342,6 @@ class TrainingJob:
 
 
 _TORCH_LOG = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d")
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        rows = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):  # not written yet (it is replaced atomically, never half-written)
-        return []
-    return rows if isinstance(rows, list) else []
 
 
 def _wait(process: subprocess.Popen[str], grace: float, then: signal.Signals) -> None:

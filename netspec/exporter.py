@@ -31,6 +31,7 @@ from netspec.compiler import build, load_state
 from netspec.errors import CheckpointError, NetspecError, UsageError
 from netspec.fileio import atomic_write_bytes, atomic_write_text, load_checkpoint
 from netspec.layers import format_shape
+from netspec.runfolder import RunDir
 from netspec.shapes import NetShape, infer_shapes
 from netspec.spec import Spec
 
@@ -189,10 +190,10 @@ def _run_spec(run: Path, checkpoint: str | Path | None) -> tuple[Spec, Path, dic
             raise CheckpointError(f"{path}: the spec it holds is invalid ({exc})") from None
         except ValueError as exc:  # pydantic's ValidationError
             raise CheckpointError(f"{path}: the spec it holds is unreadable ({exc})") from None
-    elif run_dir is not None and (run_dir / "spec.yaml").is_file():
+    elif run_dir is not None and RunDir(run_dir).spec_file.is_file():
         from netspec.spec import load_spec
 
-        spec = load_spec(run_dir / "spec.yaml")
+        spec = load_spec(RunDir(run_dir).spec_file)
     else:
         raise UsageError(
             f"{path}: holds no spec; give the spec it was trained from: netspec export SPEC --checkpoint {path}"
@@ -207,8 +208,8 @@ def _trained_with(checkpoint: Path, ckpt: dict[str, Any]) -> str:
     from netspec.predict import checkpoint_of
 
     run_dir = checkpoint_of(checkpoint)[1]
-    if run_dir is not None and (run_dir / "spec.yaml").is_file():
-        spec_file = run_dir / "spec.yaml"
+    if run_dir is not None and RunDir(run_dir).spec_file.is_file():
+        spec_file = RunDir(run_dir).spec_file
         return f". The checkpoint was trained with {spec_file}; export the run folder: netspec export {run_dir}"
     return f". The checkpoint holds the spec it was trained with; export it alone: netspec export {checkpoint}"
 

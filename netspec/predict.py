@@ -16,12 +16,14 @@ from netspec.config import TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, dataset_info, file_kind, is_table, read_rows
 from netspec.data.folders import RESIZE_POLICIES, conversion_notes, decode_images, image_extensions, walk_images
 from netspec.device import resolve_device
-from netspec.errors import BadDataError, CheckpointError, MissingCheckpointError, UsageError
+from netspec.errors import BadDataError, CheckpointError, UsageError
 from netspec.fileio import load_checkpoint
+from netspec.metrics import Evaluation, evaluate
+from netspec.runfolder import RunDir
 from netspec.shapes import infer_shapes
 from netspec.source import SourceMap
 from netspec.spec import Spec, load_spec, validate_spec
-from netspec.train import Evaluation, evaluate, load_data, read_split, resolve_config
+from netspec.train import load_data, resolve_config
 
 
 @dataclass
@@ -40,13 +42,10 @@ def checkpoint_of(path: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run folder or None): a run folder means its best.pt (last.pt if it has none)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name, path
-        raise MissingCheckpointError(f"{path}: a folder without best.pt or last.pt (give a run folder or a checkpoint)")
+        return RunDir(path).checkpoint(), path
     if not path.exists():
         raise UsageError(f"{path}: no such run folder or checkpoint")
-    run_dir = path.parent if (path.parent / "split.json").exists() or (path.parent / "spec.yaml").exists() else None
+    run_dir = path.parent if RunDir(path.parent).is_run() else None
     return path, run_dir
 
 
@@ -92,7 +91,7 @@ def run_split(
             what = "a table" if kind == "table" else "a folder of images"
             raise UsageError(f"{trained.run_dir or trained.checkpoint} was trained on {trained_on(trained.info)}; "
                              f"{cfg.data} is {what}")  # fmt: skip
-    recorded = read_split(trained.run_dir) if trained.run_dir is not None and cfg.data == trained.cfg.data else None
+    recorded = RunDir(trained.run_dir).read_split() if trained.run_dir is not None and cfg.data == trained.cfg.data else None
     data = load_data(infer_shapes(trained.spec), cfg, recorded)
     part = data.test if split == "test" else data.val
     if part is None:

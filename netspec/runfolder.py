@@ -5,35 +5,143 @@ it (an advisory flock on the folder, which the operating system drops when the p
 stale lock and no lock file), and a
 folder that already holds a run is refused unless the command says `--resume` (continue it) or `--overwrite`
 (replace it). `--overwrite` removes only the names netspec writes (WRITES); a user's other files stay.
+
+`RunDir` owns the names of a run folder's files and how each is read and written (atomically, netspec.fileio):
+train, predict, export, sweep, distributed and the CLI reach a run's files through it.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import fnmatch
+import io
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from netspec.errors import UsageError
-from netspec.fileio import ensure_writable_dir
+from netspec.errors import CheckpointError, MissingCheckpointError, UsageError
+from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, load_checkpoint, save_checkpoint
+
+# The files of a run folder.
+SPEC = "spec.yaml"  # the resolved spec (its train section as the run uses it)
+DATA = "data.json"  # the data's name, classes and normalization, and notes on how it was read
+SPLIT = "split.json"  # the indices of the train/val/test split, so a resume and `netspec eval` see the same
+LAST = "last.pt"  # the checkpoint of the latest saved state (an interrupted epoch's too)
+BEST = "best.pt"  # the checkpoint of the selected epoch
+METRICS_JSON = "metrics.json"  # one row per epoch
+METRICS_CSV = "metrics.csv"  # the same rows, for spreadsheets
+CURVES = "curves.png"
+CONFUSION = "confusion.png"
 
 Kind = Literal["run", "sweep"]
 # Every name a run or a sweep writes in its folder (glob patterns): `--overwrite` removes these and nothing else.
 WRITES: dict[str, tuple[str, ...]] = {
-    "run": ("spec.yaml", "data.json", "split.json", "metrics.csv", "metrics.json", "last.pt", "best.pt",
-            "curves.png", "confusion.png", "events.out.tfevents.*", ".*.tmp"),
+    "run": (SPEC, DATA, SPLIT, METRICS_CSV, METRICS_JSON, LAST, BEST, CURVES, CONFUSION, "events.out.tfevents.*",
+            ".*.tmp"),
     "sweep": ("sweep.json", "study.db", "study.db-*", "results.json", "results.csv", "curves.png", "gap.png",
               "heatmap.png", "importance.png", "parallel.png", "trials", ".*.tmp"),
 }  # fmt: skip
 # The names by which a folder is recognised as holding a run or a sweep (written as it starts).
 MARKERS: dict[str, tuple[str, ...]] = {
-    "run": ("last.pt", "best.pt", "metrics.json", "metrics.csv", "data.json", "split.json"),
+    "run": (LAST, BEST, METRICS_JSON, METRICS_CSV, DATA, SPLIT),
     "sweep": ("sweep.json", "study.db", "results.json"),
 }
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder: where each of its files is, and how each is read and written."""
+
+    path: Path
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / SPEC
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_JSON
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES
+
+    @property
+    def confusion(self) -> Path:
+        return self.path / CONFUSION
+
+    def is_run(self) -> bool:
+        """Whether the folder was written by a run (its split or its spec is there)."""
+        return (self.path / SPLIT).exists() or self.spec_file.exists()
+
+    def checkpoint(self) -> Path:
+        """best.pt, or last.pt for a run without one; MissingCheckpointError without either."""
+        for path in (self.best, self.last):
+            if path.is_file():
+                return path
+        raise MissingCheckpointError(
+            f"{self.path}: a folder without {BEST} or {LAST} (give a run folder or a checkpoint)"
+        )
+
+    def save(self, state: dict[str, Any], best: bool = False) -> Path:
+        """last.pt (and best.pt, the same bytes) from `state`; returns last.pt's path."""
+        save_checkpoint([self.last, self.best] if best else [self.last], state)
+        return self.last
+
+    def load_last(self) -> dict[str, Any]:
+        return load_checkpoint(self.last)
+
+    def write_spec(self, spec_data: dict[str, Any]) -> None:
+        import yaml
+
+        atomic_write_text(self.spec_file, yaml.safe_dump(spec_data, sort_keys=False))
+
+    def write_data(self, data: dict[str, Any]) -> None:
+        atomic_write_json(self.path / DATA, data)
+
+    def write_split(self, split: dict[str, list[int]]) -> None:
+        atomic_write_text(self.path / SPLIT, json.dumps(split, separators=(",", ":")) + "\n")
+
+    def read_split(self) -> dict[str, list[int]] | None:
+        """The split a run recorded (None for a run of netspec 0.1, which had none)."""
+        path = self.path / SPLIT
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return {name: [int(i) for i in data.get(name, [])] for name in ("train", "val", "test")}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc})") from None
+
+    def write_metrics(self, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+        """metrics.json and metrics.csv: one row per epoch; a value that was not measured is an empty cell."""
+        atomic_write_json(self.metrics_file, rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
+        atomic_write_text(self.path / METRICS_CSV, buffer.getvalue())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.json; none while it is not written yet (it is replaced atomically, never
+        half-written)."""
+        try:
+            rows = json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return rows if isinstance(rows, list) else []
 
 
 @dataclass
@@ -79,10 +187,10 @@ def describe(path: Path, kind: Kind) -> str:
         except (OSError, ValueError, AttributeError):
             return "a sweep"
     try:
-        done = len(json.loads((path / "metrics.json").read_text()))
+        done = len(json.loads((path / METRICS_JSON).read_text()))
     except (OSError, ValueError, TypeError):
         done = 0
-    planned = _planned_epochs(path / "spec.yaml")
+    planned = _planned_epochs(path / SPEC)
     if planned is None:
         return f"a run ({done} epoch{'s' if done != 1 else ''} recorded)"
     return f"{'a finished' if done >= planned else 'an unfinished'} run ({done} of {planned} epochs)"

@@ -31,20 +31,19 @@ from typing import Annotated, Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from netspec import runfolder
-from netspec.config import Sampler, SweepConfig, TrainConfig, choices
+from netspec import plots, runfolder
+from netspec.config import SweepConfig, TrainConfig
 from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
 from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from netspec.metrics import EpochMetrics, TrainResult
+from netspec.runfolder import RunDir
 from netspec.shapes import infer_shapes
 from netspec.spec import Spec, closest, load_spec
 from netspec.spec import parse_value as spec_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
 from netspec.train import (
-    EpochMetrics,
-    TrainResult,
-    _save_figure,
     load_data,
     resolve_config,
     stop_requests,
@@ -266,9 +265,8 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
                     adapter.validate_python(value)
                 except ValidationError as exc:
                     raise UsageError(f"--grid {dim.key}={value!r}: {exc.errors()[0]['msg'].lower()}") from None
-    if plan.sampler not in choices(Sampler):
-        *others, last = choices(Sampler)
-        raise UsageError(f"--sampler {plan.sampler}: choose {', '.join(others)} or {last}")
+    if plan.sampler not in ("grid", "tpe", "random"):
+        raise UsageError(f"--sampler {plan.sampler}: choose grid, tpe or random")
     ranges = [d.key for d in plan.dimensions if d.is_range]
     if plan.sampler == "grid" and ranges:
         raise UsageError(f"--grid {ranges[0]} is a range; ranges need --sampler tpe or random with --trials N")
@@ -429,7 +427,7 @@ class _Sweeper:
         spec_path, variables, overrides = plan.split(params)
         run_dir = Path(trial.user_attrs.get("run_dir") or self.out / "trials" / _folder_name(trial.number, params))
         trial.set_user_attr("run_dir", str(run_dir))
-        resume = (run_dir / "last.pt").exists()
+        resume = RunDir(run_dir).last.exists()
         label = _label(params)
         self.report(f"trial {trial.number}: {label}" + (" (resumed)" if resume else ""))
 
@@ -671,20 +669,10 @@ OPTUNA_PLOTS_MIN_TRIALS = 12
 
 def write_optuna_plots(study: Any, result: SweepResult) -> None:
     """Optuna's own parameter-importance and parallel-coordinate plots, where they add something."""
-    from optuna.visualization import matplotlib as optuna_plots
-
     finished = [t for t in result.trials if t["state"] == "complete"]
     if len(result.keys) < 2 or len(finished) < OPTUNA_PLOTS_MIN_TRIALS:
         return
-    for name, plot, size in (
-        ("importance.png", optuna_plots.plot_param_importances, (6, 3.5)),
-        ("parallel.png", optuna_plots.plot_parallel_coordinate, (8, 4.5)),
-    ):
-        ax = plot(study)
-        ax.figure.set_size_inches(*size)
-        ax.figure.tight_layout()
-        _save_figure(ax.figure, result.sweep_dir / name)
-        result.files.append(name)
+    result.files += plots.write_optuna_plots(study, result.sweep_dir)
 
 
 def _trial_label(row: dict[str, Any], several_specs: bool) -> str:
@@ -692,71 +680,39 @@ def _trial_label(row: dict[str, Any], several_specs: bool) -> str:
     return f"{row['spec']} {label}".strip() if several_specs else label or row["spec"]
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_curves(result: SweepResult) -> None:
-    plt = _plt()
     several = len({r["spec"] for r in result.trials}) > 1
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    curves = []
     for row in result.trials:
-        path = Path(row["run_dir"] or "") / "metrics.json"
-        if not path.exists():
+        folder = RunDir(Path(row["run_dir"] or ""))
+        if not folder.metrics_file.exists():
             continue
-        epochs = json.loads(path.read_text())
+        epochs = json.loads(folder.metrics_file.read_text())
         if not epochs:
             continue
-        xs = [m["epoch"] for m in epochs]
-        style = "-o" if row["state"] == "complete" else ":x"
-        label = f"#{row['number']} {_trial_label(row, several)}"
-        acc_ax.plot(xs, [selection_accuracy(m.get("val_accuracy"), m.get("test_accuracy")) for m in epochs], style,
-                    label=label, markersize=4)  # fmt: skip
-        loss_ax.plot(xs, [m["train_loss"] for m in epochs], style, label=label, markersize=4)
-    acc_ax.set(
-        xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per trial (dotted: pruned/failed)"
-    )
-    loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss per trial", yscale="log")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (acc_ax, loss_ax):
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = acc_ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
-    fig.subplots_adjust(right=0.72, wspace=0.3)
-    _save_figure(fig, result.sweep_dir / "curves.png")
+        curves.append(plots.TrialCurve(
+            label=f"#{row['number']} {_trial_label(row, several)}",
+            complete=row["state"] == "complete",
+            epochs=[m["epoch"] for m in epochs],
+            accuracy=[selection_accuracy(m.get("val_accuracy"), m.get("test_accuracy")) for m in epochs],
+            train_loss=[m["train_loss"] for m in epochs],
+        ))  # fmt: skip
+    plots.plot_trial_curves(result.sweep_dir / "curves.png", curves)
 
 
 def _plot_gap(result: SweepResult) -> None:
-    plt = _plt()
     rows = [r for r in result.trials if _score(r) is not None and r["train_accuracy"] is not None]
     several = len({r["spec"] for r in result.trials}) > 1
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.5), dpi=100)
-    xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [r["train_accuracy"] for r in rows], 0.4, label="train accuracy")
-    ax.bar([x + 0.2 for x in xs], [_score(r) for r in rows], 0.4, label="validation accuracy")
-    ax.set_xticks(list(xs), [f"#{r['number']} {_trial_label(r, several)}" for r in rows], rotation=40, ha="right",
-                  fontsize=7)  # fmt: skip
-    low = min([_score(r) for r in rows] + [r["train_accuracy"] for r in rows], default=0.0)
-    ax.set_ylim(max(0.0, low - 0.05), 1.0)
-    ax.set_ylabel("accuracy")
-    ax.set_title("train vs validation accuracy per trial (the gap is overfitting)")
-    ax.legend()
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save_figure(fig, result.sweep_dir / "gap.png")
+    plots.plot_gap(
+        result.sweep_dir / "gap.png",
+        [f"#{r['number']} {_trial_label(r, several)}" for r in rows],
+        [r["train_accuracy"] for r in rows],
+        [score for r in rows if (score := _score(r)) is not None],  # (every row here has one)
+    )
 
 
 def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> bool:
     """The grid's selection accuracies as a heatmap; False (nothing written) when no trial completed."""
-    plt = _plt()
     (ky, vy), (kx, vx) = [(d.key, d.values or []) for d in plan.dimensions]
     grid = [[math.nan] * len(vx) for _ in vy]
     notes = [["not run"] * len(vx) for _ in vy]
@@ -766,24 +722,9 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> bool:
         notes[i][j] = row["state"]
         if _score(row) is not None and row["state"] == "complete":
             grid[i][j] = _score(row)
-    values = [v for line in grid for v in line if not math.isnan(v)]
-    if not values:
+    if not any(not math.isnan(v) for line in grid for v in line):
         return False
-    fig, ax = plt.subplots(figsize=(1.3 * len(vx) + 2.5, 1.0 * len(vy) + 1.8), dpi=100)
-    image = ax.imshow(grid, cmap="viridis")
-    ax.set_xticks(range(len(vx)), [str(v) for v in vx])
-    ax.set_yticks(range(len(vy)), [str(v) for v in vy])
-    ax.set(xlabel=kx, ylabel=ky, title="validation accuracy")
-    for i, line in enumerate(grid):
-        for j, value in enumerate(line):
-            if math.isnan(value):  # a failed or pruned cell stays blank, with its state written in it
-                ax.text(j, i, notes[i][j], ha="center", va="center", color="#b00020", fontsize=8)
-                continue
-            light = value > (min(values) + max(values)) / 2
-            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=8)
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    _save_figure(fig, result.sweep_dir / "heatmap.png")
+    plots.plot_heatmap(result.sweep_dir / "heatmap.png", grid, notes, x=(kx, vx), y=(ky, vy))
     return True
 
 

@@ -9,107 +9,35 @@ last good checkpoint intact when the loss stops being finite.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import ValidationError
 from torch import nn
 
 from netspec import distributed, runfolder
-from netspec.compiler import SpecNet, build, check_memory, transfer_state_dict
+from netspec.compiler import SpecNet, build, check_memory
 from netspec.config import Augment, TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
-from netspec.device import autocast, resolve_device
+from netspec.device import resolve_device
 from netspec.distributed import SINGLE, Dist, check_batch_size
 from netspec.engine import TrainStep, make_scheduler, optimizer_for
 from netspec.errors import CheckpointError, DataError, Interrupted, TrainingDiverged, UsageError
-from netspec.fileio import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-)
 from netspec.layers import format_shape
+from netspec.metrics import METRIC_COLUMNS, EpochMetrics, TrainResult, evaluate
+from netspec.plots import plot_confusion, plot_curves
+from netspec.runfolder import RunDir
 from netspec.shapes import NetShape, infer_shapes, rows_of
 from netspec.spec import Spec, load_spec, validate_spec
-
-
-@dataclass
-class EpochMetrics:
-    """One epoch's figures. val_* are None without a validation split, test_* without a test split."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    examples_per_sec: float
-    lr: float
-    seconds: float
-    examples: int = 0  # training examples seen in the epoch (over all processes)
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    test_loss: float | None = None
-    test_accuracy: float | None = None
-
-
-# The columns of metrics.csv, in the order people read them.
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr",
-    "seconds", "examples_per_sec", "examples",
-)  # fmt: skip
-
-
-@dataclass
-class TrainResult:
-    epochs: list[EpochMetrics]
-    device: str
-    run_dir: str
-    confusion: list[list[int]] = field(default_factory=list)  # of the test split (validation without one)
-    classes: list[str] = field(default_factory=list)
-    best_epoch: int | None = None  # the epoch best.pt holds, chosen on validation (on test with val_split 0)
-    selected_on: str = "val_accuracy"
-    stopped_early: bool = False
-
-    @property
-    def last(self) -> EpochMetrics:
-        return self.epochs[-1]
-
-    @property
-    def best(self) -> EpochMetrics:
-        return next((m for m in self.epochs if m.epoch == self.best_epoch), self.last)
-
-    def to_dict(self) -> dict[str, Any]:
-        keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
-                "examples_per_sec", "examples")  # fmt: skip
-        return {
-            "epochs": [{k: getattr(m, k) for k in keys} for m in self.epochs],
-            "val_accuracy": self.last.val_accuracy,
-            "test_accuracy": self.last.test_accuracy,
-            "train_loss": self.last.train_loss,
-            "train_accuracy": self.last.train_accuracy,
-            "examples_per_sec": self.last.examples_per_sec,
-            "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best.val_accuracy,
-            "best_test_accuracy": self.best.test_accuracy,
-            "selected_on": self.selected_on,
-            "stopped_early": self.stopped_early,
-            "classes": self.classes,
-            "device": self.device,
-            "run_dir": self.run_dir,
-        }
-
+from netspec.weights import freeze, init_weights, start_from
 
 # --- settings ----------------------------------------------------------------------------------
 
@@ -126,54 +54,6 @@ def resolve_config(spec: Spec, overrides: dict[str, Any] | None = None) -> Train
         raise UsageError(f"{name}: {first['msg'][0].lower()}{first['msg'][1:]}, got {first.get('input')!r}") from None
 
 
-def init_weights(model: nn.Module, scheme: str) -> None:
-    """xavier_uniform (as d2l's train_ch6), kaiming, or torch's default initialization."""
-    if scheme == "default":
-        return
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            if scheme == "xavier_uniform":
-                nn.init.xavier_uniform_(module.weight)
-            else:
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-
-# --- evaluation --------------------------------------------------------------------------------
-
-
-@dataclass
-class Evaluation:
-    loss: float  # mean cross-entropy
-    accuracy: float
-    confusion: torch.Tensor  # rows: true class, columns: predicted
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, loader: DeviceLoader, num_classes: int, amp: str = "none", dist: Dist = SINGLE
-) -> Evaluation:
-    """Loss, accuracy and confusion matrix of a split; in a distributed run each rank evaluates its share and
-    the sums are reduced."""
-    was_training = model.training
-    model.eval()
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
-    loss_sum = torch.zeros(1, dtype=torch.float64, device=loader.device)
-    for x, y in loader:
-        with autocast(loader.device, amp):
-            logits = model(x).float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-    model.train(was_training)
-    loss_sum = loss_sum.cpu()
-    dist.sum_(confusion)
-    dist.sum_(loss_sum)
-    confusion = confusion.view(num_classes, num_classes).cpu()
-    n = max(int(confusion.sum()), 1)
-    return Evaluation(loss_sum.item() / n, confusion.trace().item() / n, confusion)
-
-
 # --- run folder --------------------------------------------------------------------------------
 
 
@@ -185,89 +65,6 @@ def new_run_dir(name: str, out: str | Path | None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
     return base if not base.exists() else runfolder.free_name(base)
-
-
-def write_metrics(run_dir: Path, epochs: list[EpochMetrics]) -> None:
-    """metrics.json and metrics.csv: one row per epoch; a value that was not measured is an empty cell."""
-    rows = [asdict(m) for m in epochs]
-    atomic_write_json(run_dir / "metrics.json", rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS))
-    writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in METRIC_COLUMNS} for row in rows)
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
-
-
-def plot_curves(path: Path, epochs: list[EpochMetrics], title: str, steps: list[list[float]] | None = None) -> None:
-    """Loss (per training step, and per epoch for val/test) and accuracy on two panels sharing the epoch axis,
-    so that a one-epoch run shows a real curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    xs = [m.epoch for m in epochs]
-    size = 5 if len(xs) <= 20 else 0  # markers help a few epochs; on many they only clutter
-    if steps:
-        sx, sy = zip(*steps, strict=True)
-        loss_ax.plot(sx, sy, "-", color="tab:blue", alpha=0.35, linewidth=0.8, label="train loss (steps)")
-    loss_ax.plot(
-        xs, [m.train_loss for m in epochs], "-o", color="tab:blue", label="train loss (epoch)", markersize=size
-    )
-    for key, style, color in (("val", "--s", "tab:orange"), ("test", "-.^", "tab:green")):
-        points = [(m.epoch, getattr(m, f"{key}_loss")) for m in epochs if getattr(m, f"{key}_loss") is not None]
-        if points:
-            loss_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} loss", markersize=size)
-        points = [(m.epoch, getattr(m, f"{key}_accuracy")) for m in epochs if getattr(m, f"{key}_accuracy") is not None]
-        if points:
-            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} acc", markersize=size)
-    acc_ax.plot(xs, [m.train_accuracy for m in epochs], "-o", color="tab:blue", label="train acc", markersize=size)
-    loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # decimals as the range needs
-    for ax in (loss_ax, acc_ax):
-        ax.set_xlabel("epoch")
-        ax.set_xlim(0, max(xs) + 0.1)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    _save_figure(fig, path)
-
-
-def plot_confusion(path: Path, confusion: torch.Tensor, classes: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    normalized = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n), dpi=100)
-    im = ax.imshow(normalized.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(n):
-        for j in range(n):
-            v = normalized[i, j].item()
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    _save_figure(fig, path)
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -459,19 +256,18 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path:
         """Write last.pt (and best.pt, the same bytes) from the current state (rank 0 only)."""
-        path = self.run_dir / "last.pt"
         if self.dist.is_main:
-            save_checkpoint([path, self.run_dir / "best.pt"] if best else [path], self.state())
-        return path
+            self.folder.save(self.state(), best)
+        return self.folder.last
 
     def write_run_files(self) -> None:
         """What a new run folder records besides checkpoints: the resolved spec, and the data's split and
         normalization (so that a resume and `netspec eval RUN` see the same split)."""
         if not self.dist.is_main:
             return
-        atomic_write_text(self.run_dir / "spec.yaml", yaml.safe_dump(self.spec.to_data(), sort_keys=False))
-        atomic_write_json(self.run_dir / "data.json", {**self.info.to_dict(), "notes": self.data.notes})
-        atomic_write_text(self.run_dir / "split.json", json.dumps(self.data.split, separators=(",", ":")) + "\n")
+        self.folder.write_spec(self.spec.to_data())
+        self.folder.write_data({**self.info.to_dict(), "notes": self.data.notes})
+        self.folder.write_split(self.data.split)
 
     # -- the loop --
 
@@ -483,7 +279,7 @@ class Trainer:
         if self.epoch == 0 and self.batch == 0:
             self.save()  # a run folder always holds a loadable checkpoint
             if self.dist.is_main:
-                write_metrics(self.run_dir, self.epochs)
+                self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
         self.board = _tensorboard(self.run_dir, self.epoch * len(self.train_loader) + self.batch) if (
             self.dist.is_main) else None  # fmt: skip
         try:
@@ -559,7 +355,7 @@ class Trainer:
                     if not finite:
                         raise TrainingDiverged(
                             f"loss became {value} at epoch {self.epoch + 1}, step {self.batch}; "
-                            f"stopped, the last good checkpoint is {self.run_dir / 'last.pt'}"
+                            f"stopped, the last good checkpoint is {self.folder.last}"
                         )
                     self.steps.append([self.epoch + self.batch / len(loader), value])
                     if self.batch % 10 == 0 and not bar.disable:
@@ -638,7 +434,7 @@ class Trainer:
         self._early_stopping(metrics)
         self.save(best=improved)
         if self.dist.is_main:
-            write_metrics(self.run_dir, self.epochs)
+            self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
             _log_epoch(self.board, metrics, self.steps, self.epoch * len(self.train_loader))
         return metrics
 
@@ -657,6 +453,10 @@ class Trainer:
             self.stopped_early = self.stale_epochs >= self.cfg.patience
 
     @property
+    def folder(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def _evaluated(self) -> nn.Module:
         # Evaluation runs on each rank's own share without DDP, whose forward would expect every rank
         # to make the same number of calls.
@@ -664,9 +464,9 @@ class Trainer:
 
     def _write_plots(self, confusion: torch.Tensor) -> None:
         title = f"{self.spec.name} on {self.info.name}"
-        plot_curves(self.run_dir / "curves.png", self.epochs, title, self.steps)
+        plot_curves(self.folder.curves, self.epochs, title, self.steps)
         split = "test" if self.test_loader is not None else "validation"
-        plot_confusion(self.run_dir / "confusion.png", confusion, list(self.info.classes), f"{title} ({split})")
+        plot_confusion(self.folder.confusion, confusion, list(self.info.classes), f"{title} ({split})")
 
     def _progress_bar(self) -> Any:
         from rich.console import Console
@@ -813,176 +613,6 @@ def make_loader(
     )
 
 
-# --- starting points ---------------------------------------------------------------------------
-
-
-def start_from(model: nn.Module, cfg: TrainConfig) -> str:
-    """Load cfg.init_from into `model`: a netspec checkpoint (its `model`), a PyTorch state_dict file, or a library's
-    pretrained weights (`torchvision:NAME`, `timm:NAME`), matched by name when the names agree and by position
-    otherwise (as torchvision's weights load into the zoo's specs). A partial load is refused unless
-    cfg.skip_mismatched, which keeps the tensors that do not fit (a new head) at their initialization."""
-    source = str(cfg.init_from)
-    if source.startswith(("torchvision:", "timm:")):
-        state, label = pretrained_state(source, download=cfg.download)
-    else:
-        from netspec.fileio import load_checkpoint as load_any
-
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(
-                f"--init-from {path}: no such file"
-                + ("" if path.exists() else " (or give torchvision:NAME or timm:NAME for a library's weights)")
-            )
-        loaded = load_any(path, allow_plain=True)
-        state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"--init-from {path}: neither a netspec checkpoint nor a state_dict of tensors")
-        label = str(path)
-    target = model.state_dict()
-    if list(state) == list(target) or set(state) == set(target):
-        pairs = [(key, state[key], key) for key in target]
-    elif len(state) == len(target):
-        pairs = [(src, tensor, dst) for (src, tensor), dst in zip(state.items(), target, strict=True)]
-    elif cfg.skip_mismatched:
-        pairs = [(src, tensor, dst) for (src, tensor), dst in zip(state.items(), target, strict=False)]
-    else:
-        raise UsageError(
-            f"--init-from {label}: it holds {len(state)} tensors but the network has {len(target)}, so it is "
-            "another architecture; pass --skip-mismatched to load the leading tensors that fit (the rest keep "
-            "their initialization)"
-        )
-    fitting = {dst: tensor for src, tensor, dst in pairs if tensor.shape == target[dst].shape}
-    skipped = [
-        f"{dst} ({format_shape(tuple(tensor.shape))} in the file, {format_shape(tuple(target[dst].shape))} here)"
-        for src, tensor, dst in pairs
-        if tensor.shape != target[dst].shape
-    ]
-    if skipped and not cfg.skip_mismatched:
-        shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-        raise UsageError(
-            f"--init-from {label}: {len(skipped)} of {len(target)} tensor(s) do not fit: {shown}. Pass "
-            "--skip-mismatched to keep them at their initialization (for a new head)"
-        )
-    if len(pairs) == len(target) and not skipped and list(state) != list(target) and set(state) != set(target):
-        transfer_state_dict(state, model)  # by position, with torchvision's reordered modules handled
-    else:
-        model.load_state_dict({**target, **fitting})
-    # Every tensor of the network is either loaded, skipped (another shape) or beyond the file's tensors.
-    beyond = len(target) - len(pairs)
-    note = f"init from {label}: loaded {len(fitting)} of {len(target)} tensors"
-    if skipped:
-        names = ", ".join(s.split(" (")[0] for s in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
-        note += f"; skipped {len(skipped)} that do not fit: {names}"
-    if beyond:
-        note += f"; {beyond} beyond the file's {len(state)} tensors"
-    if skipped or beyond:
-        note += " (kept at their initialization)"
-    if len(state) > len(pairs):
-        note += f"; {len(state) - len(pairs)} of the file's {len(state)} tensors unused"
-    return note
-
-
-def pretrained_state(source: str, download: bool = False) -> tuple[dict[str, torch.Tensor], str]:
-    """The state_dict of `torchvision:NAME[.WEIGHTS]` or `timm:NAME`, through the library's own API and cache
-    (torch.hub's under TORCH_HOME, Hugging Face's for timm). A file missing from the cache is fetched only with
-    `download`; otherwise the error says where the library looks for it and where it comes from."""
-    library, _, name = source.partition(":")
-    if library == "timm":
-        return _timm_state(name, download), source
-    import difflib
-    import os
-    from urllib.parse import urlparse
-
-    import torchvision
-
-    model_name, _, tag = name.partition(".")
-    known = torchvision.models.list_models()
-    if model_name not in known:
-        close = difflib.get_close_matches(model_name, known, n=1)
-        hint = f"; did you mean torchvision:{close[0]}?" if close else ""
-        raise UsageError(f"--init-from {source}: torchvision has no model named {model_name!r}{hint}")
-    enum = torchvision.models.get_model_weights(model_name)
-    if tag and tag not in enum.__members__:
-        raise UsageError(
-            f"--init-from {source}: torchvision's {model_name} has weights "
-            f"{', '.join(m for m in enum.__members__ if m != 'DEFAULT')}, not {tag}"
-        )
-    weights = enum[tag] if tag else enum.DEFAULT
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-    label = f"torchvision:{model_name}.{weights.name}"
-    if not file.is_file() and not download:
-        raise UsageError(
-            f"--init-from {source}: the weights {weights} are not in torch.hub's cache: {file} (set TORCH_HOME to "
-            f"use another cache); pass --download to fetch them from {weights.url}, or place that file there"
-        )
-    try:
-        state = weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:  # no network, a truncated or foreign file
-        raise CheckpointError(
-            f"--init-from {source}: cannot read {file} (from {weights.url}): {type(exc).__name__}: {exc}"
-        ) from None
-    return dict(state), label
-
-
-def _timm_state(name: str, download: bool) -> dict[str, torch.Tensor]:
-    try:
-        import timm
-    except ImportError:
-        raise UsageError(f"--init-from timm:{name}: timm is not installed (pip install timm)") from None
-    if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=1)
-        hint = f"; did you mean timm:{close[0]}?" if close else ""
-        raise UsageError(f"--init-from timm:{name}: timm has no model named {name!r}{hint}")
-    import os
-    import types
-
-    try:
-        import huggingface_hub.constants as hub_constants
-    except ImportError:  # timm without the hub: its weights come from elsewhere
-        hub_constants = types.SimpleNamespace(HF_HUB_OFFLINE=False, HF_HUB_CACHE="~/.cache/huggingface/hub")
-    offline = {} if download else {"HF_HUB_OFFLINE": "1"}
-    saved = {key: os.environ.get(key) for key in offline}
-    os.environ.update(offline)
-    was_offline = hub_constants.HF_HUB_OFFLINE
-    hub_constants.HF_HUB_OFFLINE = was_offline or not download  # read when a file is fetched
-    try:
-        model = timm.create_model(name, pretrained=True)
-    except Exception as exc:  # timm and huggingface_hub raise many kinds for a file not in the cache
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UsageError(
-            f"--init-from timm:{name}: timm could not load its pretrained weights from the Hugging Face cache "
-            f"{hub_constants.HF_HUB_CACHE} ({type(exc).__name__}: {first})"
-            + ("" if download else "; pass --download to fetch them")
-        ) from None
-    finally:
-        hub_constants.HF_HUB_OFFLINE = was_offline
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return dict(model.state_dict())
-
-
-def freeze(model: nn.Module, prefixes: list[str]) -> int:
-    """Keep the parameters under each prefix (a state_dict key prefix, e.g. `features` or `stem.0`) fixed;
-    returns how many parameters stay trainable."""
-    names = [name for name, _ in model.named_parameters()]
-    for prefix in prefixes:
-        matched = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
-        if not matched:
-            tops = sorted({n.split(".")[0] for n in names})
-            raise UsageError(
-                f"freeze: no parameters under {prefix!r}; the network's top-level names: {', '.join(tops)}"
-            )
-        for name, param in model.named_parameters():
-            if name in matched:
-                param.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # --- the entry points --------------------------------------------------------------------------
 
 
@@ -1033,18 +663,6 @@ def train(
             claim.release()
 
 
-def read_split(run_dir: Path) -> dict[str, list[int]] | None:
-    """The split a run recorded (None for a run of netspec 0.1, which had none)."""
-    path = run_dir / "split.json"
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        return {name: [int(i) for i in data.get(name, [])] for name in ("train", "val", "test")}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-
-
 def _resume(
     run_dir: Path,
     report: Reporter,
@@ -1056,21 +674,24 @@ def _resume(
 ) -> TrainResult:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
-    if not (run_dir / "last.pt").exists():
-        raise CheckpointError(f"--resume {run_dir}: the run folder holds no checkpoint (last.pt); start the run again")
-    ckpt = load_checkpoint(run_dir / "last.pt")
+    folder = RunDir(run_dir)
+    if not folder.last.exists():
+        raise CheckpointError(
+            f"--resume {run_dir}: the run folder holds no checkpoint ({folder.last.name}); start the run again"
+        )
+    ckpt = folder.load_last()
     try:
         spec = validate_spec(ckpt["spec"])
         cfg = TrainConfig.model_validate(ckpt["train_config"])
     except (KeyError, ValidationError) as exc:
-        raise CheckpointError(f"{run_dir / 'last.pt'}: its spec or settings are unreadable ({exc})") from None
+        raise CheckpointError(f"{folder.last}: its spec or settings are unreadable ({exc})") from None
     if epochs is not None and epochs != cfg.epochs:
         if epochs < int(ckpt.get("epoch", 0)):
             raise UsageError(f"--epochs {epochs}: the run has already trained {ckpt['epoch']} epochs")
         if cfg.scheduler in ("cosine", "onecycle"):
             raise UsageError(
                 f"--epochs {epochs}: this run's {cfg.scheduler} schedule was planned for {cfg.epochs} epochs and "
-                f"cannot be stretched; start a new run from it with --init-from {run_dir / 'best.pt'}"
+                f"cannot be stretched; start a new run from it with --init-from {folder.best}"
             )
         cfg = cfg.model_copy(update={"epochs": epochs})
         spec = spec.model_copy(update={"train": cfg})
@@ -1083,14 +704,14 @@ def _resume(
                 stale.unlink(missing_ok=True)
         cfg_start = cfg.model_copy(update={"init_from": None})  # the checkpoint has the weights already
         try:
-            trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, read_split(run_dir))
+            trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, folder.read_split())
         except DataError as exc:
             raise type(exc)(f"--resume {run_dir}: {exc}") from None  # same class: same exit code
         trainer.cfg = cfg
         trainer.run_dir = run_dir
         trainer.load_state(ckpt)
         if epochs is not None and dist.is_main:
-            atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_data(), sort_keys=False))
+            folder.write_spec(spec.to_data())
         if trainer.epoch >= cfg.epochs or trainer.stopped_early:
             report(f"{run_dir} already finished its {trainer.epoch} epochs")
         return trainer.run(on_epoch)

@@ -13,7 +13,7 @@ import torch
 import netspec
 from netspec.config import TrainConfig
 from netspec.errors import UsageError
-from netspec.train import start_from
+from netspec.weights import start_from
 from tests.conftest import SPECS, requires_mnist, run_cli
 from tests.test_own_data import mnist_pngs
 
