@@ -32,7 +32,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from netspec import plots, runfolder
-from netspec.config import SweepConfig, TrainConfig
+from netspec.config import Sampler, SweepConfig, TrainConfig, choices
 from netspec.distributed import TrainingJob
 from netspec.errors import Interrupted, NetspecError, SpecError, UsageError
 from netspec.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
@@ -265,8 +265,9 @@ def _check_plan(plan: SweepPlan, loaded: dict[str, Spec]) -> None:
                     adapter.validate_python(value)
                 except ValidationError as exc:
                     raise UsageError(f"--grid {dim.key}={value!r}: {exc.errors()[0]['msg'].lower()}") from None
-    if plan.sampler not in ("grid", "tpe", "random"):
-        raise UsageError(f"--sampler {plan.sampler}: choose grid, tpe or random")
+    if plan.sampler not in choices(Sampler):
+        *others, last = choices(Sampler)
+        raise UsageError(f"--sampler {plan.sampler}: choose {', '.join(others)} or {last}")
     ranges = [d.key for d in plan.dimensions if d.is_range]
     if plan.sampler == "grid" and ranges:
         raise UsageError(f"--grid {ranges[0]} is a range; ranges need --sampler tpe or random with --trials N")

@@ -176,8 +176,8 @@ def test_cli_export_bad_input(args: list[str], message: str):
 @requires_mnist
 def test_trained_lenet_exports_with_its_weights_and_keeps_its_accuracy(tmp_path: Path):
     from netspec.data import DeviceLoader
-    from netspec.predict import load_trained, run_split
     from netspec.metrics import evaluate
+    from netspec.predict import load_trained, run_split
 
     run = tmp_path / "run"
     trained = run_cli(
