@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from netspec.expr import VARIABLE, evaluate, evaluate_code
-from netspec.graph import EMPTY, FLAT, REPEAT, SCOPE, SEQUENTIAL, SINGLE
+from netspec.graph import Form, Role
 from netspec.layers import LayerSpec, MergeSpec, ModuleCall, argument_names, format_shape
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq
 
@@ -272,11 +272,11 @@ class Unit:
 
 def _repeat_of(node: ShapedSeq) -> str | None:
     """The block a repeat's every copy is one use of, if so (written as a loop over a class)."""
-    if node.form != REPEAT or not node.children:
+    if node.form != Form.REPEAT or not node.children:
         return None
     names = {
         c.children[0].block.name
-        if c.form == SINGLE and isinstance(c.children[0], ShapedSeq) and c.children[0].block
+        if c.form == Form.SINGLE and isinstance(c.children[0], ShapedSeq) and c.children[0].block
         else None
         for c in node.children
     }
@@ -299,7 +299,7 @@ def _skeleton(node: ShapedNode, loose: frozenset[str] = frozenset(), loops: bool
     if looped is not None:
         return ("loop", node.attr, looped, str(node.times_written))
     inner = tuple(_skeleton(c, loose, loops) for c in node.children)
-    block = node.block.name if node.block is not None and node.role != "root" else None
+    block = node.block.name if node.block is not None and node.role != Role.ROOT else None
     return (node.form, node.attr, block, tuple(node.sources), tuple(node.names), inner)
 
 
@@ -324,7 +324,7 @@ def _collect_scopes(node: ShapedNode, found: list[ShapedSeq]) -> None:
         return
     if not isinstance(node, ShapedSeq):
         return
-    if (node.role in ("block", "copy") and node.form == SCOPE) or node.role == "block":
+    if (node.role in (Role.BLOCK, Role.COPY) and node.form == Form.SCOPE) or node.role == Role.BLOCK:
         found.append(node)
     for child in node.children:
         _collect_scopes(child, found)
@@ -431,7 +431,9 @@ class Writer:
 
         def has_module(scope: ShapedSeq) -> bool:
             return any(
-                isinstance(c, ShapedMerge) and branch in c.names and c.branches[c.names.index(branch)].form != EMPTY
+                isinstance(c, ShapedMerge)
+                and branch in c.names
+                and c.branches[c.names.index(branch)].form != Form.EMPTY
                 for c in scope.children
             )
 
@@ -529,7 +531,7 @@ class Writer:
 
     def _docstring(self, unit: Unit) -> str:
         seq = unit.instances[0]
-        if seq.role == "root":
+        if seq.role == Role.ROOT:
             return ""
         if seq.block is not None:
             return f"The spec's block `{seq.block.name}` ({len(unit.instances)} use{'s' * (len(unit.instances) > 1)})."
@@ -570,7 +572,7 @@ class _Scope:
     def __init__(self, writer: Writer, unit: Unit) -> None:
         self.writer, self.unit = writer, unit
         self.instances = unit.instances
-        self.symbolic = len(unit.instances) > 1 or unit.instances[0].role != "root"
+        self.symbolic = len(unit.instances) > 1 or unit.instances[0].role != Role.ROOT
         self.init: list[str] = []
         self.forward: list[str] = []
         self.used_sizes: set[str] = set()
@@ -804,11 +806,11 @@ class _Scope:
             known = unit.out_sizes or Sizes(None, None)
             through = [substitute_names(e, given) if e else None for e in (known.first, known.last)]
             return code, self._out_sizes(outs, sizes, through)
-        if template.form == SINGLE:
+        if template.form == Form.SINGLE:
             return self.module([p.children[0] for p in parallel], sizes)  # type: ignore[union-attr]
-        if template.form == EMPTY:
+        if template.form == Form.EMPTY:
             return "nn.Identity()", sizes
-        if template.form == REPEAT and _repeat_of(template) is not None:
+        if template.form == Form.REPEAT and _repeat_of(template) is not None:
             loop = self.loop(parallel, sizes)  # type: ignore[arg-type]
             if loop is not None:
                 return loop
@@ -819,7 +821,7 @@ class _Scope:
         items = []
         saved = dict(self.constants)
         for k in range(len(template.children)):
-            if template.form == REPEAT:
+            if template.form == Form.REPEAT:
                 self.constants.update(i=k, n=len(template.children))
             code, sizes = self.module([p.children[k] for p in parallel], sizes)  # type: ignore[union-attr]
             items.append(code)
@@ -906,7 +908,7 @@ class _Scope:
             source, sizes = inputs[b] if len(inputs) > 1 else inputs[0]
             condition = self.unit.optional.get(name)
             if condition is not None:  # a shortcut that is the identity in some uses
-                uses = [i for i, p in enumerate(parallel) if p.form != EMPTY]
+                uses = [i for i, p in enumerate(parallel) if p.form != Form.EMPTY]
                 self.only = uses
                 try:
                     code, _ = self.module([parallel[i].children[0] for i in uses], sizes)
@@ -917,10 +919,10 @@ class _Scope:
                 self.init.append(f"self.{name} = {code} if {condition} else nn.Identity()")
                 terms.append(f"self.{name}({source})")
                 branch_sizes.append(sizes)
-            elif branch.form == EMPTY:
+            elif branch.form == Form.EMPTY:
                 terms.append(source)
                 branch_sizes.append(sizes)
-            elif branch.form == SINGLE:
+            elif branch.form == Form.SINGLE:
                 only = [p.children[0] for p in parallel]
                 first = only[0]
                 if isinstance(first, LayerInfo) and first.is_tensor and op.kind != "concat":
@@ -931,13 +933,13 @@ class _Scope:
                 expr, out = self.node(only, [(source, sizes)])
                 terms.append(expr)
                 branch_sizes.append(out)
-            elif branch.form == SEQUENTIAL:
+            elif branch.form == Form.SEQUENTIAL:
                 code, out = self.module(parallel, sizes)  # type: ignore[arg-type]
                 self.attribute(str(branch.attr), code, None)
                 terms.append(f"self.{branch.attr}({source})")
                 branch_sizes.append(out)
             else:
-                assert branch.form == FLAT
+                assert branch.form == Form.FLAT
                 var, out = self.seq(parallel, source, sizes, self._fresh(name))
                 terms.append(var)
                 branch_sizes.append(out)

@@ -26,7 +26,7 @@ from torch import nn
 
 from netspec.errors import CheckpointError
 from netspec.fileio import load_checkpoint
-from netspec.graph import EMPTY, FLAT, REPEAT, SCOPE, SEQUENTIAL, SINGLE, Graph
+from netspec.graph import Form, Graph
 from netspec.layers import MergeSpec
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
 from netspec.spec import Spec
@@ -122,16 +122,16 @@ class _ScopeBuilder:
         outs = []
         for b, branch in enumerate(node.branches):
             value = inputs[b] if len(inputs) > 1 else inputs[0]
-            if branch.form == EMPTY:
+            if branch.form == Form.EMPTY:
                 outs.append(value)
-            elif branch.form == SINGLE:
+            elif branch.form == Form.SINGLE:
                 outs.append(self.node(branch.children[0], [value]))
-            elif branch.form == SEQUENTIAL:
+            elif branch.form == Form.SEQUENTIAL:
                 assert branch.attr is not None
                 self.modules[branch.attr] = module_of(branch)
                 outs.append(self.emit(CALL, branch.attr, (value,)))
             else:
-                assert branch.form == FLAT
+                assert branch.form == Form.FLAT
                 outs.append(self.seq(branch, value))
         assert isinstance(node.info.layer, MergeSpec)
         return self.emit(MERGE, node.info.layer.build(), tuple(outs), node.info.index)
@@ -170,15 +170,15 @@ def module_of(node: ShapedNode) -> nn.Module:
     if isinstance(node, LayerInfo):
         return node.layer.build(node.input_shape)  # type: ignore[call-arg]
     assert isinstance(node, ShapedSeq), node
-    if node.form == REPEAT:
+    if node.form == Form.REPEAT:
         return nn.Sequential(*(module_of(copy) for copy in node.children))
-    if node.form == SINGLE:
+    if node.form == Form.SINGLE:
         return module_of(node.children[0])
-    if node.form == SEQUENTIAL:
+    if node.form == Form.SEQUENTIAL:
         return nn.Sequential(*(module_of(child) for child in node.children))
-    if node.form == EMPTY:
+    if node.form == Form.EMPTY:
         return nn.Identity()
-    assert node.form == SCOPE, node.form
+    assert node.form == Form.SCOPE, node.form
     return scope_module(node, node.label or node.path)
 
 
@@ -204,11 +204,11 @@ def leaf_modules(model: SpecNet) -> list[tuple[LayerInfo, nn.Module | None]]:
         if isinstance(node, ShapedMerge):
             pairs.append((node.info, None))
             for branch in node.branches:
-                if branch.form == SINGLE:
+                if branch.form == Form.SINGLE:
                     in_scope(branch.children[0], scope)
-                elif branch.form == SEQUENTIAL:
+                elif branch.form == Form.SEQUENTIAL:
                     own(branch, getattr(scope, str(branch.attr)))
-                elif branch.form == FLAT:
+                elif branch.form == Form.FLAT:
                     for child in branch.children:
                         in_scope(child, scope)
         elif isinstance(node, LayerInfo) and node.is_tensor:
@@ -220,9 +220,9 @@ def leaf_modules(model: SpecNet) -> list[tuple[LayerInfo, nn.Module | None]]:
         """A node whose module is `module` itself."""
         if isinstance(node, LayerInfo):
             pairs.append((node, module))
-        elif isinstance(node, ShapedSeq) and node.form == SINGLE:
+        elif isinstance(node, ShapedSeq) and node.form == Form.SINGLE:
             own(node.children[0], module)
-        elif isinstance(node, ShapedSeq) and node.form in (REPEAT, SEQUENTIAL):
+        elif isinstance(node, ShapedSeq) and node.form in (Form.REPEAT, Form.SEQUENTIAL):
             for child, sub in zip(node.children, module.children(), strict=True):
                 own(child, sub)
         elif isinstance(node, ShapedSeq):

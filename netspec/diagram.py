@@ -31,6 +31,7 @@ from typing import Any
 
 from netspec.errors import NetspecError, UsageError
 from netspec.fileio import atomic_write_bytes
+from netspec.graph import Role
 from netspec.layers import format_shape
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes, output_of, rows_of
 from netspec.spec import Spec
@@ -500,7 +501,7 @@ def box_text(node: ShapedNode) -> tuple[str, str, str]:
     if isinstance(node, ShapedMerge):
         return f"{node.info.kind} ({len(node.branches)} branches)", summary, "#eeeeee"
     prefix, use = "", node
-    if node.role == "repeat":
+    if node.role == Role.REPEAT:
         # A repeat's children are its copies; a copy that is one block use names what is repeated.
         copy = node.children[0]
         inner = copy.children[0] if isinstance(copy, ShapedSeq) and len(copy.children) == 1 else None
@@ -638,7 +639,7 @@ def _flatten(placer: _Placer, root: ShapedSeq) -> ShapedSeq:
         if source is not None:
             sources[-1] = tuple(position[p] for p in source)
         position.append(len(children))
-    return ShapedSeq(children, sources, [None] * len(children), role="root", path=root.path)
+    return ShapedSeq(children, sources, [None] * len(children), role=Role.ROOT, path=root.path)
 
 
 def _sources(seq: ShapedSeq) -> list[tuple[int, ...] | None]:

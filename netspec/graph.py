@@ -28,6 +28,7 @@ import keyword
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Union
 
@@ -55,13 +56,33 @@ from netspec.spec import (
     substitute,
 )
 
-# What a sequence becomes in the compiled network (see the module docstring).
-SCOPE = "scope"  # a module with named attributes and its own forward (root, block use, complex repeat copy)
-SEQUENTIAL = "sequential"  # an nn.Sequential of its children's modules (a plain chain)
-SINGLE = "single"  # its only child's module (or learned tensor) stands for it
-FLAT = "flat"  # a branch whose children are attributes of the enclosing scope
-EMPTY = "empty"  # the identity: no module at all
-REPEAT = "repeat"  # an nn.Sequential of its copies
+
+class _Word(str, Enum):
+    """An enum whose members are the words they stand for: equal to, hashed and printed as those strings."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Form(_Word):
+    """What a sequence becomes in the compiled network (see the module docstring)."""
+
+    SCOPE = "scope"  # a module with named attributes and its own forward (root, block use, complex repeat copy)
+    SEQUENTIAL = "sequential"  # an nn.Sequential of its children's modules (a plain chain)
+    SINGLE = "single"  # its only child's module (or learned tensor) stands for it
+    FLAT = "flat"  # a branch whose children are attributes of the enclosing scope
+    EMPTY = "empty"  # the identity: no module at all
+    REPEAT = "repeat"  # an nn.Sequential of its copies
+
+
+class Role(_Word):
+    """What a sequence is in the spec."""
+
+    ROOT = "root"  # the spec's own layers
+    BLOCK = "block"  # a use of a block from `blocks:`
+    REPEAT = "repeat"  # a repeat, whose children are its copies
+    COPY = "copy"  # one copy of a repeat's body
+    BRANCH = "branch"  # a merge's (or a residual's) branch
 
 
 @dataclass
@@ -97,8 +118,8 @@ class Seq:
     names: list[str | None]
     path: str
     yaml_path: YamlPath
-    role: str  # root, block, repeat, copy or branch
-    form: str = SCOPE
+    role: Role
+    form: Form = Form.SCOPE
     block: BlockUse | None = None
     attr: str | None = None
     times_written: Any = None  # a repeat's `times` as its block body writes it (`$depth`), for the export
@@ -109,7 +130,7 @@ class Seq:
         if self.block is not None:
             args = ", ".join(f"{k}={v}" for k, v in self.block.args.items())
             return f"{self.block.name} {args}".strip()
-        if self.role == "repeat":
+        if self.role == Role.REPEAT:
             return f"repeat ×{len(self.children)}"
         return None
 
@@ -222,7 +243,7 @@ class _Expander:
         raw: list[Any] | None,
         path: str,
         yaml_path: YamlPath,
-        role: str,
+        role: Role,
         env: dict[str, Any],
         stack: tuple[str, ...],
     ) -> Seq:
@@ -355,7 +376,7 @@ class _Expander:
                 _raw_list(raw_branches[b]) if b < len(raw_branches) else None,
                 f"{path}.branch[{b}]",
                 (*written, b),
-                "branch",
+                Role.BRANCH,
                 env,
                 stack,
             )
@@ -376,18 +397,24 @@ class _Expander:
         """add(body, shortcut), the shortcut as the entry says (auto and projection are decided from shapes)."""
         body = self.seq(
             entry.layers, _raw_list(raw.get("layers")), f"{path}.residual", (*yaml_path, "residual", "layers"),
-            "branch", env, stack,
+            Role.BRANCH, env, stack,
         )  # fmt: skip
         shortcut_yaml = (*yaml_path, "residual", "shortcut")
         if isinstance(entry.shortcut, list):
             shortcut = self.seq(
-                entry.shortcut, _raw_list(raw.get("shortcut")), f"{path}.shortcut", shortcut_yaml, "branch", env, stack
+                entry.shortcut,
+                _raw_list(raw.get("shortcut")),
+                f"{path}.shortcut",
+                shortcut_yaml,
+                Role.BRANCH,
+                env,
+                stack,
             )
         elif entry.shortcut == "identity":
-            shortcut = Seq([], [], [], f"{path}.shortcut", shortcut_yaml, "branch")
+            shortcut = Seq([], [], [], f"{path}.shortcut", shortcut_yaml, Role.BRANCH)
         else:
             auto = Layer(None, f"{path}.shortcut[0]", shortcut_yaml, shortcut=entry.shortcut)
-            shortcut = Seq([auto], [None], [None], f"{path}.shortcut", shortcut_yaml, "branch")
+            shortcut = Seq([auto], [None], [None], f"{path}.shortcut", shortcut_yaml, Role.BRANCH)
         return Merge(Add(), "residual", [body, shortcut], ("body", "shortcut"), path, yaml_path)
 
     def repeat(self, entry: Repeat, path: str, yaml_path: YamlPath, env: dict[str, Any], stack: tuple[str, ...]) -> Seq:
@@ -403,7 +430,7 @@ class _Expander:
         finally:
             self.scale = outer
         n = len(copies)
-        return Seq(copies, [None] * n, [None] * n, path, yaml_path, "repeat", REPEAT)
+        return Seq(copies, [None] * n, [None] * n, path, yaml_path, Role.REPEAT, Form.REPEAT)
 
     def _copies(
         self, entry: Repeat, path: str, yaml_path: YamlPath, body_yaml: YamlPath, env: dict[str, Any],
@@ -414,7 +441,7 @@ class _Expander:
             copy_env = {**env, "i": i, "n": entry.times}
             body = substitute(entry.layers, copy_env, body_yaml, self.spec.source, _unknown(copy_env, "repeat"))
             entries = self.validate(body, (*yaml_path, "repeat"), f"{path}.repeat")
-            copies.append(self.seq(entries, entry.layers, f"{path}.repeat#{i}", body_yaml, "copy", copy_env, stack))
+            copies.append(self.seq(entries, entry.layers, f"{path}.repeat#{i}", body_yaml, Role.COPY, copy_env, stack))
         return copies
 
     def block(
@@ -460,7 +487,7 @@ class _Expander:
         block_env = {**spec.vars, **values}  # a parameter hides a variable of the same name
         body = substitute(block.layers, block_env, body_yaml, spec.source, unknown)
         entries = self.validate(body, ("blocks", call.name), f"{path}.{call.name}")
-        seq = self.seq(entries, list(block.layers), f"{path}.{call.name}", body_yaml, "block", block_env,
+        seq = self.seq(entries, list(block.layers), f"{path}.{call.name}", body_yaml, Role.BLOCK, block_env,
                        (*stack, call.name))  # fmt: skip
         seq.block = BlockUse(call.name, values, written)
         self.blocks_used.add(call.name)
@@ -507,27 +534,27 @@ def _module_like(node: Node) -> bool:
     """A node that is one module in the compiled network (a layer, a block use, a repeat)."""
     if isinstance(node, Layer):
         return node.layer is None or not node.layer.is_tensor
-    return isinstance(node, Seq) and node.role in ("block", "repeat")
+    return isinstance(node, Seq) and node.role in (Role.BLOCK, Role.REPEAT)
 
 
 def _is_tensor(node: Node) -> bool:
     return isinstance(node, Layer) and node.layer is not None and node.layer.is_tensor
 
 
-def _form(seq: Seq) -> str:
+def _form(seq: Seq) -> Form:
     """How a branch or a repeat copy is materialized (see the module docstring)."""
     if not seq.children:
-        return EMPTY
+        return Form.EMPTY
     chain = all(s is None for s in seq.sources)
     if (
         chain
         and len(seq.children) == 1
-        and (_module_like(seq.children[0]) or (seq.role == "branch" and _is_tensor(seq.children[0])))
+        and (_module_like(seq.children[0]) or (seq.role == Role.BRANCH and _is_tensor(seq.children[0])))
     ):
-        return SINGLE
+        return Form.SINGLE
     if chain and all(_module_like(c) for c in seq.children):
-        return SEQUENTIAL
-    return FLAT if seq.role == "branch" else SCOPE
+        return Form.SEQUENTIAL
+    return Form.FLAT if seq.role == Role.BRANCH else Form.SCOPE
 
 
 def _identifier(text: str) -> str:
@@ -542,9 +569,9 @@ def _base(node: Node, tap: str | None) -> str:
         return "shortcut" if node.layer is None else (node.layer.attr or node.layer.kind)
     if isinstance(node, Seq) and node.block is not None:
         return node.block.name
-    if isinstance(node, Seq) and node.role == "repeat":
+    if isinstance(node, Seq) and node.role == Role.REPEAT:
         first = node.children[0] if node.children else None
-        if isinstance(first, Seq) and first.form == SINGLE and isinstance(first.children[0], Seq):
+        if isinstance(first, Seq) and first.form == Form.SINGLE and isinstance(first.children[0], Seq):
             inner = first.children[0]
             if inner.block is not None:
                 return inner.block.name + "s"  # repeat: [basic_block] -> basic_blocks
@@ -561,11 +588,11 @@ def _name_scope(scope: Seq) -> None:
         for child, tap in zip(seq.children, seq.names, strict=True):
             if isinstance(child, Merge):
                 for branch, name in zip(child.branches, child.branch_names, strict=True):
-                    if branch.form == SINGLE:
+                    if branch.form == Form.SINGLE:
                         items.append((branch.children[0], branch.names[0] or name))  # type: ignore[arg-type]
-                    elif branch.form == SEQUENTIAL:
+                    elif branch.form == Form.SEQUENTIAL:
                         items.append((branch, name))
-                    elif branch.form == FLAT:
+                    elif branch.form == Form.FLAT:
                         collect(branch)
             else:
                 items.append((child, _base(child, tap)))
@@ -599,9 +626,9 @@ def _finish(node: Node) -> None:
         return
     for child in node.children:
         _finish(child)
-    if node.role in ("branch", "copy"):
+    if node.role in (Role.BRANCH, Role.COPY):
         node.form = _form(node)
-    if node.form == SCOPE:
+    if node.form == Form.SCOPE:
         _name_scope(node)
 
 
@@ -618,6 +645,6 @@ def expand(spec: Spec | str | Path | dict[str, Any]) -> Graph:
     """Expand a spec (a Spec, a path, YAML text or a dict) into its graph."""
     spec = as_spec(spec)
     expander = _Expander(spec)
-    root = expander.seq(list(spec.layers), None, "layers", ("layers",), "root", dict(spec.vars), ())
+    root = expander.seq(list(spec.layers), None, "layers", ("layers",), Role.ROOT, dict(spec.vars), ())
     _finish(root)
     return Graph(spec, root, expander.blocks_used)

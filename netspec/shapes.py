@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from netspec.errors import SpecWarning
-from netspec.graph import EMPTY, INPUT_NAME, SINGLE, BlockUse, Graph, Layer, Merge, Seq, expand
+from netspec.graph import INPUT_NAME, BlockUse, Form, Graph, Layer, Merge, Role, Seq, expand
 from netspec.layers import Conv2d, LayerSpec, MergeMismatch, MergeSpec, Shape, ShapeError, format_shape
 from netspec.source import YamlPath
 from netspec.spec import Spec
@@ -81,8 +81,8 @@ class ShapedSeq:
     sources: list[tuple[int, ...] | None] = field(default_factory=list)
     names: list[str | None] = field(default_factory=list)  # each child's tap name (`as`), if any
     label: str | None = None  # a block use ("inception c1=64, ...") or a repeat ("repeat ×4")
-    role: str = "branch"
-    form: str = EMPTY
+    role: Role = Role.BRANCH
+    form: Form = Form.EMPTY
     attr: str | None = None
     block: BlockUse | None = None
     path: str = ""
@@ -207,7 +207,7 @@ class _Walker:
         if isinstance(node, Layer):
             return self.leaf(node, node.layer, in_shapes[0])  # type: ignore[arg-type]
         assert isinstance(node, Seq)
-        if node.role != "repeat":
+        if node.role != Role.REPEAT:
             return self.seq(node, in_shapes[0])
         shape, copies = in_shapes[0], []
         for copy in node.children:
@@ -328,7 +328,7 @@ class _Walker:
         """A residual's automatic shortcut: the identity when the body keeps the shape (`auto`), else the strided
         1×1 convolution that maps the input onto the body's output."""
         if auto.shortcut == "auto" and body == shape:
-            return ShapedSeq([], [], [], None, "branch", EMPTY, None, None, branch.path, shape), shape
+            return ShapedSeq([], [], [], None, Role.BRANCH, Form.EMPTY, None, None, branch.path, shape), shape
         projection = _projection(shape, body)
         if projection is None:
             raise self.error(
@@ -338,7 +338,7 @@ class _Walker:
                 f"{merge.path} residual",
             )
         info, out = self.leaf(auto, projection, shape)
-        return ShapedSeq([info], [None], [None], None, "branch", SINGLE, None, None, branch.path, shape), out
+        return ShapedSeq([info], [None], [None], None, Role.BRANCH, Form.SINGLE, None, None, branch.path, shape), out
 
 
 def _projection(shape: Shape, out: Shape) -> Conv2d | None:
