@@ -76,15 +76,16 @@ class Dist:
         return box[0]
 
 
-SINGLE = Dist()
+# The Dist of a run in one process: nothing to reduce or broadcast (not graph.Form.SINGLE, a sequence's form).
+ONE_PROCESS = Dist()
 
 
 def from_environment(device: torch.device, backend: str | None = None) -> tuple[Dist, torch.device]:
-    """The Dist of a worker started by torchrun (WORLD_SIZE, RANK, LOCAL_RANK), or SINGLE; and the
+    """The Dist of a worker started by torchrun (WORLD_SIZE, RANK, LOCAL_RANK), or ONE_PROCESS; and the
     device this rank trains on (cuda:LOCAL_RANK when the job runs on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return SINGLE, device
+        return ONE_PROCESS, device
     dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

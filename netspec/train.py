@@ -28,7 +28,7 @@ from netspec.compiler import SpecNet, build, check_memory
 from netspec.config import Augment, TrainConfig
 from netspec.data import Data, DataInfo, DeviceLoader, Examples, open_data
 from netspec.device import resolve_device
-from netspec.distributed import SINGLE, Dist, check_batch_size
+from netspec.distributed import ONE_PROCESS, Dist, check_batch_size
 from netspec.engine import TrainStep, make_scheduler, optimizer_for
 from netspec.errors import CheckpointError, DataError, Interrupted, TrainingDiverged, UsageError
 from netspec.layers import format_shape
@@ -116,7 +116,7 @@ class Trainer:
         cfg: TrainConfig,
         report: Reporter,
         progress: bool,
-        dist: Dist = SINGLE,
+        dist: Dist = ONE_PROCESS,
         device: torch.device | None = None,
         sync_bn: bool | None = None,
         recorded_split: dict[str, list[int]] | None = None,
@@ -593,7 +593,13 @@ def check_fits(net: NetShape, info: DataInfo) -> None:
 
 
 def make_loader(
-    spec: Spec, cfg: TrainConfig, data: Data, part: Examples, device: torch.device, train: bool, dist: Dist = SINGLE
+    spec: Spec,
+    cfg: TrainConfig,
+    data: Data,
+    part: Examples,
+    device: torch.device,
+    train: bool,
+    dist: Dist = ONE_PROCESS,
 ) -> DeviceLoader:
     """A split on `device`: the training split shuffled (and augmented), the others in order."""
     info = data.info

@@ -48,9 +48,6 @@ class Examples:
         return self.inputs
 
 
-ImageData = Examples  # the name of netspec 0.1
-
-
 @dataclass
 class Pool:
     """Everything a source read: examples, their class names, and the split each came with
@@ -102,9 +99,6 @@ class DataInfo:
             tuple(float(v) for v in data["std"]),  # type: ignore[attr-defined]
             tuple(str(f) for f in data.get("features") or ()),  # type: ignore[attr-defined]
         )
-
-
-DatasetInfo = DataInfo  # the name of netspec 0.1
 
 
 @dataclass
@@ -192,3 +186,9 @@ def channel_stats(inputs: torch.Tensor, scale: float) -> tuple[tuple[float, ...]
     std = x.std(dims, correction=0) if len(inputs) > 1 else torch.ones_like(mean)
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+# The names of netspec 0.1, kept for code written against them (tests/test_train.py uses ImageData): the one
+# place for aliases of the old API.
+ImageData = Examples
+DatasetInfo = DataInfo

@@ -40,7 +40,6 @@ DATASET_INFO = {
     # "Deep Learning with PyTorch", chapter 7: airplanes (label 0) vs birds (label 2).
     "cifar2": DataInfo("cifar2", "image", (3, 32, 32), ("airplane", "bird"), CIFAR_MEAN, CIFAR_STD),
 }
-ImageData = Examples
 
 
 def dataset_info(name: str, input_shape: tuple[int, ...] | None = None) -> DataInfo:
@@ -68,7 +67,7 @@ def load_split(
     download: bool = False,
     input_shape: tuple[int, ...] | None = None,
     synthetic_size: int = 4096,
-) -> ImageData:
+) -> Examples:
     """Read one split of a dataset into memory (once per process: a sweep's trials share it)."""
     key = (name, str(Path(root).resolve()), train, tuple(input_shape or ()), synthetic_size, _stamp(root))
     if key not in _SPLITS:
@@ -78,7 +77,7 @@ def load_split(
     return _SPLITS[key]
 
 
-_SPLITS: dict[tuple[Any, ...], ImageData] = {}
+_SPLITS: dict[tuple[Any, ...], Examples] = {}
 
 
 def _stamp(root: str | Path) -> tuple[tuple[str, int, int], ...]:
@@ -93,7 +92,7 @@ def _stamp(root: str | Path) -> tuple[tuple[str, int, int], ...]:
 
 def _read_split(
     name: str, root: str | Path, train: bool, download: bool, input_shape: tuple[int, ...] | None, synthetic_size: int
-) -> ImageData:
+) -> Examples:
     root = Path(root)
     if name == "synthetic":
         return _synthetic(tuple(input_shape or (1, 28, 28)), synthetic_size if train else max(synthetic_size // 4, 1))
@@ -103,12 +102,12 @@ def _read_split(
         data = _cifar10(root, train, download)
         if name == "cifar2":
             keep = (data.labels == 0) | (data.labels == 2)
-            data = ImageData(data.images[keep], (data.labels[keep] == 2).long())
+            data = Examples(data.images[keep], (data.labels[keep] == 2).long())
         return data
     raise DataError(f"unknown dataset '{name}'")
 
 
-def _mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData:
+def _mnist_like(name: str, root: Path, train: bool, download: bool) -> Examples:
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
@@ -128,7 +127,7 @@ def _mnist_like(name: str, root: Path, train: bool, download: bool) -> ImageData
         raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
     except (OSError, ValueError, IndexError, TypeError) as exc:  # truncated or garbled idx files
         raise DataError(f"cannot read {name} under {folder}: the files are corrupted ({exc})") from None
-    return ImageData(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+    return Examples(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -147,7 +146,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _cifar10(root: Path, train: bool, download: bool) -> ImageData:
+def _cifar10(root: Path, train: bool, download: bool) -> Examples:
     folder = root / "cifar-10-batches-py"
     files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     if download and not all((folder / f).exists() for f in files):
@@ -165,7 +164,7 @@ def _cifar10(root: Path, train: bool, download: bool) -> ImageData:
             labels.extend(batch.get("labels", batch.get("fine_labels", [])))
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{folder / f}: not a CIFAR-10 batch file ({exc})") from None
-    return ImageData(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long))
+    return Examples(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long))
 
 
 def _download(name: str, root: Path, fetch: Callable[[], object]) -> None:
@@ -208,11 +207,11 @@ def _missing(name: str, folder: Path, files: list[str]) -> str:
     )
 
 
-def _synthetic(shape: tuple[int, ...], n: int) -> ImageData:
+def _synthetic(shape: tuple[int, ...], n: int) -> Examples:
     """Random images labelled by a fixed random linear teacher: learnable, no files needed."""
     gen = torch.Generator().manual_seed(1234)
     teacher = torch.randn(math.prod(shape), 10, generator=gen)
     # Draw the test split from the same stream after the train split, so they differ.
     images = torch.randint(0, 256, (n, *shape), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
     logits = (images.flatten(1).float() / 255 - 0.5) @ teacher
-    return ImageData(images, logits.argmax(1))
+    return Examples(images, logits.argmax(1))
