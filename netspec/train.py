@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,83 @@ class _Progress:
     seconds: float = 0.0
 
 
+@dataclass
+class Selection:
+    """How best.pt and early stopping stand: carried over a resume."""
+
+    on: str = "val_accuracy"  # the metric best.pt is chosen on (Trainer.selected_on)
+    best_accuracy: float = -1.0
+    best_epoch: int | None = None
+    monitor_best: float | None = None  # the best value of cfg.monitor so far (patience)
+    stale_epochs: int = 0  # epochs since monitor_best last improved
+    stopped_early: bool = False
+
+
+@dataclass
+class ResumeState:
+    """A checkpoint's contents: what a run needs to continue exactly where it stopped, and what using the model
+    later needs (the classes, the normalization of its inputs). `asdict` gives the dict saved in last.pt (its keys
+    are the checkpoint format: unchanged, so that old checkpoints load); `from_dict` reads one back, including
+    those of older versions (no `steps`; no `selection`, only `best_test_accuracy`)."""
+
+    spec: dict[str, Any]
+    train_config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any]
+    epoch: int  # completed epochs
+    batch: int  # completed batches of the current epoch
+    partial: _Progress
+    metrics: list[EpochMetrics]
+    steps: list[list[float]]
+    selection: Selection
+    data: dict[str, Any]
+    classes: list[str]
+    normalization: dict[str, list[float]]
+    rng: dict[str, torch.Tensor]
+
+    def asdict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict, which would deep-copy every tensor of the model and optimizer.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            **state,
+            "partial": asdict(self.partial),
+            "metrics": [asdict(m) for m in self.metrics],
+            "selection": asdict(self.selection),
+        }
+
+    @classmethod
+    def from_dict(cls, ckpt: dict[str, Any]) -> ResumeState:
+        """Raises KeyError, TypeError or ValueError for a checkpoint that lacks what a resume needs."""
+        selection = ckpt.get("selection") or {"best_accuracy": ckpt.get("best_test_accuracy", -1.0)}
+        return cls(
+            spec=ckpt.get("spec", {}),
+            train_config=ckpt.get("train_config", {}),
+            model=ckpt["model"],
+            optimizer=ckpt["optimizer"],
+            scheduler=ckpt["scheduler"],
+            scaler=ckpt["scaler"],
+            epoch=int(ckpt["epoch"]),
+            batch=int(ckpt["batch"]),
+            partial=_Progress(**ckpt["partial"]),
+            metrics=[EpochMetrics(**m) for m in ckpt["metrics"]],
+            steps=[list(map(float, step)) for step in ckpt.get("steps", [])],
+            selection=Selection(
+                on=selection.get("on", "val_accuracy"),
+                best_accuracy=float(selection["best_accuracy"]),
+                best_epoch=selection.get("best_epoch"),
+                monitor_best=selection.get("monitor_best"),
+                stale_epochs=int(selection.get("stale_epochs", 0)),
+                stopped_early=bool(selection.get("stopped_early", False)),
+            ),
+            data=ckpt.get("data", {}),
+            classes=list(ckpt.get("classes", [])),
+            normalization=ckpt.get("normalization", {}),
+            rng=ckpt["rng"],
+        )
+
+
 Reporter = Callable[[str], None]
 
 
@@ -114,20 +191,24 @@ class Trainer:
         self,
         spec: Spec,
         cfg: TrainConfig,
+        run_dir: Path,
         report: Reporter,
         progress: bool,
         dist: Dist = ONE_PROCESS,
         device: torch.device | None = None,
         sync_bn: bool | None = None,
         recorded_split: dict[str, list[int]] | None = None,
+        resume_from: dict[str, Any] | None = None,
     ) -> None:
         # Everything that can fail on bad input (device, data, shapes, weights to start from) happens here,
         # before any file is written: a failed start leaves no partial run folder behind.
         # In a distributed run (`dist`, see netspec.distributed) only rank 0 reports and writes.
+        # `resume_from`: a checkpoint (last.pt) to continue from; its weights replace cfg.init_from's.
         self.spec, self.cfg, self.dist = spec, cfg, dist
         self.report = report if dist.is_main else (lambda line: None)
         self.show_progress = progress and dist.is_main
-        self.run_dir = Path()
+        self.run_dir = run_dir
+        self.folder = RunDir(run_dir)
         self.device = device or resolve_device(cfg.device)
         check_batch_size(cfg.batch_size, dist)
         net = infer_shapes(spec)
@@ -154,7 +235,7 @@ class Trainer:
         model = build(net)
         assert isinstance(model, SpecNet)
         init_weights(model, cfg.init)
-        self.start_note = start_from(model, cfg) if cfg.init_from else None
+        self.start_note = start_from(model, cfg) if cfg.init_from and resume_from is None else None
         self.trainable = freeze(model, cfg.freeze)
         self.model: SpecNet = model.to(self.device)
         if cfg.channels_last:
@@ -182,6 +263,8 @@ class Trainer:
         self.stopped_early = False
         self.confusion: torch.Tensor | None = None  # of the last evaluation in this call
         self.board: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
+        if resume_from is not None:
+            self.load_state(resume_from)
 
     def describe(self) -> str:
         """The run's first line: its data, splits, parameters and where selection looks."""
@@ -201,56 +284,55 @@ class Trainer:
     # -- checkpoints --
 
     def state(self) -> dict[str, Any]:
+        """The checkpoint of the run as it stands (ResumeState.asdict)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "spec": self.spec.to_data(),
-            "train_config": self.cfg.model_dump(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.step.scaler.state_dict(),
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "partial": asdict(self.partial),
-            "metrics": [asdict(m) for m in self.epochs],
-            "steps": self.steps,
-            "selection": {
-                "on": self.selected_on,
-                "best_accuracy": self.best_accuracy,
-                "best_epoch": self.best_epoch,
-                "monitor_best": self.best,
-                "stale_epochs": self.stale_epochs,
-                "stopped_early": self.stopped_early,
-            },
-            # What using the model later needs: the classes, and the normalization of its inputs.
-            "data": self.info.to_dict(),
-            "classes": list(self.info.classes),
-            "normalization": {"mean": list(self.info.mean), "std": list(self.info.std)},
-            "rng": rng,
-        }
+        return ResumeState(
+            spec=self.spec.to_data(),
+            train_config=self.cfg.model_dump(),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler else None,
+            scaler=self.step.scaler.state_dict(),
+            epoch=self.epoch,
+            batch=self.batch,
+            partial=self.partial,
+            metrics=self.epochs,
+            steps=self.steps,
+            selection=Selection(
+                on=self.selected_on,
+                best_accuracy=self.best_accuracy,
+                best_epoch=self.best_epoch,
+                monitor_best=self.best,
+                stale_epochs=self.stale_epochs,
+                stopped_early=self.stopped_early,
+            ),
+            data=self.info.to_dict(),
+            classes=list(self.info.classes),
+            normalization={"mean": list(self.info.mean), "std": list(self.info.std)},
+            rng=rng,
+        ).asdict()
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler and ckpt["scheduler"]:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.step.scaler.load_state_dict(ckpt["scaler"])
-            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
-            self.partial = _Progress(**ckpt["partial"])
-            self.epochs = [EpochMetrics(**m) for m in ckpt["metrics"]]
-            self.steps = [list(map(float, step)) for step in ckpt.get("steps", [])]
-            selection = ckpt.get("selection") or {"best_accuracy": ckpt.get("best_test_accuracy", -1.0)}
-            self.best_accuracy = float(selection["best_accuracy"])
-            self.best_epoch = selection.get("best_epoch")
-            self.best = selection.get("monitor_best")
-            self.stale_epochs = int(selection.get("stale_epochs", 0))
-            self.stopped_early = bool(selection.get("stopped_early", False))
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if "cuda" in ckpt["rng"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+            state = ResumeState.from_dict(ckpt)
+            self.model.load_state_dict(state.model)
+            self.optimizer.load_state_dict(state.optimizer)
+            if self.scheduler and state.scheduler:
+                self.scheduler.load_state_dict(state.scheduler)
+            self.step.scaler.load_state_dict(state.scaler)
+            self.epoch, self.batch = state.epoch, state.batch
+            self.partial = state.partial
+            self.epochs = state.metrics
+            self.steps = state.steps
+            selection = state.selection
+            self.best_accuracy, self.best_epoch = selection.best_accuracy, selection.best_epoch
+            self.best, self.stale_epochs = selection.monitor_best, selection.stale_epochs
+            self.stopped_early = selection.stopped_early
+            torch.set_rng_state(state.rng["torch"])
+            if "cuda" in state.rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state.rng["cuda"], self.device)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
 
@@ -453,10 +535,6 @@ class Trainer:
             self.stopped_early = self.stale_epochs >= self.cfg.patience
 
     @property
-    def folder(self) -> RunDir:
-        return RunDir(self.run_dir)
-
-    @property
     def _evaluated(self) -> nn.Module:
         # Evaluation runs on each rank's own share without DDP, whose forward would expect every rank
         # to make the same number of calls.
@@ -655,10 +733,10 @@ def train(
     run_dir = new_run_dir(spec.name, out)
     if dist.is_main:  # before the data is read: an --out that holds a run is refused at once
         runfolder.check_new(run_dir, "run", overwrite=overwrite)
-    trainer = Trainer(spec, cfg, report, progress, dist, device, sync_bn)
+    run_dir = Path(dist.from_main(str(run_dir)))  # rank 0's (a new folder's name has the time in it)
+    trainer = Trainer(spec, cfg, run_dir, report, progress, dist, device, sync_bn)
     claim = runfolder.claim(run_dir, "run", overwrite=overwrite) if dist.is_main else None
     try:
-        trainer.run_dir = Path(dist.from_main(str(claim.path) if claim else None))
         trainer.write_run_files()
         trainer.report(trainer.describe())
         if trainer.start_note:
@@ -708,14 +786,12 @@ def _resume(
         if dist.is_main:
             for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
                 stale.unlink(missing_ok=True)
-        cfg_start = cfg.model_copy(update={"init_from": None})  # the checkpoint has the weights already
         try:
-            trainer = Trainer(spec, cfg_start, report, progress, dist, device, sync_bn, folder.read_split())
+            trainer = Trainer(
+                spec, cfg, run_dir, report, progress, dist, device, sync_bn, folder.read_split(), resume_from=ckpt
+            )
         except DataError as exc:
             raise type(exc)(f"--resume {run_dir}: {exc}") from None  # same class: same exit code
-        trainer.cfg = cfg
-        trainer.run_dir = run_dir
-        trainer.load_state(ckpt)
         if epochs is not None and dist.is_main:
             folder.write_spec(spec.to_data())
         if trainer.epoch >= cfg.epochs or trainer.stopped_early:
