@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -751,9 +752,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    # SIGTERM outside a training loop stops with a line instead of silently; the caller's handler comes back
+    # afterwards (main is also called in-process, by tests and scripts).
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
-    code = _run(args)
+    try:
+        code = _run(args)
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
     if "WORLD_SIZE" in os.environ:  # perhaps a torchrun worker (which has torch loaded anyway)
         from netspec import distributed
 

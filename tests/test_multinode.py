@@ -222,5 +222,6 @@ def test_a_launch_into_a_finished_run_folder_is_refused(write_spec, capsys, tmp_
     capsys.readouterr()
     assert main(["train", str(path), "--out", str(run), "--nproc-per-node", "2"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: --out {run} already holds a run; continue it with --resume {run}, or give another --out\n"
+    assert err.startswith(f"error: --out {run} already holds a finished run (") and "nothing was changed" in err
+    assert f"netspec train --resume {run} --epochs N" in err and "--overwrite" in err  # the same refusal as one process
     assert (run / "last.pt").stat().st_mtime_ns == before
