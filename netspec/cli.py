@@ -1,7 +1,11 @@
 """The `netspec` command: a thin layer over the Python API.
 
 Exit codes: 0 success, 2 invalid spec or arguments, 1 anything else
-(130 when training is interrupted after saving a checkpoint).
+(130 when training is interrupted after saving a checkpoint, 143 at SIGTERM).
+
+One concern, the command line: a small parser function and a small command function per subcommand, in the
+order `netspec --help` lists them (the options of settings fields come from the fields: cli_options.py; launching
+under torchrun and choosing a batch size: launch.py).
 """
 
 from __future__ import annotations
@@ -454,7 +458,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _build_parser(sub: Any) -> None:
-    from netspec.config import TrainConfig
+    from netspec.config import MemoryDevice, TrainConfig, choices
 
     p = _parser(
         sub,
@@ -479,7 +483,9 @@ def _build_parser(sub: Any) -> None:
     add_field_option(g, TrainConfig, "amp", note="default: the spec's train section")
     add_field_option(g, TrainConfig, "optimizer", note="default: the spec's")
     add_field_option(g, TrainConfig, "momentum", note="default: the spec's; > 0 keeps a momentum buffer")
-    g.add_argument("--device", choices=("cpu", "cuda"), help="whose kernels' rules to follow (default: this machine's)")
+    g.add_argument(
+        "--device", choices=choices(MemoryDevice), help="whose kernels' rules to follow (default: this machine's)"
+    )
     g.add_argument(
         "--nproc-per-node", type=positive_int,
         help="processes sharing the batch (DDP): the figures are per process, at batch-size / N",

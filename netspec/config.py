@@ -24,6 +24,7 @@ AmpMode = Literal["none", "bf16", "fp16"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
 Init = Literal["default", "xavier_uniform", "kaiming"]
 Sampler = Literal["grid", "tpe", "random"]
+MemoryDevice = Literal["cpu", "cuda"]  # the devices whose kernels' memory rules netspec models
 
 
 def choices(literal: object) -> tuple[str, ...]:

@@ -1,5 +1,8 @@
 """`netspec draw`: a picture of a network, from its spec alone (no tensors), with matplotlib.
 
+(Over 800 lines on purpose: it is one concern, a layout whose rules below refer to each other, and reads
+better whole.)
+
 The layout walks the same shaped tree as the compiler: a sequence stacks its children top to
 bottom, a merge puts its branches side by side and joins them in a merge node, an identity
 branch or shortcut is an edge down a column of its own, and named taps (`as`/`from`) are edges

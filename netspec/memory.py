@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netspec.config import AmpMode, Optimizer, TrainConfig, choices
+from netspec.config import AmpMode, MemoryDevice, Optimizer, TrainConfig, choices
 from netspec.errors import UsageError
 from netspec.layers.saved import ACTIVATION, INPUT, WEIGHT_CAST, Run, Settings, Storage, Tensor, contiguous_strides
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq
@@ -209,8 +209,8 @@ def estimate(
     """Predict the memory of training (and of inference) `net` at `batch_size` on one process."""
     if amp not in choices(AmpMode):
         raise UsageError(f"unknown amp '{amp}' (use {', '.join(choices(AmpMode))})")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"memory is predicted for cpu or cuda, not '{device}'")
+    if device not in choices(MemoryDevice):
+        raise UsageError(f"memory is predicted for {' or '.join(choices(MemoryDevice))}, not '{device}'")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     train, _x, out = _walk(net, Settings(batch_size, amp, device, training=True))

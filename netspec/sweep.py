@@ -2,9 +2,9 @@
 
 Each trial is an ordinary `netspec train` run folder under DIR/trials/, so `netspec eval`
 and `--resume` work on any of them. Optuna does the rest: its samplers (grid, TPE,
-random) choose the settings, its MedianPruner stops hopeless trials from their per-epoch
-validation accuracy (never the test split's: test accuracy is only reported), and its RDB storage (an SQLite file in DIR, or any URL given with
---storage) holds the study, so that a sweep resumes after a kill and several processes
+random) choose the settings, a trial is pruned when its per-epoch validation accuracy falls below the median of the finished trials of
+its own architecture (prune_reason; never the test split's: test accuracy is only reported), and its RDB
+storage (an SQLite file in DIR, or any URL given with --storage) holds the study, so that a sweep resumes after a kill and several processes
 or machines can work on one study at once (netspec.storage). A worker that dies is noticed
 by Optuna's heartbeat; its trial is retried by another worker and continues from the
 trial's last checkpoint. With --nproc-per-node N each trial is a torch.distributed job,
