@@ -360,8 +360,10 @@ class Trainer:
         self.model.train()
         if self.epoch == 0 and self.batch == 0:
             self.save()  # a run folder always holds a loadable checkpoint
-            if self.dist.is_main:
-                self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
+        if self.dist.is_main:
+            # The checkpoint is the record: a kill between its rename and the metrics files' leaves those
+            # one epoch behind, and a resume (even of a finished run) writes them again from it.
+            self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
         self.board = _tensorboard(self.run_dir, self.epoch * len(self.train_loader) + self.batch) if (
             self.dist.is_main) else None  # fmt: skip
         try:

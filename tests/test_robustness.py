@@ -204,6 +204,22 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path):
     _kill_and_resume(tmp_path, trials=3, seed=0)
 
 
+def test_resuming_a_finished_run_restores_metrics_files_a_kill_left_behind(tmp_path: Path):
+    # A SIGKILL between the checkpoint's rename and the metrics files' leaves the files one epoch behind
+    # the checkpoint; resuming (here a finished run, so nothing is trained) writes them again from it.
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(KILL_SPEC.replace("synthetic_size: 6000", "synthetic_size: 400").replace("epochs: 4", "epochs: 2"))
+    run = tmp_path / "run"
+    assert run_cli("train", str(spec), "--out", str(run), "--no-progress").returncode == 0
+    rows = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(rows[:1]))
+    (run / "metrics.csv").write_text((run / "metrics.csv").read_text().splitlines()[0] + "\n")
+    done = run_cli("train", "--resume", str(run), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "metrics.json").read_text()) == rows
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs
+
+
 @pytest.mark.slow
 def test_sigkill_many_trials(tmp_path: Path):
     _kill_and_resume(tmp_path, trials=12, seed=1)
