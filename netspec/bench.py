@@ -7,7 +7,8 @@ Each variant gets warm-up steps first (for torch.compile the first call, which
 compiles, is timed on its own as compile time and never mixed into throughput),
 then `repeats` timed runs of `steps` steps each, synchronized on CUDA; the median
 run is reported with the minimum and maximum. Peak memory is the most tensor memory alive at
-once over the build and warm-up, as the allocator counts it (CUDA's peak statistics; on CPU the
+once over the warm-up (what the step holds when it begins, plus what the warm-up allocates above that),
+as the allocator counts it (CUDA's peak statistics; on CPU the
 allocator's events through torch.profiler, see memory.PeakMemory); beside it, the memory model's
 prediction for an eager step (memory.py). A batch size that
 does not fit in memory is reported as "oom" and the sweep goes on; `auto` picks the
@@ -132,9 +133,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class PreparedStep:
+    """A ready-to-time step (call it) and what it holds between calls: the model, its optimizer and inputs."""
+
+    run: Callable[[], None]
+    model: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    optimizer: torch.optim.Optimizer | None = None
+
+    def __call__(self) -> None:
+        self.run()
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors alive between steps (parameters, buffers, gradients, optimizer state, inputs),
+        each storage once."""
+        params = list(self.model.parameters())
+        tensors = [*params, *self.model.buffers(), *self.inputs, *(p.grad for p in params if p.grad is not None)]
+        if self.optimizer is not None:
+            tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
 def _make_step(
     model: nn.Module, runner: nn.Module, spec: Spec, mode: str, variant: Variant, x: torch.Tensor, device: torch.device
-) -> Callable[[], None]:
+) -> PreparedStep:
     if mode == "infer":
         model.eval()
 
@@ -142,7 +165,7 @@ def _make_step(
             with torch.inference_mode(), autocast(device, variant.amp):
                 runner(x)
 
-        return infer_step
+        return PreparedStep(infer_step, model, (x,))
 
     model.train()
     out_shape = model.net_shape.output_shape  # type: ignore[attr-defined]
@@ -162,12 +185,12 @@ def _make_step(
     def train_step() -> None:
         step(x, y)
 
-    return train_step
+    return PreparedStep(train_step, model, (x, y), optimizer)
 
 
 def prepare_step(
     spec: Spec, device: torch.device, mode: str, batch_size: int, variant: Variant, compile_mode: str | None = None
-) -> tuple[Callable[[], None], float | None]:
+) -> tuple[PreparedStep, float | None]:
     """A ready-to-time step on inputs already on the device, and the compile time (first call)."""
     torch.manual_seed(0)
     model = build(spec).to(device)
@@ -215,13 +238,16 @@ def measure(
     """Measure one (device, mode, batch size, variant) cell."""
     result = BenchResult(str(device), mode, batch_size, variant.compile, variant.amp, variant.channels_last)
     result.predicted_peak_bytes = predicted_peak(spec, device, mode, batch_size, variant.amp)
-    step: Callable[[], None] | None = None
+    step: PreparedStep | None = None
     try:
-        # The peak is taken over the build and the warm-up (at least two steps: the second has the optimizer
-        # state), so it counts the parameters, inputs, gradients and optimizer state; the timed runs repeat the
-        # same step and run unobserved.
+        # Built and (for torch.compile) compiled unobserved, so that the compile time is not taken under the
+        # profiler. The peak is what the step holds at the start of the warm-up (parameters, inputs, and for a
+        # compiled cell the gradients and optimizer state of its first call) plus the most the warm-up (at least
+        # two steps: the second has the optimizer state) allocates above that; the timed runs repeat the same
+        # step and run unobserved.
+        step, result.compile_s = prepare_step(spec, device, mode, batch_size, variant, compile_mode)
+        held = step.held_bytes()
         with PeakMemory(device) as memory:
-            step, result.compile_s = prepare_step(spec, device, mode, batch_size, variant, compile_mode)
             for _ in range(max(warmup, 2)):
                 step()
             _sync(device)
@@ -237,7 +263,7 @@ def measure(
         result.examples_per_sec_min = batch_size / max(step_seconds)
         result.examples_per_sec_max = batch_size / min(step_seconds)
         result.step_ms_median = median * 1000
-        result.peak_mem_bytes = memory.peak
+        result.peak_mem_bytes = None if memory.peak is None else held + memory.peak
         result.repeats = repeats
         _mark_stability(result, max(step_seconds) / min(step_seconds))
     except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import netspec
 from netspec.memory import estimate, format_bytes, largest_fitting
@@ -180,7 +181,8 @@ def test_unstable_repeats_are_flagged_with_the_reason(monkeypatch):
     def step() -> None:
         clock.now += clock.durations.pop(0)
 
-    monkeypatch.setattr(bench_module, "prepare_step", lambda *args, **kwargs: (step, None))
+    prepared = bench_module.PreparedStep(step, torch.nn.Identity(), ())
+    monkeypatch.setattr(bench_module, "prepare_step", lambda *args, **kwargs: (prepared, None))
     monkeypatch.setattr(bench_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
     spec = bench_module.load_spec("specs/mlp.yaml")
     cpu = bench_module.resolve_device("cpu")
