@@ -47,36 +47,6 @@ class Sym:
         )
         return Sym(f"{theirs} {op} {mine}" if right else f"{mine} {op} {theirs}", value, p)
 
-    def __add__(self, o: Any) -> Sym:
-        return self._op("+", o)
-
-    def __radd__(self, o: Any) -> Sym:
-        return self._op("+", o, right=True)
-
-    def __sub__(self, o: Any) -> Sym:
-        return self._op("-", o)
-
-    def __rsub__(self, o: Any) -> Sym:
-        return self._op("-", o, right=True)
-
-    def __mul__(self, o: Any) -> Sym:
-        return self._op("*", o)
-
-    def __rmul__(self, o: Any) -> Sym:
-        return self._op("*", o, right=True)
-
-    def __floordiv__(self, o: Any) -> Sym:
-        return self._op("//", o)
-
-    def __rfloordiv__(self, o: Any) -> Sym:
-        return self._op("//", o, right=True)
-
-    def __truediv__(self, o: Any) -> Sym:
-        return self._op("/", o)
-
-    def __mod__(self, o: Any) -> Sym:
-        return self._op("%", o)
-
     def __neg__(self) -> Sym:
         return Sym(f"-{self._wrap(3)}", -self.value, 3)
 
@@ -95,6 +65,13 @@ class Sym:
 
     def __repr__(self) -> str:
         return self.expr
+
+
+# Sym's arithmetic, `a + b` and `2 * a` alike, one method pair per operator of _OPS.
+_DUNDER_NAMES = {"+": "add", "-": "sub", "*": "mul", "//": "floordiv", "/": "truediv", "%": "mod"}
+for _symbol, _name in _DUNDER_NAMES.items():
+    setattr(Sym, f"__{_name}__", lambda self, o, op=_symbol: self._op(op, o))
+    setattr(Sym, f"__r{_name}__", lambda self, o, op=_symbol: self._op(op, o, right=True))
 
 
 def _render_operand(value: Any, precedence: int) -> str:
