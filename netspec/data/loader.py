@@ -14,6 +14,7 @@ import torch
 
 from netspec.config import Augment
 from netspec.data.base import DataInfo, Examples
+from netspec.data.segmentation import IGNORED
 
 
 def _share(n: int, rank: int, world: int) -> slice:
@@ -102,21 +103,26 @@ class DeviceLoader:
 
     def _batch(self, idx: torch.Tensor, epoch: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.addcmul(self.shift, self.images[idx].float(), self.scale)
+        y = self.labels[idx]
         if self.augment is not None:
-            x = self._augment(x, epoch, b)
+            x, y = self._augment(x, y, epoch, b)
         if self.resize_to is not None:  # per batch: a resized dataset would not fit in memory
             x = torch.nn.functional.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels[idx]
+        return x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
 
-    def _augment(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+    def _augment(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The spec's augmentation of a whole batch: random crop (zero padding), horizontal flip, cutout
         (a random square set to zero, the normalized mean). Seeded by (seed, epoch, batch): a resumed run
-        sees the same batches."""
+        sees the same batches. Masks (y of N×H×W, segmentation) get the same crop and flip, their padding
+        IGNORED (no class is known there); cutout leaves them as they are: the hidden pixels still show their
+        class, which the network learns to infer from the context around them."""
         aug = self.augment
         assert aug is not None
         n, c, h, w = x.shape
@@ -133,6 +139,9 @@ class DeviceLoader:
             batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
             chan_idx = torch.arange(c, device=x.device)[None, :, None, None]
             x = padded[batch_idx, chan_idx, rows, cols[:, None, None, :]]
+            if y.dim() == 3:
+                y = torch.nn.functional.pad(y, (pad, pad, pad, pad), value=IGNORED) if pad else y
+                y = y[batch_idx[:, 0], rows[:, 0], cols[:, None, :]]
         if aug.cutout:
             size = min(aug.cutout, h, w)
             top = torch.randint(0, h - size + 1, (n,), generator=gen).to(x.device)
@@ -142,4 +151,4 @@ class DeviceLoader:
             inside = (ys >= top[:, None, None]) & (ys < top[:, None, None] + size)
             inside = inside & (xs >= left[:, None, None]) & (xs < left[:, None, None] + size)
             x = x.masked_fill(inside[:, None], 0.0)
-        return x
+        return x, y
