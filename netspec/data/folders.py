@@ -17,6 +17,7 @@ entered twice and a file reached twice is read once.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -271,9 +272,10 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
     if not path.is_file():  # a FIFO or a device would block or never end
         raise UnreadableImage("not a regular file")
     try:
+        data = path.read_bytes()  # read once: the header check and the decoder both read these bytes
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 mode = im.mode
                 if mode == "P":  # a palette of grays only is a grayscale image
@@ -290,9 +292,9 @@ def read_image(path: Path, sample_shape: tuple[int, ...], policy: str = "crop") 
     if w * h > MAX_PIXELS:
         raise UnreadableImage(_too_large(w, h))
     source = (1 if mode in GRAY_MODES else 3, h, w)
-    image = _decode_torchvision(path, channels)
+    image = _decode_torchvision(data, channels)
     if image is None:
-        image = _decode_pil(path, channels)
+        image = _decode_pil(data, channels)
     if image.dim() == 4:  # an animated GIF: its first frame, as PIL reads it
         image = image[0]
     from torchvision.transforms.v2 import functional as F
@@ -328,25 +330,25 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
+def _decode_torchvision(data: bytes, channels: int) -> torch.Tensor | None:
     try:
         with warnings.catch_warnings():  # torchvision >= 0.29 points at TorchCodec; its decoders still work
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_image, read_file
+            from torchvision.io import ImageReadMode, decode_image
 
-            data = read_file(str(path))
-            webp = bytes(data[:4].tolist()) == b"RIFF"  # WebP has no grayscale: converted after decoding
-            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 and not webp else ImageReadMode.RGB)
+            webp = data[:4] == b"RIFF"  # WebP has no grayscale: converted after decoding
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_image(encoded, mode=ImageReadMode.GRAY if channels == 1 and not webp else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError):
         return None
 
 
-def _decode_pil(path: Path, channels: int) -> torch.Tensor:
+def _decode_pil(data: bytes, channels: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode.startswith("I") or im.mode == "F":  # 16- or 32-bit grayscale: to 8 bits
                 values = np.asarray(im, dtype=np.float64)
