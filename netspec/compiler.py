@@ -14,6 +14,7 @@ still load: their tensors are mapped onto today's keys by position, once, on loa
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from torch import nn
 from netspec.errors import CheckpointError
 from netspec.fileio import load_checkpoint
 from netspec.graph import Form, Graph
-from netspec.layers import MergeSpec
+from netspec.layers import MergeSpec, format_shape
 from netspec.shapes import LayerInfo, NetShape, ShapedMerge, ShapedNode, ShapedSeq, infer_shapes
 from netspec.spec import Spec
 
@@ -342,13 +343,50 @@ def transfer_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) ->
     """
     target = model.state_dict()
     if len(source) != len(target):
-        raise CheckpointError(f"the source has {len(source)} tensors but the model has {len(target)}")
+        raise CheckpointError(
+            f"the source has {len(source)} tensors but the model has {len(target)}: "
+            f"{unmatched_tensors(source, target, 'the source', 'the model')}"
+        )
     pairs = list(zip(source.items(), target.items(), strict=True))
     moved = 0
     if any(tensor.shape != expected.shape for (_, tensor), (_, expected) in pairs):
         pairs, moved = _match_within_shapes(source, target)
     model.load_state_dict({key: tensor for (_, tensor), (key, _) in pairs})
     return moved
+
+
+def unmatched_tensors(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    source_name: str,
+    target_name: str,
+    shown: int = 4,
+) -> str:
+    """Which tensors of two differently-named state_dicts have no counterpart in the other, found by aligning
+    their shapes in order (the longest common run of shapes, as a diff aligns lines): "12 of the model's tensors have
+    no counterpart in the source: blocks.0.ls1.gamma (192), ..."."""
+    source_keys, target_keys = list(source), list(target)
+    matcher = difflib.SequenceMatcher(
+        a=[tuple(t.shape) for t in source.values()], b=[tuple(t.shape) for t in target.values()], autojunk=False
+    )
+    extra: list[str] = []
+    missing: list[str] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag in ("delete", "replace"):
+            extra += [f"{k} ({format_shape(tuple(source[k].shape))})" for k in source_keys[i1:i2]]
+        if tag in ("insert", "replace"):
+            missing += [f"{k} ({format_shape(tuple(target[k].shape))})" for k in target_keys[j1:j2]]
+
+    def listing(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+    def lacking(names: list[str], side: str, other: str) -> str:
+        verb = "has" if len(names) == 1 else "have"
+        return f"{len(names)} of {side}'s tensors {verb} no counterpart in {other}: {listing(names)}"
+
+    parts = [lacking(missing, target_name, source_name)] if missing else []
+    parts += [lacking(extra, source_name, target_name)] if extra else []
+    return "; ".join(parts)
 
 
 def _match_within_shapes(

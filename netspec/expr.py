@@ -34,6 +34,16 @@ OPERATORS: dict[type, Callable[..., Any]] = {
     ast.UAdd: operator.pos,
 }
 
+# Comparisons and logic, for conditions (a block's `if: "$se > 0"`) and generated code's `==`.
+COMPARISONS: dict[type, Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+
 # Functions an expression may call (RegNet's `round(0.25 * $w)`, `max(8, $c // 4)`): Python's builtins of
 # the same names, so the exported code calls them as they are.
 FUNCTIONS: dict[str, Callable[..., Any]] = {"round": round, "min": min, "max": max, "int": int, "abs": abs}
@@ -78,6 +88,18 @@ class _Arithmetic:
             return self.binary(node.op, self.walk(node.left), self.walk(node.right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in OPERATORS:
             return OPERATORS[type(node.op)](self.walk(node.operand))
+        if isinstance(node, ast.Compare) and all(type(op) in COMPARISONS for op in node.ops):
+            left, result = self.walk(node.left), True
+            for op, comparator in zip(node.ops, node.comparators, strict=True):  # a < b < c as Python reads it
+                right = self.walk(comparator)
+                result = result and COMPARISONS[type(op)](left, right)
+                left = right
+            return result
+        if isinstance(node, ast.BoolOp):
+            values = [self.walk(v) for v in node.values]  # every operand checked, not short-circuited
+            return all(values) if isinstance(node.op, ast.And) else any(values)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not self.walk(node.operand)
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -113,7 +135,7 @@ class _SpecArithmetic(_Arithmetic):
         self.unknown = unknown
 
     def constant(self, value: Any) -> Any:
-        if type(value) not in (int, float):
+        if type(value) not in (int, float, bool):
             return self._not_allowed()
         return _checked(value, self.text)
 
@@ -121,7 +143,7 @@ class _SpecArithmetic(_Arithmetic):
         if name not in self.env:
             raise ValueError(self.unknown(name))
         value = self.env[name]
-        if type(value) not in (int, float):
+        if type(value) not in (int, float, bool):
             raise ValueError(f"${name} is {value!r}, not a number, in '{self.text}'")
         return _checked(value, self.text)
 
@@ -152,20 +174,18 @@ class _SpecArithmetic(_Arithmetic):
 
     def _not_allowed(self) -> Any:
         raise ValueError(
-            f"'{self.text}': only numbers, $variables, + - * / // % **, brackets and {', '.join(FUNCTIONS)} are allowed"
+            f"'{self.text}': only numbers, $variables, + - * / // % **, comparisons (< <= > >= == !=), and/or/not, "
+            f"brackets and {', '.join(FUNCTIONS)} are allowed"
         )
 
 
 class _CodeArithmetic(_Arithmetic):
-    """Any constant, and the lists, tuples and `==`/`!=` a generated constructor argument may hold."""
+    """Any constant, and the lists and tuples a generated constructor argument may hold."""
 
     def other(self, node: ast.AST) -> Any:
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [self.walk(e) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
-            left, right = self.walk(node.left), self.walk(node.comparators[0])
-            return left == right if isinstance(node.ops[0], ast.Eq) else left != right
         return super().other(node)
 
 

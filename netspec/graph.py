@@ -50,6 +50,7 @@ from netspec.spec import (
     Spec,
     Tapped,
     as_spec,
+    beside_the_kind,
     did_you_mean,
     kind_key,
     spec_error_from_validation,
@@ -228,6 +229,14 @@ class _Expander:
     def error(self, message: str, yaml_path: YamlPath, where: str | None, key: bool = False) -> SpecError:
         return self.spec.source.error(message, yaml_path, where, key=key)
 
+    def unknown_kind(self, name: str, env: dict[str, Any], stack: tuple[str, ...]) -> str:
+        """Why `name` (an entry's kind that is not a layer kind) names nothing: a typo, or a `$name` as a key."""
+        if not name.startswith("$"):
+            return _unknown_kind(name, list(self.spec.blocks))
+        block = stack[-1] if stack else None
+        params = list(self.spec.blocks[block].params) if block else []
+        return _parameter_as_kind(name, env, block, params)
+
     def validate(self, body: list[Any], prefix: YamlPath, layers_path: str) -> list[Any]:
         """Entries of a body kept as written (a block's, a repeat's), validated after substitution."""
         try:
@@ -247,7 +256,8 @@ class _Expander:
         env: dict[str, Any],
         stack: tuple[str, ...],
     ) -> Seq:
-        taps = {INPUT_NAME: 0}
+        taps = {INPUT_NAME: 0}  # name -> position in `children` (0: the input, j + 1: child j's output)
+        named_at: dict[str, int] = {}  # name -> index of the entry that names it, as written
         defined_at = {e.name: i for i, e in enumerate(entries) if isinstance(e, Tapped) and e.name}
         children: list[Node] = []
         sources: list[tuple[int, ...] | None] = []
@@ -255,33 +265,46 @@ class _Expander:
         for i, entry in enumerate(entries):
             child_path, child_yaml = f"{path}[{i}]", (*yaml_path, i)
             child_raw = raw[i] if raw is not None and i < len(raw) else None
-            name, inputs = None, None
+            name, inputs, kept = None, None, True
             if isinstance(entry, Tapped):
-                name, inputs, entry = entry.name, entry.inputs, entry.entry
+                name, inputs, kept, entry = entry.name, entry.inputs, entry.condition is not False, entry.entry
                 if isinstance(child_raw, dict):
                     child_raw = {k: v for k, v in child_raw.items() if k not in TAP_KEYS} or None
+            if isinstance(entry, BlockCall) and entry.name not in self.spec.blocks:
+                raise self.error(self.unknown_kind(entry.name, env, stack), child_yaml, child_path)
             source = None
             if inputs is not None:
                 source = tuple(self.tap(n, taps, defined_at, i, child_path, child_yaml, entry) for n in inputs)
-                if len(source) > 1 and not isinstance(entry, MergeEntry):
+                if len(source) > 1 and kept and not isinstance(entry, MergeEntry):
                     raise self.error(
                         f"takes {len(source)} inputs ({', '.join(inputs)}) but only a merge (concat, add, multiply) "
                         "combines several; give one name in from",
                         (*child_yaml, "from"),
                         child_path,
                     )
-            children.append(self.entry(entry, child_raw, child_path, child_yaml, env, stack, len(source or [1])))
-            sources.append(source)
-            names.append(name)
+            if name is not None and (name == INPUT_NAME or name in taps):
+                why = (
+                    "is reserved for the sequence's input"
+                    if name == INPUT_NAME
+                    else f"is already the name of {path}[{named_at[name]}]"
+                )
+                raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
+            if kept:
+                children.append(self.entry(entry, child_raw, child_path, child_yaml, env, stack, len(source or [1])))
+                sources.append(source)
+                names.append(name)
+                output = len(children)
+            elif name is not None and source is not None and len(source) > 1:
+                raise self.error(
+                    f"is left out (its if: is false) but reads {len(source)} inputs, so its name '{name}' has no "
+                    "one input to stand for; a named entry that may be left out reads one input",
+                    (*child_yaml, "if"),
+                    child_path,
+                )
+            else:  # left out, as if not written; its name stands for the input it would have read
+                output = source[0] if source is not None else len(children)
             if name is not None:
-                if name == INPUT_NAME or name in taps:
-                    why = (
-                        "is reserved for the sequence's input"
-                        if name == INPUT_NAME
-                        else f"is already the name of {path}[{taps[name] - 1}]"
-                    )
-                    raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
-                taps[name] = i + 1
+                taps[name], named_at[name] = output, i
         return Seq(children, sources, names, path, yaml_path, role)
 
     def tap(
@@ -456,11 +479,18 @@ class _Expander:
         """The layers of a block use, with its parameters substituted."""
         spec, where = self.spec, f"{path} {call.name}"
         if call.name not in spec.blocks:
-            raise self.error(_unknown_kind(call.name, list(spec.blocks)), yaml_path, path)
+            raise self.error(self.unknown_kind(call.name, env, stack), yaml_path, path)
         if call.name in stack:
             cycle = " → ".join((*stack[stack.index(call.name) :], call.name))
             raise self.error(f"block {call.name} uses itself ({cycle})", yaml_path, where)
         block = spec.blocks[call.name]
+        if not isinstance(call.args, dict):
+            raise self.error(
+                f"the parameters of block {call.name} are a mapping (name: value), not a {type(call.args).__name__}; "
+                f"it takes: {', '.join(block.params) or 'none'}",
+                (*yaml_path, call.name),
+                where,
+            )
         size = self._block_size(call.name, ())
         if size > 1:
             what = f"block {call.name}" + (
@@ -470,6 +500,8 @@ class _Expander:
         for arg in call.args:
             if arg not in block.params:
                 hint = did_you_mean(str(arg), list(block.params))
+                if arg in TAP_KEYS:
+                    hint = f": {beside_the_kind(arg, call.name, call.args[arg])}"
                 raise self.error(
                     f"unknown parameter '{arg}'{hint}; block {call.name} takes: {', '.join(block.params) or 'none'}",
                     (*yaml_path, call.name, arg),
@@ -520,8 +552,31 @@ def _unknown_kind(name: str, blocks: list[str]) -> str:
     if hint:
         return f"unknown layer kind '{name}'{hint}"
     listing = ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, *COMPOSITES]))
-    defined = f"; blocks: {', '.join(blocks)}" if blocks else ""
-    return f"unknown layer kind '{name}'; the kinds are: {listing}{defined}"
+    defined = f"; blocks: {', '.join(blocks)}" if blocks else "; the spec defines no blocks"
+    return f"unknown layer kind '{name}' (neither a layer kind nor a block); the kinds are: {listing}{defined}"
+
+
+def _parameter_as_kind(name: str, env: dict[str, Any], block: str | None, params: list[str]) -> str:
+    """Why `- $name: {...}` is no kind: a `$name` is replaced only where it is a value (`- $name` alone), so one
+    written as a key, with arguments beside it, stays as written."""
+    param = name[1:]
+    example = f"{param}: {{leaky_relu: {{negative_slope: 0.1}}}}"
+    if param in env:
+        return (
+            f"'{name}' is written as a kind with arguments, but a $name is replaced only where it stands alone; "
+            f"give the layer with its arguments as the value ({example}) and write '- {name}'"
+        )
+    hint = did_you_mean(param, list(env))
+    if block is None:
+        return (
+            f"'{name}' is not a variable of the spec{hint}, so nothing replaces it; a spec variable holds a number "
+            f"or a word (vars: {{{param}: relu}}, used as '- {name}'), a block parameter may hold a layer with "
+            f"its arguments ({example})"
+        )
+    return (
+        f"'{name}' is not a parameter of block {block} (it takes: {', '.join(params) or 'none'}){hint}, so nothing "
+        f"replaces it; declare it with the layer it stands for (params: {{{example}}}) and write '- {name}'"
+    )
 
 
 # --- names and forms -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ its line and column, so that later stages can point at the exact spot.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,35 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
         if exc.context and exc.problem:
             problem = f"{exc.context}: {exc.problem}"
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise SpecError(f"invalid YAML: {problem}", file=file, line=line, column=column) from None
+        hint = _bare_name_hint(text, mark.line) if mark and exc.problem == "mapping values are not allowed here" else ""
+        raise SpecError(f"invalid YAML: {problem}{hint}", file=file, line=line, column=column) from None
     except RecursionError:
         raise SpecError(f"invalid YAML: nested too deeply (more than {MAX_DEPTH} levels)", file=file) from None
     except yaml.YAMLError as exc:  # reader errors: control characters and the like
         raise SpecError(f"invalid YAML: {exc}", file=file) from None
     finally:
         loader.dispose()
+
+
+_BARE_ITEM = re.compile(r"^(\s*)-\s+([A-Za-z_$][\w.$]*)\s*$")
+_KEY = re.compile(r"^\s*([A-Za-z_$][\w$]*)\s*:")
+
+
+def _bare_name_hint(text: str, row: int) -> str:
+    """For `- batchnorm` followed by `as: x`: YAML reads both lines as one name and then trips on the colon. The
+    fix is a colon after the kind, which makes the item a mapping that `as:` (or `from:`, `if:`) joins."""
+    lines = text.splitlines()
+    key = _KEY.match(lines[row]) if row < len(lines) else None
+    above = next((lines[r] for r in range(row - 1, -1, -1) if lines[r].strip()), "")
+    item = _BARE_ITEM.match(above)
+    if key is None or item is None:
+        return ""
+    indent, name, key_name = item.group(1), item.group(2), key.group(1)
+    return (
+        f"; '- {name}' is a bare name, so '{key_name}:' below it cannot belong to it: write '- {name}:' "
+        f"(a colon after the kind; its arguments, if any, after the colon) and keep '{key_name}:' under it, "
+        f"indented like {name} (column {len(indent) + 3})"
+    )
 
 
 def read_yaml_file(path: str | Path) -> tuple[Any, SourceMap]:

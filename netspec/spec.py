@@ -46,8 +46,9 @@ from netspec.layers import LAYER_KINDS, MERGE_KINDS, MergeSpec, argument_names, 
 from netspec.source import SourceMap, YamlPath, parse_yaml, read_yaml_file
 
 COMPOSITES = ("repeat", "residual")
-# The keys an entry may carry beside its kind: `as` names its output, `from` picks its input(s).
-TAP_KEYS = ("as", "from")
+# The keys an entry may carry beside its kind: `as` names its output, `from` picks its input(s), `if` keeps
+# it only where its condition holds (`if: "$se > 0"` in a block body).
+TAP_KEYS = ("as", "from", "if")
 # A tap name that always means the input of the sequence it is used in.
 INPUT_NAME = "input"
 TapName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -59,7 +60,9 @@ class BlockCall(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["block"] = "block"
     name: str
-    args: dict[str, Any] = {}
+    # Checked when the graph is expanded, where the spec's blocks are known: a name that is no block is an
+    # unknown kind first, whatever its value (`subtract: [identity, identity]` before subtract existed).
+    args: Any = {}
 
 
 class Repeat(BaseModel):
@@ -115,14 +118,30 @@ def _normalize_branch(value: Any) -> Any:
     return value
 
 
+def _check_condition(value: Any) -> Any:
+    """`if:` holds true or false once its expression is evaluated (a string left here used no `$name`)."""
+    if value is not None and not isinstance(value, bool):
+        raise PydanticCustomError(
+            "condition",
+            'a condition is true or false, e.g. if: "$se > 0" (a $ before each block parameter or spec variable)',
+            {},
+        )
+    return value
+
+
 class Tapped(BaseModel):
-    """An entry with a named output (`as`) and/or named inputs (`from`)."""
+    """An entry with a named output (`as`), named inputs (`from`) and/or a condition (`if`).
+
+    An entry whose condition is false is left out when the graph is expanded: its output is its input, so a
+    later `from:` its name reads what it would have read (an optional squeeze-excite passes its input on).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     kind: Literal["tap"] = "tap"
     entry: LayerEntry
     name: TapName | None = Field(default=None, alias="as")
     inputs: Annotated[list[TapName], Field(min_length=1)] | None = Field(default=None, alias="from")
+    condition: Annotated[bool | None, BeforeValidator(_check_condition)] = Field(default=None, alias="if")
 
 
 def _entry_tag(value: Any) -> str:
@@ -147,11 +166,15 @@ def _normalize_entry(value: Any) -> Any:
     if isinstance(value, dict) and any(k in value for k in TAP_KEYS) and value.get("kind") != "tap":
         inner = {k: v for k, v in value.items() if k not in TAP_KEYS}
         inputs = value.get("from")
-        tapped = {"kind": "tap", "entry": inner or "identity"}
+        # An entry left out (if: false) is not checked: its arguments may make sense only where it is kept
+        # (a squeeze-excite of `$se * $c` = 0 channels).
+        tapped = {"kind": "tap", "entry": inner if inner and value.get("if") is not False else "identity"}
         if "as" in value:
             tapped["as"] = value["as"]
         if "from" in value:
             tapped["from"] = [inputs] if isinstance(inputs, str) else inputs
+        if "if" in value:
+            tapped["if"] = value["if"]
         return tapped
     if isinstance(value, str):
         name, args = value, None
@@ -200,9 +223,7 @@ def _normalize_entry(value: Any) -> Any:
         if "kind" in args:
             raise PydanticCustomError("layer_args", "'kind' is not an argument of {name}", {"name": name})
         return {"kind": name, **args}
-    if args is not None and not isinstance(args, dict):
-        raise PydanticCustomError("layer_args", "the parameters of block {name} must be a mapping", {"name": name})
-    return {"kind": "block", "name": name, "args": args or {}}
+    return {"kind": "block", "name": name, "args": {} if args is None else args}
 
 
 def _argument_names_of(kind: str) -> list[str]:
@@ -224,6 +245,10 @@ def _layer_input_schema_type() -> Any:
         "tap_from": (
             TapName | list[TapName] | None,
             Field(None, alias="from", description="take the input from earlier named output(s)"),
+        ),
+        "tap_if": (
+            bool | Expression | None,
+            Field(None, alias="if", description='keep this entry only where the condition holds ("$se > 0")'),
         ),
     }
     kinds = [*LAYER_KINDS.items(), *MERGE_ENTRIES.items(), ("repeat", Repeat), ("residual", Residual)]
@@ -247,8 +272,9 @@ def _layer_input_schema_type() -> Any:
             )
         )
     entries.append(create_model("TapEntry", __config__=ConfigDict(extra="forbid"), **tap_keys))
-    # A use of a block from `blocks:`; its names are the user's, so any identifier.
-    entries.append(Annotated[str, Field(title="BlockName", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")])
+    # A use of a block from `blocks:`; its names are the user's, so any identifier. In a block body, `- $act` is
+    # a parameter that stands for a layer (or a layer with its arguments).
+    entries.append(Annotated[str, Field(title="BlockName", pattern=r"^\$?[A-Za-z_][A-Za-z0-9_]*$")])
     entries.append(Annotated[dict[str, dict[str, Any] | str | list[str] | None], Field(title="BlockCall")])
     return Union[tuple(entries)]  # noqa: UP007
 
@@ -395,6 +421,8 @@ def entry_to_data(entry: Any) -> Any:
             data["as"] = entry.name
         if entry.inputs is not None:
             data["from"] = entry.inputs[0] if len(entry.inputs) == 1 else list(entry.inputs)
+        if entry.condition is not None:
+            data["if"] = entry.condition
         return data
     args = entry.model_dump(mode="json", exclude={"kind", "branches"}, exclude_defaults=True)
     if isinstance(entry, Repeat):
@@ -420,6 +448,15 @@ def closest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str:
     suggestion = closest(word, choices, cutoff)
     return f" (did you mean '{suggestion}'?)" if suggestion else ""
+
+
+def beside_the_kind(key: str, kind: str, value: Any) -> str:
+    """`from:`/`as:`/`if:` written among a kind's arguments: say where it goes."""
+    written = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else str(value)
+    return (
+        f"{key}: goes beside the kind, not among its arguments; write '- {kind}: ...' and under it, "
+        f"indented like {kind}, '{key}: {written}'"
+    )
 
 
 def entry_class(kind: str | None) -> type[BaseModel] | None:
@@ -607,7 +644,9 @@ def spec_error_from_validation(
             layer_path = layers_path + layer_path.removeprefix("layers")
         field = ".".join(str(p) for p in rest) if layer_path else ".".join(str(p) for p in (*prefix, *loc))
         message = _message(error, field, bool(layer_path))
-        if error["type"] == "extra_forbidden" and (cls := entry_class(kind)) is not None:
+        if error["type"] == "extra_forbidden" and kind is not None and len(rest) == 1 and rest[0] in TAP_KEYS:
+            message += f": {beside_the_kind(str(rest[0]), kind, error.get('input'))}"
+        elif error["type"] == "extra_forbidden" and (cls := entry_class(kind)) is not None:
             choices = argument_names(cls)
             message += did_you_mean(str(rest[-1]), choices)
             message += f"; {kind} takes: {', '.join(choices) or 'no arguments'}"

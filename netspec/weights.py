@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from netspec.compiler import transfer_state_dict
+from netspec.compiler import transfer_state_dict, unmatched_tensors
 from netspec.config import TrainConfig
 from netspec.errors import CheckpointError, UsageError
 from netspec.fileio import load_checkpoint
@@ -60,8 +60,8 @@ def start_from(model: nn.Module, cfg: TrainConfig) -> str:
     else:
         raise UsageError(
             f"--init-from {label}: it holds {len(state)} tensors but the network has {len(target)}, so it is "
-            "another architecture; pass --skip-mismatched to load the leading tensors that fit (the rest keep "
-            "their initialization)"
+            f"another architecture ({unmatched_tensors(state, target, 'the file', 'the network')}); pass "
+            "--skip-mismatched to load the leading tensors that fit (the rest keep their initialization)"
         )
     fitting = {dst: tensor for src, tensor, dst in pairs if tensor.shape == target[dst].shape}
     skipped = [

@@ -57,8 +57,9 @@ CASES = [
     ),
     pytest.param(
         "name: t\ninput: [3, 8, 8]\nlayers:\n  - frobnicate\n",
-        "{f}:4:5: layers[0]: unknown layer kind 'frobnicate'; the kinds are: "
-        + ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, "repeat", "residual"])),
+        "{f}:4:5: layers[0]: unknown layer kind 'frobnicate' (neither a layer kind nor a block); the kinds are: "
+        + ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, "repeat", "residual"]))
+        + "; the spec defines no blocks",
         id="unknown-kind-lists-the-kinds",
     ),
     pytest.param(

@@ -1,0 +1,306 @@
+"""Blocks that real families need (issue 29): conditional entries (`if:`), block parameters that name a layer
+with its arguments, and the error messages that used to mislead, each located and naming the real problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import netspec
+from netspec.cli import main
+from netspec.compiler import transfer_state_dict
+from netspec.errors import CheckpointError, SpecError
+from netspec.expr import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A bottleneck whose depthwise downsampling and squeeze-excite are optional; `from: se` reads the squeeze-excite's
+# output where it is kept and what it would have read (the depthwise output) where it is left out.
+OPTIONAL = """
+name: t
+input: [8, 8, 8]
+blocks:
+  unit:
+    params: {stride: 1, se: 0}
+    layers:
+      - conv2d: {out_channels: 8, kernel_size: 3, stride: $stride, padding: 1, groups: 8}
+        if: $stride > 1
+      - multiply: [identity, [adaptive_avgpool2d, conv2d: {out_channels: 8, kernel_size: 1}, sigmoid]]
+        if: $se > 0
+        as: se
+      - concat: [identity, identity]
+        from: [se, input]
+        if: $stride == 1
+      - conv2d: {out_channels: 8, kernel_size: 1}
+layers:
+  - unit
+  - unit: {se: 1}
+  - unit: {stride: 2}
+"""
+
+
+def _kinds(net: netspec.NetShape) -> list[str]:
+    return [info.layer.kind for info in net.layers if info.depth == 0 and info.layer is not None]
+
+
+def test_if_leaves_an_entry_out_and_from_its_name_reads_what_it_would_have_read():
+    net = netspec.infer_shapes(OPTIONAL)
+    uses = [[info for info in net.layers if info.path.startswith(f"layers[{k}].")] for k in range(3)]
+    kinds = [[info.layer.kind for info in use if info.depth == 0] for use in uses]
+    assert kinds == [["concat", "conv2d"], ["multiply", "concat", "conv2d"], ["conv2d", "conv2d"]]
+    # Left out, `se` stands for the block's input; kept, for the squeeze-excite's output.
+    concats = [next(info for info in use if info.layer.kind == "concat") for use in uses[:2]]
+    assert [c.reads for c in concats] == [("input", "input"), ("se", "input")]
+    assert concats[0].output_shape == (16, 8, 8)
+    assert uses[2][0].output_shape == (8, 4, 4)  # the downsampling is there only with stride 2
+    # The network runs as its shapes say, and a left-out entry has no module and no parameters.
+    model = netspec.build(OPTIONAL)
+    assert model(torch.randn(2, 8, 8, 8)).shape == (2, 8, 4, 4)
+    assert sum(isinstance(m, nn.Sigmoid) for m in model.modules()) == 1
+
+
+def test_if_at_the_top_level_follows_a_variable_and_set():
+    text = "name: t\ninput: [4]\nvars: {drop: false}\nlayers:\n  - linear: {out_features: 3}\n  - dropout:\n    if: $drop\n"
+    assert _kinds(netspec.infer_shapes(text)) == ["linear"]
+    assert _kinds(netspec.infer_shapes(netspec.as_spec(text, {"drop": True}))) == ["linear", "dropout"]
+
+
+def test_a_left_out_entry_is_not_checked():
+    # A squeeze to `$se * 8` = 0 channels makes no layer; left out where se is 0, it is never built, so no error.
+    squeeze = "conv2d: {out_channels: 8, kernel_size: 1}, sigmoid"
+    text = OPTIONAL.replace(squeeze, squeeze.replace("8", "$se * 8", 1))
+    assert netspec.infer_shapes(text).total_params == netspec.infer_shapes(OPTIONAL).total_params
+    with pytest.raises(SpecError, match=r"layers\[0\]\.unit\[1\]\.branch\[1\]\[1\] conv2d: out_channels: input should"):
+        netspec.infer_shapes(text.replace("        if: $se > 0\n", ""))
+
+
+def test_conditions_are_the_one_expression_language():
+    env = {"se": 0.25, "stride": 2, "relu": True}
+    unknown = str
+    assert evaluate("$se > 0 and $stride == 2", env, unknown) is True
+    assert evaluate("not $relu or 1 < $stride <= 2", env, unknown) is True
+    assert evaluate("$se * 4 != 1", env, unknown) is False
+    with pytest.raises(ValueError, match="comparisons"):
+        evaluate("$se in [1]", env, unknown)
+
+
+def test_a_block_parameter_names_a_layer_with_its_arguments():
+    text = """
+name: t
+input: [3, 8, 8]
+blocks:
+  se:
+    params: {ch: null}
+    layers:
+      - multiply: [identity, [adaptive_avgpool2d, conv2d: {out_channels: $ch, kernel_size: 1}, relu,
+                              conv2d: {out_channels: 8, kernel_size: 1}, sigmoid]]
+  unit:
+    params: {act: relu, attention: identity}
+    layers:
+      - conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
+      - $act
+      - $attention
+layers:
+  - unit: {act: {leaky_relu: {negative_slope: 0.1}}, attention: {se: {ch: 4}}}
+  - unit
+"""
+    model = netspec.build(text)
+    leaky = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert [m.negative_slope for m in leaky] == [0.1]
+    squeeze = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert [m.out_channels for m in squeeze] == [4, 8]
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2  # the se's own, and the second use's act
+
+
+# GhostNet's bottleneck written as it had to be before `if:`: one block per variant (plain, downsampling, with
+# squeeze-excite, both), each a copy of the others' common layers.
+GHOST_COPIES = """
+name: ghostnet_small
+input: [3, 32, 32]
+blocks:
+  ghost:
+    params: {out: null, act: relu}
+    layers:
+      - conv2d: {out_channels: $out // 2, kernel_size: 1, bias: false}
+      - batchnorm
+      - $act
+      - concat:
+          - identity
+          - [conv2d: {out_channels: $out // 2, kernel_size: 3, padding: 1, groups: $out // 2, bias: false},
+             batchnorm, $act]
+  squeeze_excite:
+    params: {ch: null, squeeze: null}
+    layers:
+      - multiply:
+          - identity
+          - [adaptive_avgpool2d, conv2d: {out_channels: $squeeze, kernel_size: 1}, relu,
+             conv2d: {out_channels: $ch, kernel_size: 1}, hardsigmoid]
+  bottleneck:
+    params: {mid: null, out: null}
+    layers:
+      - residual:
+          layers: [ghost: {out: $mid}, ghost: {out: $out, act: identity}]
+  bottleneck_down:
+    params: {mid: null, out: null, stride: 2}
+    layers:
+      - residual:
+          layers:
+            - ghost: {out: $mid}
+            - conv2d: {out_channels: $mid, kernel_size: 3, stride: $stride, padding: 1, groups: $mid, bias: false}
+            - batchnorm
+            - ghost: {out: $out, act: identity}
+  bottleneck_se:
+    params: {mid: null, out: null, se: null}
+    layers:
+      - residual:
+          layers:
+            - ghost: {out: $mid}
+            - squeeze_excite: {ch: $mid, squeeze: "max(4, int($mid * $se))"}
+            - ghost: {out: $out, act: identity}
+  bottleneck_down_se:
+    params: {mid: null, out: null, stride: 2, se: null}
+    layers:
+      - residual:
+          layers:
+            - ghost: {out: $mid}
+            - conv2d: {out_channels: $mid, kernel_size: 3, stride: $stride, padding: 1, groups: $mid, bias: false}
+            - batchnorm
+            - squeeze_excite: {ch: $mid, squeeze: "max(4, int($mid * $se))"}
+            - ghost: {out: $out, act: identity}
+layers:
+  - conv2d: {out_channels: 16, kernel_size: 3, padding: 1, bias: false}
+  - batchnorm
+  - relu
+  - bottleneck: {mid: 16, out: 16}
+  - bottleneck_down: {mid: 48, out: 24}
+  - bottleneck: {mid: 72, out: 24}
+  - bottleneck_down_se: {mid: 72, out: 40, se: 0.25}
+  - bottleneck_se: {mid: 120, out: 40, se: 0.25}
+  - bottleneck_down: {mid: 240, out: 80}
+  - bottleneck_se: {mid: 184, out: 80, se: 0.25}
+  - conv2d: {out_channels: 320, kernel_size: 1, bias: false}
+  - batchnorm
+  - relu
+  - adaptive_avgpool2d
+  - flatten
+  - linear: {out_features: 10}
+"""
+
+
+def test_ghostnet_example_with_one_conditional_block_is_the_network_of_four_copies():
+    one = netspec.build(ROOT / "examples" / "ghostnet_small.yaml").eval()
+    copies = netspec.build(GHOST_COPIES).eval()
+    assert one.net_shape.total_params == copies.net_shape.total_params == 111_784
+    assert one.net_shape.macs == copies.net_shape.macs
+    assert [t.shape for t in one.state_dict().values()] == [t.shape for t in copies.state_dict().values()]
+    transfer_state_dict(copies.state_dict(), one)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(one(x), copies(x), rtol=0, atol=0)
+
+
+# --- the messages that misled (issue 29), each naming the real problem first, at its place -------------------
+
+HEADER = "name: t\ninput: [16, 64]\nlayers:\n"
+
+ERRORS = [
+    pytest.param(
+        HEADER + "  - linear: {out_features: 64}\n    as: q\n  - frobmul: {}\n    from: [input, q]\n",
+        "{f}:6:5: layers[1]: unknown layer kind 'frobmul' (neither a layer kind nor a block); the kinds are: ",
+        id="unknown-kind-before-its-inputs",
+    ),
+    pytest.param(
+        HEADER + "  - difference: [identity, identity]\n",
+        "{f}:4:5: layers[0]: unknown layer kind 'difference' (neither a layer kind nor a block); the kinds are: ",
+        id="unknown-kind-with-a-list",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nblocks:\n  b: {layers: [relu]}\nlayers:\n  - b: [identity, identity]\n",
+        "{f}:6:8: layers[0] b: the parameters of block b are a mapping (name: value), not a list; it takes: none",
+        id="block-parameters-as-a-list",
+    ),
+    pytest.param(
+        HEADER + "  - linear: {out_features: 64}\n    as: q\n  - concat: {from: [input, q], dim: -1}\n",
+        "{f}:6:14: layers[1] concat: unknown argument 'from': from: goes beside the kind, not among its arguments; "
+        "write '- concat: ...' and under it, indented like concat, 'from: [input, q]'",
+        id="from-among-a-merge's-arguments",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nblocks:\n  b: {layers: [relu]}\nlayers:\n  - b: {as: y}\n",
+        "{f}:6:9: layers[0] b: unknown parameter 'as': as: goes beside the kind, not among its arguments; "
+        "write '- b: ...' and under it, indented like b, 'as: y'; block b takes: none",
+        id="as-among-a-block's-parameters",
+    ),
+    pytest.param(
+        HEADER + "  - linear: {out_features: 8}\n  - batchnorm\n    as: x\n  - relu\n",
+        "{f}:6:7: invalid YAML: mapping values are not allowed here; '- batchnorm' is a bare name, so 'as:' below it "
+        "cannot belong to it: write '- batchnorm:' (a colon after the kind; its arguments, if any, after the colon) "
+        "and keep 'as:' under it, indented like batchnorm (column 5)",
+        id="bare-name-then-as",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    params: {ch: 4}\n    layers:\n"
+        "      - conv2d: {out_channels: $ch, kernel_size: 3}\n      - $extra: {ch: 4}\nlayers:\n  - b\n",
+        "{f}:8:9: layers[0].b[1]: '$extra' is not a parameter of block b (it takes: ch), so nothing replaces it; "
+        "declare it with the layer it stands for (params: {extra: {leaky_relu: {negative_slope: 0.1}}}) "
+        "and write '- $extra'",
+        id="unknown-parameter-as-a-kind",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    params: {act: relu}\n    layers:\n"
+        "      - $act: {inplace: true}\nlayers:\n  - b\n",
+        "{f}:7:9: layers[0].b[0]: '$act' is written as a kind with arguments, but a $name is replaced only where it "
+        "stands alone; give the layer with its arguments as the value (act: {leaky_relu: {negative_slope: 0.1}}) "
+        "and write '- $act'",
+        id="parameter-as-a-kind-with-arguments",
+    ),
+    pytest.param(
+        HEADER + "  - $extra: {ch: 4}\n",
+        "{f}:4:5: layers[0]: '$extra' is not a variable of the spec, so nothing replaces it; a spec variable holds "
+        "a number or a word (vars: {extra: relu}, used as '- $extra'), a block parameter may hold a layer with its "
+        "arguments (extra: {leaky_relu: {negative_slope: 0.1}})",
+        id="unknown-variable-as-a-kind",
+    ),
+    pytest.param(
+        HEADER + "  - relu:\n    if: relu > 0\n",
+        '{f}:5:9: layers[0]: if: a condition is true or false, e.g. if: "$se > 0" (a $ before each block parameter '
+        "or spec variable), got 'relu > 0'",
+        id="condition-without-dollar",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nvars: {big: 1}\nlayers:\n  - linear: {out_features: 64}\n    as: q\n"
+        "  - add: [identity, identity]\n    from: [input, q]\n    if: $big > 2\n    as: s\n",
+        "{f}:9:9: layers[1]: is left out (its if: is false) but reads 2 inputs, so its name 's' has no one input to "
+        "stand for; a named entry that may be left out reads one input",
+        id="left-out-merge-of-two-inputs",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS)
+def test_the_message_names_the_real_problem_where_it_is(text: str, expected: str, tmp_path: Path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["build", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + expected.replace("{f}", str(path))), err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_transfer_between_different_networks_names_the_tensors_without_a_counterpart():
+    lenet = netspec.build(ROOT / "specs" / "lenet.yaml")
+    text = (ROOT / "specs" / "lenet.yaml").read_text()
+    # The same network with a batchnorm after its first convolution: 5 tensors more, all of them named.
+    first_conv = re.search(r"  - conv2d: .*\n", text)
+    assert first_conv is not None
+    wider = netspec.build(text[: first_conv.end()] + "  - batchnorm\n" + text[first_conv.end() :])
+    with pytest.raises(CheckpointError) as caught:
+        transfer_state_dict(wider.state_dict(), lenet)
+    assert str(caught.value) == (
+        "the source has 15 tensors but the model has 10: 5 of the source's tensors have no counterpart in the model: "
+        "bn.weight (6), bn.bias (6), bn.running_mean (6), bn.running_var (6), ... (1 more)"
+    )
