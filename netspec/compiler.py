@@ -74,7 +74,8 @@ class Block(nn.Module):
             if op == CALL:
                 values[output] = self._modules[target](values[inputs[0]])
             elif op == TENSOR:
-                values[output] = self._parameters[target].expand(x.shape[0], *inputs)
+                # (a view first: a tensor may be stored in another shape than it is read, e.g. 64 as 64×1×1)
+                values[output] = self._parameters[target].view(1, *inputs).expand(x.shape[0], *inputs)
             else:
                 values[output] = target([values[i] for i in inputs])
             if self.trace is not None and row >= 0:

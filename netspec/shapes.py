@@ -318,7 +318,7 @@ class _Walker:
                 f"{exc} (branches give {', '.join(map(format_shape, outs))})", merge.yaml_path, where
             ) from None
         self.layers[index] = LayerInfo(
-            index, merge.path, merge.kind, in_shapes[0], out, 0, 0, merge.op, self.depth,
+            index, merge.path, merge.kind, in_shapes[0], out, 0, merge.op.macs(outs, out), merge.op, self.depth,
             elementwise=merge.op.elementwise_ops(outs, out), yaml_path=merge.yaml_path,
         )  # fmt: skip
         self.last_path, self.last_row = merge.path, index

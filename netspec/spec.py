@@ -15,6 +15,7 @@ layer path and kind.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -328,6 +329,10 @@ RawEntries = Annotated[
     BeforeValidator(_check_raw_body),
     PlainSerializer(lambda body: body, return_type=list),
 ]
+# Pydantic builds the mutually recursive entry schemas depth-first, nesting each merge kind's entry inside the
+# previous one's (an Annotated alias such as LayerEntry is no definition it can refer back to): about 200 frames
+# per merge kind, past Python's default limit of 1,000 with five merge kinds.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
 Repeat.model_rebuild()
 Residual.model_rebuild()
 Tapped.model_rebuild()

@@ -29,6 +29,11 @@ TORCHVISION_ZOO = {
     "resnet50": "ResNet50_Weights",
     "maxvit_t": "MaxVit_T_Weights",
 }
+# Zoo specs of timm models (tests/test_timm_zoo.py): spec name -> timm's model name.
+TIMM_ZOO = {
+    "mobilevit_xxs": "mobilevit_xxs",
+    "cait_xxs24_224": "cait_xxs24_224",
+}
 # Real MNIST (full train set, first 3,000 test images), read-only, beside the project.
 SHARED_DATA = Path(os.environ.get("NETSPEC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 HAS_MNIST = (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()

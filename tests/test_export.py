@@ -15,10 +15,10 @@ import torch
 import netspec
 from netspec.exporter import class_name, load_python_module
 from netspec.expr import FUNCTIONS, OPERATORS
-from tests.conftest import SHARED_DATA, SPECS, TORCHVISION_ZOO, ZOO, requires_mnist, run_cli
+from tests.conftest import SHARED_DATA, SPECS, TIMM_ZOO, TORCHVISION_ZOO, ZOO, requires_mnist, run_cli
 
 # ONNX and pt2 of these take several seconds each on 2 cores: they run under -m slow.
-HEAVY = {"d2l_alexnet", "d2l_vgg11", "d2l_googlenet", "d2l_densenet", "mobilenet_v2_small", *TORCHVISION_ZOO}
+HEAVY = {"d2l_alexnet", "d2l_vgg11", "d2l_googlenet", "d2l_densenet", "mobilenet_v2_small", *TORCHVISION_ZOO, *TIMM_ZOO}
 LIGHT = [n for n in ZOO if n not in HEAVY]
 FORMAT_CASES = [pytest.param(n, id=n) for n in LIGHT] + [pytest.param(n, id=n, marks=pytest.mark.slow) for n in HEAVY]
 
@@ -337,3 +337,18 @@ def test_every_expression_function_exports_as_its_expression(write_spec, tmp_pat
     assert {k: v.shape for k, v in generated.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
+
+
+@pytest.mark.parametrize("fmt", ["python", "onnx", "pt2"])
+def test_attention_parts_export_in_every_format(fmt: str, tmp_path: Path):
+    # scale, neg, mean, sum, subtract, matmul (with transpose_b), relative_bias (levit and swin rules), a
+    # parameter read through a view, and multihead_attention over groups of tokens; export checks each format
+    # against the netspec model on a batch of 3 and fails when they differ.
+    path = Path(__file__).parent / "fixtures" / "memory" / "attention_parts.yaml"
+    torch.manual_seed(1)
+    result = netspec.export(path, format=fmt, out=tmp_path)
+    assert result.path.exists()
+    if fmt == "python":
+        source = result.path.read_text()
+        assert "torch.matmul(q, k.transpose(-2, -1))" in source and "x - self." in source
+        assert ".view(1, 1, 1, 32)" in source  # the parameter stored as 32, read as 1×1×32

@@ -22,7 +22,7 @@ from netspec.codegen import class_name
 from netspec.compiler import build, leaf_modules, trace_shapes
 from netspec.errors import SpecError
 from netspec.exporter import python_source
-from netspec.layers import LAYER_KINDS
+from netspec.layers import LAYER_KINDS, MERGE_KINDS
 from netspec.shapes import infer_shapes
 from netspec.spec import validate_spec
 
@@ -139,8 +139,26 @@ KIND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
     "prelu": st.fixed_dictionaries({}, optional={"num_parameters": st.integers(1, 4)}),
     "softplus": st.fixed_dictionaries({}, optional={"beta": st.floats(0.5, 2)}),
+    "scale": st.fixed_dictionaries({"factor": st.one_of(st.floats(-2, 2), st.just("8 ** -0.5"))}),
+    "mean": st.fixed_dictionaries(
+        {"dims": st.lists(st.integers(-4, 3), min_size=1, max_size=3)}, optional={"keepdim": st.booleans()}
+    ),
+    "sum": st.fixed_dictionaries(
+        {"dims": st.lists(st.integers(-4, 3), min_size=1, max_size=3)}, optional={"keepdim": st.booleans()}
+    ),
+    "relative_bias": st.fixed_dictionaries(
+        {"resolution": st.integers(0, 4)},
+        optional={"rule": st.sampled_from(["levit", "swin"]), "stride": st.integers(1, 3)},
+    ),
 }
-MERGES = ["concat", "add", "multiply"]
+KIND_ARGS["parameter"] = st.one_of(
+    KIND_ARGS["parameter"],
+    st.fixed_dictionaries(  # stored as shape, read as view (the same number of values, now and then not)
+        {"shape": st.lists(st.integers(1, 4), min_size=1, max_size=2),
+         "view": st.lists(st.integers(1, 4), min_size=1, max_size=3)},
+    ),
+)  # fmt: skip
+MERGES = sorted(MERGE_KINDS)
 
 
 @st.composite

@@ -51,7 +51,8 @@ CASES = [
     ),
     pytest.param(
         "name: t\ninput: [16, 64]\nlayers:\n  - add:\n    - identity\n    - [parameter: {shape: [17, 64]}]\n",
-        "{f}:4:5: layers[0] add: branch 0 gives 16×64 but branch 1 gives 17×64 (shapes must agree to be added); "
+        "{f}:4:5: layers[0] add: branch 0 gives 16×64 but branch 1 gives 17×64 (dimension 1 differs (16 vs 17) "
+        "and neither is 1 to broadcast); "
         "branches: layers[0].branch[0] 16×64, layers[0].branch[1] 17×64",
         id="learned-tensor-shape",
     ),
@@ -256,9 +257,10 @@ CASES = [
         id="concat-spatial-mismatch",
     ),
     pytest.param(
-        HEADER + "  - add:\n      - [conv2d: {out_channels: 4, kernel_size: 1}]\n      - identity\n",
-        "{f}:4:5: layers[0] add: branch 0 gives 4×28×28 but branch 1 gives 1×28×28 (shapes must agree to be added); "
-        "branches: layers[0].branch[0] 4×28×28, layers[0].branch[1] 1×28×28",
+        HEADER + "  - add:\n      - [conv2d: {out_channels: 4, kernel_size: 1}]\n"
+        "      - [conv2d: {out_channels: 2, kernel_size: 1}]\n",
+        "{f}:4:5: layers[0] add: branch 0 gives 4×28×28 but branch 1 gives 2×28×28 (dimension 1 differs (4 vs 2) "
+        "and neither is 1 to broadcast); branches: layers[0].branch[0] 4×28×28, layers[0].branch[1] 2×28×28",
         id="add-mismatch",
     ),
     pytest.param(

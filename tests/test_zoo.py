@@ -11,7 +11,7 @@ from torch import nn
 
 import netspec
 from netspec.compiler import leaf_modules, trace_shapes
-from tests.conftest import SPECS, TORCHVISION_ZOO, ZOO
+from tests.conftest import SPECS, TIMM_ZOO, TORCHVISION_ZOO, ZOO
 from tests.reference_models import REFERENCES
 
 # Parameter counts printed by the sources (d2l prints GoogLeNet's and ResNet-18's in its summaries).
@@ -28,7 +28,7 @@ BEYOND_THE_BOOK = ["mobilenet_v2_small", "se_resnet_small", "squeezenet_small", 
 
 
 def test_every_zoo_spec_has_a_reference_model_or_a_forward_backward_test():
-    assert sorted([*REFERENCES, *TORCHVISION_ZOO, *BEYOND_THE_BOOK]) == ZOO
+    assert sorted([*REFERENCES, *TORCHVISION_ZOO, *TIMM_ZOO, *BEYOND_THE_BOOK]) == ZOO
 
 
 def test_a_zoo_name_that_is_a_torchvision_model_is_that_model():

@@ -365,25 +365,30 @@ class ClassWriter:
         if isinstance(template, ShapedMerge):
             return self.merge(parallel, inputs)  # type: ignore[arg-type]
         if isinstance(template, LayerInfo) and template.is_tensor:
-            self.tensor(template)
+            tensor = self.tensor(template)
             dims = ", ".join(["-1"] * len(template.output_shape))
-            return f"self.{template.attr}.expand({source}.shape[0], {dims})", sizes
+            return f"{tensor}.expand({source}.shape[0], {dims})", sizes
         code, out_sizes = self.module(parallel, sizes)
         self.attribute(str(template.attr), code, _output_shape(template))
         return f"self.{template.attr}({source})", out_sizes
 
-    def tensor(self, info: LayerInfo) -> None:
-        """A learned tensor: an nn.Parameter of this class, initialized as the spec says."""
+    def _written_sizes(self, info: LayerInfo, argument: str, sizes: list[Any]) -> list[Any]:
+        """`sizes` (a learned tensor's shape or view), the trailing ones as the block writes them (`$dim`)."""
+        written = (info.written or {}).get(argument)
+        if self.symbolic and isinstance(written, list):
+            exprs = [written_expr(w, self.params(), self.constants) for w in written]
+            offset = len(sizes) - len(exprs)
+            for k, expr in enumerate(exprs):
+                if expr is not None:
+                    sizes[offset + k] = Sym(expr, sizes[offset + k])
+        return sizes
+
+    def tensor(self, info: LayerInfo) -> str:
+        """A learned tensor: an nn.Parameter of this class, initialized as the spec says. Returns the expression
+        that reads it in one example's shape, broadcasting against the batch (`self.gamma.view(1, 64, 1, 1)`
+        for a tensor stored as 64 and used as 64×1×1)."""
         layer = info.layer
-        stored: list[Any] = list(layer.stored_shape())  # type: ignore[union-attr]
-        if self.symbolic:
-            written = (info.written or {}).get("shape")
-            if isinstance(written, list):
-                exprs = [written_expr(w, self.params(), self.constants) for w in written]
-                offset = len(stored) - len(exprs)
-                for k, expr in enumerate(exprs):
-                    if expr is not None:
-                        stored[offset + k] = Sym(expr, stored[offset + k])
+        stored = self._written_sizes(info, "shape", list(layer.stored_shape()))  # type: ignore[union-attr]
         shape = ", ".join(render(d) for d in stored)
         init = {
             "zeros": f"torch.zeros({shape})",
@@ -394,6 +399,10 @@ class ClassWriter:
             "uniform": f"torch.rand({shape})",
         }[layer.init]  # type: ignore[union-attr]
         self.init.append(f"self.{info.attr} = nn.Parameter({init})")
+        if layer.view is None:  # type: ignore[union-attr]
+            return f"self.{info.attr}"
+        view = self._written_sizes(info, "view", list(layer.view))  # type: ignore[union-attr]
+        return f"self.{info.attr}.view({', '.join(render(d) for d in [1, *view])})"
 
     def module(self, parallel: list[ShapedNode], sizes: Sizes) -> tuple[str, Sizes]:
         """The constructor expression of a node that is one module (layer, block use, repeat, chain, copy)."""
@@ -559,8 +568,7 @@ class ClassWriter:
             only = [p.children[0] for p in parallel]
             first = only[0]
             if isinstance(first, LayerInfo) and first.is_tensor and op.kind != "concat":
-                self.tensor(first)
-                return f"self.{first.attr}", Sizes(None, None)  # broadcasts against the batch in + and *
+                return self.tensor(first), Sizes(None, None)  # broadcasts against the batch in + and *
             return self.node(only, [(source, sizes)])
         if branch.form == Form.SEQUENTIAL:
             code, out = self.module(parallel, sizes)  # type: ignore[arg-type]

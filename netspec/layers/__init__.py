@@ -3,14 +3,26 @@
 - base: what a kind is (`LayerSpec`, `MergeSpec`), the registry, shapes and dimensions;
 - convolution, pooling, normalization, dropout, activation, linear;
 - reshape: flatten, reshape, permute, transpose, slice, channel shuffle;
-- attention: tokens and attention (learned tensors, multi-head and shifted-window attention);
-- merges: concat, add, multiply.
+- attention: tokens and attention (learned tensors, multi-head and shifted-window attention, relative bias);
+- arithmetic: scale, neg, mean, sum;
+- merges: concat, add, subtract, multiply, matmul.
 
 To add a kind, write one class in the module of its family and decorate it with ``@register``;
 nothing else in netspec needs to change.
 """
 
-from netspec.layers import activation, attention, convolution, dropout, linear, merges, normalization, pooling, reshape
+from netspec.layers import (
+    activation,
+    arithmetic,
+    attention,
+    convolution,
+    dropout,
+    linear,
+    merges,
+    normalization,
+    pooling,
+    reshape,
+)
 from netspec.layers.base import (
     LAYER_KINDS,
     MERGE_KINDS,
@@ -47,6 +59,7 @@ __all__ = [
     "ShapeError",
     "activation",
     "argument_names",
+    "arithmetic",
     "attention",
     "axis",
     "can_be_bare",

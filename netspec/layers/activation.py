@@ -142,8 +142,10 @@ class _SoftmaxLike(_Activation):
 
 
 def softmax(run: Run, x: Tensor) -> Tensor:
-    """softmax and log_softmax save their output (float32 under CUDA autocast)."""
-    out = run.pointwise(run.upcast(x))
+    """softmax and log_softmax save their output (float32 under CUDA autocast), always contiguous: ATen's kernels
+    run on input.contiguous(), so a permuted input gives an output that a permute back cannot view as it was."""
+    x = run.upcast(x)
+    out = run.new(x.shape, x.dtype)
     run.save(out)
     return out
 

@@ -10,12 +10,14 @@ children in the state_dict, where torchvision has it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from annotated_types import Ge
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from netspec.layers.activation import softmax
@@ -32,6 +34,7 @@ from netspec.layers.base import (
     call,
     check_declared,
     count,
+    format_shape,
     pair,
     register,
 )
@@ -45,11 +48,14 @@ class Parameter(LayerSpec):
     """A learned tensor of `shape` (one example's; it is expanded over the batch), read as a merge branch.
 
     Stored as (1, *shape), as torchvision stores ViT's class token and position embedding, or exactly as
-    `shape` with `batch_dim: false` (ConvNeXt's C×1×1 layer scale).
+    `shape` with `batch_dim: false` (ConvNeXt's C×1×1 layer scale). With `view`, it is stored exactly as
+    `shape` and used as `view` (the same number of values): timm's 1-D layer scale `(dim,)` is
+    `{shape: [dim], view: [dim, 1, 1]}` over an image, `{shape: [dim], view: [1, dim]}` over tokens.
     """
 
     kind: Literal["parameter"] = "parameter"
     shape: Annotated[list[Size], Field(min_length=1)]
+    view: Annotated[list[Size], Field(min_length=1)] | None = None
     batch_dim: Flag = True
     init: Literal["zeros", "ones", "constant", "normal", "trunc_normal", "uniform"] = "zeros"
     value: float = 0.0  # for init: constant
@@ -57,17 +63,35 @@ class Parameter(LayerSpec):
     attr: ClassVar[str] = "param"
     is_tensor: ClassVar[bool] = True
 
+    @model_validator(mode="after")
+    def _view_keeps_the_values(self) -> Parameter:
+        if self.view is not None and count(tuple(self.view)) != count(tuple(self.shape)):
+            raise ValueError(
+                f"view {format_shape(tuple(self.view))} ({count(tuple(self.view))} values) does not hold the "
+                f"{count(tuple(self.shape))} values of shape {format_shape(tuple(self.shape))}"
+            )
+        if self.view is not None and "batch_dim" in self.model_fields_set:
+            raise ValueError("batch_dim does not apply with view: the tensor is stored exactly as shape")
+        return self
+
     def stored_shape(self) -> Shape:
+        if self.view is not None:
+            return tuple(self.shape)
         return (1, *self.shape) if self.batch_dim else tuple(self.shape)
 
+    def use_shape(self) -> Shape:
+        """One example's shape as the network reads it."""
+        return tuple(self.view if self.view is not None else self.shape)
+
     def output_shape(self, shape: Shape) -> Shape:
-        return tuple(self.shape)
+        return self.use_shape()
 
     def num_params(self, shape: Shape) -> int:
         return count(tuple(self.shape))
 
     def saved_for_backward(self, run: Run) -> Tensor:
-        return run.param(self.stored_shape()).expand(run.batch, *self.shape)  # a view of the parameter
+        use = self.use_shape()
+        return run.param(self.stored_shape()).view(1, *use).expand(run.batch, *use)  # a view of the parameter
 
     def make_tensor(self, shape: Shape) -> torch.Tensor:
         tensor = torch.empty(self.stored_shape())
@@ -81,10 +105,11 @@ class Parameter(LayerSpec):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over N×L×D tokens, computed with F.scaled_dot_product_attention.
+    """Multi-head self-attention over N×...×L×D tokens (leading group dimensions share the weights),
+    computed with F.scaled_dot_product_attention.
 
     The parameters are nn.MultiheadAttention's (packed q/k/v projection `in_proj_weight`/`in_proj_bias`,
-    then `out_proj`), so torchvision's ViT weights load as they are.
+    then `out_proj`), so torchvision's ViT weights load as they are (and timm's `qkv` and `proj`, by position).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
@@ -98,11 +123,14 @@ class SelfAttention(nn.Module):
             nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
+        shape = x.shape
+        length, dim = shape[-2], shape[-1]
+        x = x.reshape(-1, length, dim)  # groups of tokens (MobileViT's patches) join the batch
+        n = x.shape[0]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim))
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim)).view(shape)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, dropout={self.dropout}"
@@ -110,43 +138,49 @@ class SelfAttention(nn.Module):
 
 @register
 class MultiheadAttention(LayerSpec):
-    """Self-attention over a sequence of tokens (L×D); D is inferred and must divide by num_heads."""
+    """Self-attention over a sequence of tokens (L×D), or over groups of them with shared weights (G×L×D, any
+    number of leading group dimensions); D is inferred and must divide by num_heads."""
 
     kind: Literal["multihead_attention"] = "multihead_attention"
     num_heads: Size
     embed_dim: Size | None = None
     dropout: Probability = 0.0
     bias: Flag = True
-    ranks: ClassVar[tuple[int, ...] | None] = (2,)
     rank_hint: ClassVar[str] = "; make tokens first (flatten: {start_dim: 2} and transpose: {dim0: 1, dim1: 2})"
     attr: ClassVar[str] = "attn"
     torch_name: ClassVar[str] = "MultiheadAttention"
 
     def output_shape(self, shape: Shape) -> Shape:
-        self.check_rank(shape)
-        check_declared("embed_dim", self.embed_dim, shape[1])
-        if shape[1] % self.num_heads:
-            raise ShapeError(f"{shape[1]} features are not divisible by num_heads {self.num_heads}")
+        if len(shape) < 2:
+            raise ShapeError(
+                f"expects tokens (L×D, or G×L×D for groups of tokens), got {format_shape(shape)}{self.rank_hint}"
+            )
+        check_declared("embed_dim", self.embed_dim, shape[-1])
+        if shape[-1] % self.num_heads:
+            raise ShapeError(f"{shape[-1]} features are not divisible by num_heads {self.num_heads}")
         return shape
 
     def num_params(self, shape: Shape) -> int:
-        d = shape[1]
+        d = shape[-1]
         return 4 * d * d + (4 * d if self.bias else 0)
 
     def macs(self, shape: Shape, out: Shape) -> int:
-        length, d = shape
-        return 4 * length * d * d + 2 * length * length * d  # q/k/v and output projections, QKᵀ and AV
+        groups, length, d = count(shape[:-2]), shape[-2], shape[-1]
+        return groups * (4 * length * d * d + 2 * length * length * d)  # q/k/v and output projections, QKᵀ, AV
 
     def saved_for_backward(self, run: Run) -> Tensor:
-        """As SelfAttention.forward: q, k and v are views of one projection; the fused kernels' output is
-        token-major, so the output projection reads a view of it."""
-        n, (length, d), heads = run.batch, run.shape, self.num_heads
-        qkv = linear(run, run.input, 3 * d).view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        """As SelfAttention.forward: groups join the batch (a view, or a copy of a non-contiguous input); q, k
+        and v are views of one projection; the fused kernels' output is token-major, so the output projection
+        reads a view of it."""
+        (length, d), heads = run.shape[-2:], self.num_heads
+        x = run.reshape(run.input, -1, length, d)
+        n = x.shape[0]
+        qkv = linear(run, x, 3 * d).view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         out = scaled_dot_product_attention(run, qkv.select(0), qkv.select(0, 1), qkv.select(0, 2), self.dropout)
-        return linear(run, run.reshape(out.transpose(1, 2), n, length, d), d)
+        return linear(run, run.reshape(out.transpose(1, 2), n, length, d), d).view(run.batch, *run.shape)
 
     def module_call(self, shape: Shape) -> ModuleCall:
-        return call(SelfAttention, shape[1], self.num_heads, self.dropout, self.bias)
+        return call(SelfAttention, shape[-1], self.num_heads, self.dropout, self.bias)
 
 
 @register
@@ -293,3 +327,100 @@ class RelativeAttention(LayerSpec):
         from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 
         return call(RelativePositionalMultiHeadAttention, shape[2], self.head_dim, shape[1])
+
+
+class LevitBiasModule(nn.Module):
+    """LeViT's attention bias: a learned table `attention_biases` (heads × resolution²) read at the fixed index
+    |Δrow| · resolution + |Δcol| between each query and each key of a resolution×resolution grid (queries every
+    `stride`-th point: LeViT's subsampling attention), added to the attention logits heads×queries×keys.
+    The names and shapes are timm's (the index is a buffer that is not saved, as timm's)."""
+
+    def __init__(self, heads: int, resolution: int, stride: int = 1) -> None:
+        super().__init__()
+        self.attention_biases = nn.Parameter(torch.zeros(heads, resolution * resolution))
+        keys = torch.stack(torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij"))
+        queries = keys[:, ::stride, ::stride].flatten(1)
+        offsets = (queries[:, :, None] - keys.flatten(1)[:, None, :]).abs()
+        self.register_buffer("attention_bias_idxs", offsets[0] * resolution + offsets[1], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attention_biases[:, self.attention_bias_idxs]
+
+
+class SwinBiasModule(nn.Module):
+    """Swin's relative position bias: a learned table `relative_position_bias_table` ((2·window − 1)² × heads)
+    read at the index of (Δrow, Δcol) between the window's tokens, added to the logits heads×tokens×tokens
+    (torchvision's and timm's names and shapes; the index is a buffer)."""
+
+    def __init__(self, heads: int, resolution: int, stride: int = 1) -> None:
+        super().__init__()
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * resolution - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij"))
+        offsets = (coords.flatten(1)[:, :, None] - coords.flatten(1)[:, None, :]) + resolution - 1
+        self.register_buffer(
+            "relative_position_index", offsets[0] * (2 * resolution - 1) + offsets[1], persistent=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.relative_position_index.shape[0]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return x + bias.view(tokens, tokens, -1).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class BiasRule:
+    """How a relative-bias table is laid out and indexed."""
+
+    module: type[nn.Module]
+    table: Callable[[int, int], Shape]  # (heads, resolution) -> the table's shape
+    tokens: Callable[[int, int], tuple[int, int]]  # (resolution, stride) -> (queries, keys)
+    strided: bool  # whether queries may be subsampled
+
+
+BIAS_RULES = {
+    "levit": BiasRule(LevitBiasModule, lambda h, r: (h, r * r), lambda r, s: (math.ceil(r / s) ** 2, r * r), True),
+    "swin": BiasRule(SwinBiasModule, lambda h, r: ((2 * r - 1) ** 2, h), lambda r, s: (r * r, r * r), False),
+}
+
+
+@register
+class RelativeBias(LayerSpec):
+    """Adds a learned bias, looked up by a fixed relative-position index, to attention logits heads×queries×keys
+    (heads inferred): `rule: levit` (LeViT's and EfficientFormer's attention_biases[:, attention_bias_idxs],
+    with `stride` for LeViT's subsampling attention) or `rule: swin` (Swin's relative position bias table over a
+    resolution×resolution window). The table is named and shaped as timm's."""
+
+    kind: Literal["relative_bias"] = "relative_bias"
+    resolution: Size
+    rule: Literal["levit", "swin"] = "levit"
+    stride: Size = 1
+    ranks: ClassVar[tuple[int, ...] | None] = (3,)
+    rank_hint: ClassVar[str] = "; it adds to attention logits heads×queries×keys (matmul of q and k)"
+    attr: ClassVar[str] = "bias"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        self.check_rank(shape)
+        rule = BIAS_RULES[self.rule]
+        if self.stride != 1 and not rule.strided:
+            raise ShapeError(f"rule {self.rule} takes no stride (got {self.stride})")
+        queries, keys = rule.tokens(self.resolution, self.stride)
+        if shape[1:] != (queries, keys):
+            raise ShapeError(
+                f"resolution {self.resolution}{f' with stride {self.stride}' if self.stride != 1 else ''} gives "
+                f"{queries} queries × {keys} keys, but the logits are {format_shape(shape)} (heads×queries×keys)"
+            )
+        return shape
+
+    def num_params(self, shape: Shape) -> int:
+        return count(BIAS_RULES[self.rule].table(shape[0], self.resolution))
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """The lookup makes a new heads×queries×keys float32 tensor (its backward needs only the index, a
+        buffer); the add saves nothing."""
+        queries, keys = run.shape[1:]
+        run.buffer((queries * keys,), "int64")
+        bias = run.new((1, *run.shape), "float32")
+        return run.pointwise(run.input, bias.expand(*run.input.shape))
+
+    def module_call(self, shape: Shape) -> ModuleCall:
+        return call(BIAS_RULES[self.rule].module, shape[0], self.resolution, self.stride)

@@ -13,7 +13,7 @@ Dimensions (`dim`, `start_dim`, `dims`, ...) are counted as torch counts them, w
 batch as dimension 0: `flatten: {start_dim: 1}` and `permute: {dims: [0, 2, 3, 1]}` read as
 the PyTorch code they come from. Shapes themselves never include the batch.
 
-Merges (``concat``, ``add``, ``multiply``) take several tensors; they are `MergeSpec`s.
+Merges (``concat``, ``add``, ``subtract``, ``multiply``, ``matmul``) take several tensors; they are `MergeSpec`s.
 """
 
 from __future__ import annotations
@@ -212,6 +212,10 @@ class MergeSpec(BaseModel):
     def elementwise_ops(self, shapes: list[Shape], out: Shape) -> int:
         """Element-wise operations (one add or multiply per output element and extra input); not MACs."""
         return (len(shapes) - 1) * count(out)
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        """Multiply-accumulates (a matmul of two computed tensors); element-wise merges have none."""
+        return 0
 
     def saved_for_backward(self, run: Run) -> Tensor:
         """Memory, as LayerSpec's (`run.inputs` are the branch outputs). Default: saves nothing."""

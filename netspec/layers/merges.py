@@ -9,7 +9,20 @@ from typing import Literal
 
 import torch
 
-from netspec.layers.base import Combine, Dim, MergeMismatch, MergeSpec, Shape, axis, register_merge
+from netspec.layers.base import (
+    Combine,
+    Dim,
+    Flag,
+    MergeMismatch,
+    MergeSpec,
+    Shape,
+    ShapeError,
+    axis,
+    count,
+    format_shape,
+    register_merge,
+)
+from netspec.layers.linear import matmul
 from netspec.layers.saved import Run, Tensor
 
 
@@ -62,15 +75,32 @@ class Concat(MergeSpec):
         return f"torch.cat([{', '.join(names)}], dim={self.dim})"
 
 
+def _broadcast(shapes: list[Shape]) -> Shape:
+    """torch's broadcasting over equal ranks (each example's shape; the batch is the same for all): sizes agree
+    or one of them is 1."""
+    _same_rank(shapes)
+    out = list(shapes[0])
+    for i, shape in enumerate(shapes[1:], 1):
+        for d, (a, b) in enumerate(zip(out, shape, strict=True)):
+            if a != b and 1 not in (a, b):
+                raise MergeMismatch(0, i, f"dimension {d + 1} differs ({a} vs {b}) and neither is 1 to broadcast")
+            out[d] = max(a, b)
+    return tuple(out)
+
+
+def _term(name: str) -> str:
+    """A branch's expression as an operand of - or @ (bracketed unless it is one name or call)."""
+    return f"({name})" if " " in name else name
+
+
 @register_merge
 class Add(MergeSpec):
+    """Elementwise sum with torch broadcasting (a 1×D bias over L×D tokens)."""
+
     kind: Literal["add"] = "add"
 
     def output_shape(self, shapes: list[Shape]) -> Shape:
-        for i, shape in enumerate(shapes[1:], 1):
-            if shape != shapes[0]:
-                raise MergeMismatch(0, i, "shapes must agree to be added")
-        return shapes[0]
+        return _broadcast(shapes)
 
     def build(self) -> Combine:
         return functools.partial(_fold, operator.add)
@@ -80,20 +110,29 @@ class Add(MergeSpec):
 
 
 @register_merge
+class Subtract(MergeSpec):
+    """The first branch minus the others, with torch broadcasting (PoolFormer's pool(x) - x)."""
+
+    kind: Literal["subtract"] = "subtract"
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        return _broadcast(shapes)
+
+    def build(self) -> Combine:
+        return functools.partial(_fold, operator.sub)
+
+    def code(self, names: list[str]) -> str:
+        return " - ".join([names[0], *map(_term, names[1:])])
+
+
+@register_merge
 class Multiply(MergeSpec):
     """Elementwise product with torch broadcasting (a C×1×1 gate scales a C×H×W map)."""
 
     kind: Literal["multiply"] = "multiply"
 
     def output_shape(self, shapes: list[Shape]) -> Shape:
-        _same_rank(shapes)
-        out = list(shapes[0])
-        for i, shape in enumerate(shapes[1:], 1):
-            for d, (a, b) in enumerate(zip(out, shape, strict=True)):
-                if a != b and 1 not in (a, b):
-                    raise MergeMismatch(0, i, f"dimension {d + 1} differs ({a} vs {b}) and neither is 1 to broadcast")
-                out[d] = max(a, b)
-        return tuple(out)
+        return _broadcast(shapes)
 
     def saved_for_backward(self, run: Run) -> Tensor:
         """a * b keeps b for a's gradient and a for b's (a learned tensor is a parameter, not an activation)."""
@@ -108,3 +147,62 @@ class Multiply(MergeSpec):
 
     def code(self, names: list[str]) -> str:
         return " * ".join(names)
+
+
+def _matmul_pair(xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.matmul(xs[0], xs[1])
+
+
+def _matmul_transposed(xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.matmul(xs[0], xs[1].transpose(-2, -1))
+
+
+@register_merge
+class Matmul(MergeSpec):
+    """torch.matmul of two computed tensors, ...×M×K @ ...×K×N (attention's q @ kᵀ and attn @ v); with
+    `transpose_b` the second is ...×N×K and is transposed first. Leading dimensions broadcast."""
+
+    kind: Literal["matmul"] = "matmul"
+    transpose_b: Flag = False
+
+    def _operands(self, shapes: list[Shape]) -> tuple[Shape, Shape]:
+        if len(shapes) != 2:
+            raise ShapeError(f"matmul takes 2 branches (a @ b), got {len(shapes)}")
+        a, b = shapes
+        if len(a) < 2 or len(b) < 2:
+            raise ShapeError(
+                f"matmul needs matrices (rank 2 or more per example), got {format_shape(a)} and {format_shape(b)}"
+            )
+        return a, (*b[:-2], b[-1], b[-2]) if self.transpose_b else b
+
+    def output_shape(self, shapes: list[Shape]) -> Shape:
+        a, b = self._operands(shapes)
+        if a[-1] != b[-2]:
+            written = f"{b[-1]}×{b[-2]} transposed" if self.transpose_b else f"{b[-2]}×{b[-1]}"
+            raise MergeMismatch(
+                0,
+                1,
+                f"{a[-2]}×{a[-1]} @ {written}: inner sizes {a[-1]} and {b[-2]} differ"
+                + ("" if self.transpose_b else "; transpose_b: true multiplies by the transpose"),
+            )
+        lead = _broadcast([a[:-2], b[:-2]]) if len(a) > 2 or len(b) > 2 else ()
+        return (*lead, a[-2], b[-1])
+
+    def elementwise_ops(self, shapes: list[Shape], out: Shape) -> int:
+        return 0
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        a, _ = self._operands(shapes)
+        return count(out) * a[-1]  # one multiply-accumulate per output element and inner index, as fvcore counts
+
+    def saved_for_backward(self, run: Run) -> Tensor:
+        """As `torch.matmul`: bmm on 3-d views of both operands (half-precision copies under autocast)."""
+        a, b = run.inputs
+        return matmul(run, run.lower(a), run.lower(b.transpose(-2, -1) if self.transpose_b else b))
+
+    def build(self) -> Combine:
+        return _matmul_transposed if self.transpose_b else _matmul_pair
+
+    def code(self, names: list[str]) -> str:
+        b = f"{_term(names[1])}.transpose(-2, -1)" if self.transpose_b else names[1]
+        return f"torch.matmul({names[0]}, {b})"
