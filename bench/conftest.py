@@ -1,4 +1,4 @@
-"""pytest-benchmark suites: `pytest bench/ --benchmark-only` (see README, "Benchmarks")."""
+"""pytest-benchmark suites: `pytest bench/ --benchmark-only` (see docs/guides/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -475,7 +475,7 @@ def _build_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--compile", action="store_true", help="also compile it with torch.compile (one forward pass)")
     _add_set_option(p)
-    g = p.add_argument_group("memory (predicted from the shapes; see the README's Memory section)")
+    g = p.add_argument_group("memory (predicted from the shapes; see docs/explanation/memory.md)")
     g.add_argument(
         "--batch-size", type=positive_int,
         help="predict the memory of training at this (global) batch size: a 'saved' column and a memory summary",

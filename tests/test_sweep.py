@@ -22,7 +22,7 @@ from netspec.cli import main
 from tests.conftest import ROOT, SHARED_DATA, requires_mnist, run_cli
 
 # Small and quick: a wide-ish MLP on the synthetic dataset (random images labelled by a random teacher).
-# The README's multi-machine sweep spec: a small MLP with two variables (width, p_drop) on synthetic images.
+# The docs' multi-machine sweep spec (examples/varnet.yaml): a small MLP with two variables (width, p_drop) on synthetic images.
 VAR_SPEC = (ROOT / "examples" / "varnet.yaml").read_text()
 
 
