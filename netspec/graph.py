@@ -124,6 +124,7 @@ class Seq:
     block: BlockUse | None = None
     attr: str | None = None
     times_written: Any = None  # a repeat's `times` as its block body writes it (`$depth`), for the export
+    taps: dict[str, int] = field(default_factory=dict)  # its names (`as:`) -> positions, as `sources` counts them
 
     @property
     def label(self) -> str | None:
@@ -175,6 +176,9 @@ def _raw_branches(value: Any) -> list[Any]:
 def _raw_list(value: Any) -> list[Any] | None:
     return value if isinstance(value, list) else None
 
+
+# The position of a block output (`down.skip`) that more than one unnamed use of the block gives.
+AMBIGUOUS = -1
 
 # The most layers a spec may expand to (repeats unrolled, blocks instantiated): far beyond any real network
 # (ViT-H has a few hundred), small enough that a `repeat: {times: 1000000000}` is refused at once.
@@ -289,8 +293,20 @@ class _Expander:
                     else f"is already the name of {path}[{named_at[name]}]"
                 )
                 raise self.error(f"the name '{name}' {why}", (*child_yaml, "as"), child_path)
+            node = None
             if kept:
-                children.append(self.entry(entry, child_raw, child_path, child_yaml, env, stack, len(source or [1])))
+                node = self.entry(entry, child_raw, child_path, child_yaml, env, stack, len(source or [1]))
+            use = node.block if isinstance(node, Seq) else None
+            outputs = self.spec.blocks[use.name].outputs if use is not None else []
+            if outputs:
+                assert isinstance(node, Seq) and use is not None
+                start = source[0] if source is not None else len(children)
+                output, tapped = _splice(node, outputs, name, start, children, sources, names)
+                for out, position in tapped.items():
+                    # Two unnamed uses of a block give the same `block.out`: an error only where it is read.
+                    taps[out], named_at[out] = (AMBIGUOUS if out in taps else position), i
+            elif node is not None:
+                children.append(node)
                 sources.append(source)
                 names.append(name)
                 output = len(children)
@@ -305,7 +321,7 @@ class _Expander:
                 output = source[0] if source is not None else len(children)
             if name is not None:
                 taps[name], named_at[name] = output, i
-        return Seq(children, sources, names, path, yaml_path, role)
+        return Seq(children, sources, names, path, yaml_path, role, taps=taps)
 
     def tap(
         self,
@@ -318,10 +334,16 @@ class _Expander:
         entry: Any,
     ) -> int:
         """The position of the named output `name`, as seen from entry `position` of a sequence."""
-        if name in taps:
+        if name in taps and taps[name] != AMBIGUOUS:
             return taps[name]
         where = f"{path} {getattr(entry, 'kind', '')}".strip()
-        if defined_at.get(name) == position:
+        if name in taps:
+            block, out = name.split(".")
+            message = (
+                f"'{name}' is an output of more than one use of block {block} before it; give each use its own name "
+                f"(as: NAME) and read NAME.{out}"
+            )
+        elif defined_at.get(name) == position:
             message = f"takes its input from its own output '{name}' (a cycle)"
         elif name in defined_at:
             message = (
@@ -521,9 +543,68 @@ class _Expander:
         entries = self.validate(body, ("blocks", call.name), f"{path}.{call.name}")
         seq = self.seq(entries, list(block.layers), f"{path}.{call.name}", body_yaml, Role.BLOCK, block_env,
                        (*stack, call.name))  # fmt: skip
+        for out in block.outputs:
+            if out not in seq.taps:
+                inner = ", ".join(n for n in seq.taps if n != INPUT_NAME) or "none"
+                raise self.error(
+                    f"block {call.name} declares the output '{out}' but no entry of its body is named {out} "
+                    f"(as: {out}){did_you_mean(out, list(seq.taps))}; names in its body: {inner}",
+                    ("blocks", call.name, "outputs"),
+                    where,
+                )
         seq.block = BlockUse(call.name, values, written)
         self.blocks_used.add(call.name)
         return seq
+
+
+def _splice(
+    block: Seq,
+    outputs: list[str],
+    name: str | None,
+    start: int,
+    children: list[Node],
+    sources: list[tuple[int, ...] | None],
+    names: list[str | None],
+) -> tuple[int, dict[str, int]]:
+    """Write a block use with named outputs in place: its children join the caller's sequence (their positions
+    renumbered, the block's input being position `start`), so that its inner outputs are values the caller reads.
+    Returns the position of the block's output and of each named output (`NAME.skip`, NAME the use's `as:` or the
+    block's name). Its layers keep their values but not the expressions of its body (`$ch`), which mean nothing
+    in the caller's scope."""
+    base, prefix = len(children), name or (block.block.name if block.block else "")
+    for k, (child, source) in enumerate(zip(block.children, block.sources, strict=True)):
+        if source is None and k == 0 and start != base:
+            source = (start,)  # the use reads a named input, not the caller's previous output
+        elif source is not None:
+            source = tuple(start if j == 0 else base + j for j in source)
+        _forget_expressions(child)
+        children.append(child)
+        sources.append(source)
+        names.append(block.names[k])
+    tapped: dict[str, int] = {}
+    for out in outputs:
+        position = block.taps[out]
+        tapped[f"{prefix}.{out}"] = start if position == 0 else base + position
+        if position > 0:
+            names[base + position - 1] = f"{prefix}.{out}"
+    if name is not None and block.children:
+        names[-1] = name
+    return (len(children) if block.children else start), tapped
+
+
+def _forget_expressions(node: Node) -> None:
+    """Drop the expressions a node was written with in its block's body, down to (not into) nested block uses."""
+    if isinstance(node, Layer):
+        node.written = None
+    elif isinstance(node, Merge):
+        for branch in node.branches:
+            _forget_expressions(branch)
+    elif node.block is not None:
+        node.block.written = None
+    else:
+        node.times_written = None
+        for child in node.children:
+            _forget_expressions(child)
 
 
 def _unknown(env: dict[str, Any], where: str) -> Any:

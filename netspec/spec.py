@@ -53,6 +53,8 @@ TAP_KEYS = ("as", "from", "if")
 # A tap name that always means the input of the sequence it is used in.
 INPUT_NAME = "input"
 TapName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# What `from:` reads: a name, or a block use's named output (`enc1.skip`).
+FromName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")]
 
 
 class BlockCall(BaseModel):
@@ -141,7 +143,7 @@ class Tapped(BaseModel):
     kind: Literal["tap"] = "tap"
     entry: LayerEntry
     name: TapName | None = Field(default=None, alias="as")
-    inputs: Annotated[list[TapName], Field(min_length=1)] | None = Field(default=None, alias="from")
+    inputs: Annotated[list[FromName], Field(min_length=1)] | None = Field(default=None, alias="from")
     condition: Annotated[bool | None, BeforeValidator(_check_condition)] = Field(default=None, alias="if")
 
 
@@ -244,7 +246,7 @@ def _layer_input_schema_type() -> Any:
     tap_keys: dict[str, Any] = {
         "tap_as": (TapName | None, Field(None, alias="as", description="name this entry's output")),
         "tap_from": (
-            TapName | list[TapName] | None,
+            FromName | list[FromName] | None,
             Field(None, alias="from", description="take the input from earlier named output(s)"),
         ),
         "tap_if": (
@@ -351,6 +353,9 @@ class BlockDef(BaseModel):
     params: dict[str, Any] = {}
     # Validated when the block is used, after its parameters are substituted.
     layers: RawEntries
+    # Named outputs (`as:` names of its body) a caller reads beside its output: `from: NAME.skip`, NAME the use's
+    # `as:` (or the block's name). A block with outputs is written in place: its layers become the caller's.
+    outputs: list[TapName] = []
 
 
 ENTRY_LIST = TypeAdapter(list[LayerEntry])

@@ -202,6 +202,60 @@ def test_ghostnet_example_with_one_conditional_block_is_the_network_of_four_copi
     torch.testing.assert_close(one(x), copies(x), rtol=0, atol=0)
 
 
+def test_a_block_exposes_named_outputs_that_a_caller_reads_as_name_dot_output():
+    net = netspec.infer_shapes(ROOT / "examples" / "unet_outputs.yaml")
+    concats = [info for info in net.layers if info.layer.kind == "concat"]
+    assert [c.reads for c in concats] == [("u2", "d2.skip"), ("u1", "d1.skip")]
+    assert [c.output_shape for c in concats] == [(32, 8, 8), (16, 16, 16)]
+    # The skip is the encoder's output before pooling: the model computes exactly that.
+    model = netspec.build(ROOT / "examples" / "unet_outputs.yaml").eval()
+    x = torch.randn(2, 1, 16, 16)
+    skip = model.d1_skip(model.conv1(x))
+    assert skip.shape == (2, 8, 16, 16)
+    u1 = model.u1(
+        model.conv4(
+            torch.cat(
+                [
+                    model.u2(model.conv3(model.d2(model.d2_skip(model.conv2(model.d1(skip)))))),
+                    model.d2_skip(model.conv2(model.d1(skip))),
+                ],
+                dim=1,
+            )
+        )
+    )
+    torch.testing.assert_close(model(x), model.conv5(torch.cat([u1, skip], dim=1)), rtol=0, atol=0)
+
+
+def test_named_outputs_inside_a_block_used_with_several_widths():
+    text = """
+name: t
+input: [4, 8, 8]
+blocks:
+  two:
+    params: {ch: null}
+    outputs: [first]
+    layers:
+      - conv2d: {out_channels: $ch, kernel_size: 3, padding: 1}
+        as: first
+      - relu
+      - conv2d: {out_channels: $ch, kernel_size: 3, padding: 1}
+  tree:                     # DLA's tree: its root joins the last stage's output and an inner one
+    params: {ch: null}
+    layers:
+      - two: {ch: $ch}
+        as: a
+      - concat: [identity, identity]
+        from: [a, a.first]
+      - conv2d: {out_channels: $ch, kernel_size: 1}
+layers:
+  - tree: {ch: 8}
+  - tree: {ch: 16}
+"""
+    net = netspec.infer_shapes(text)
+    assert [info.output_shape for info in net.layers if info.layer.kind == "concat"] == [(16, 8, 8), (32, 8, 8)]
+    assert netspec.build(text)(torch.randn(1, 4, 8, 8)).shape == (1, 16, 8, 8)
+
+
 # --- the messages that misled (issue 29), each naming the real problem first, at its place -------------------
 
 HEADER = "name: t\ninput: [16, 64]\nlayers:\n"
@@ -276,6 +330,27 @@ ERRORS = [
         "{f}:9:9: layers[1]: is left out (its if: is false) but reads 2 inputs, so its name 's' has no one input to "
         "stand for; a named entry that may be left out reads one input",
         id="left-out-merge-of-two-inputs",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skp\nlayers:\n  - b\n",
+        "{f}:5:14: layers[0] b: block b declares the output 'skip' but no entry of its body is named skip (as: skip) "
+        "(did you mean 'skp'?); names in its body: skp",
+        id="output-not-named-in-the-body",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skip\nlayers:\n  - b\n  - b\n  - relu:\n    from: b.skip\n",
+        "{f}:13:11: layers[2] relu: 'b.skip' is an output of more than one use of block b before it; give each use "
+        "its own name (as: NAME) and read NAME.skip",
+        id="two-unnamed-uses-of-a-block-with-outputs",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skip\nlayers:\n  - b:\n    as: e\n  - relu:\n    from: e.skp\n",
+        "{f}:13:11: layers[1] relu: unknown name 'e.skp' in from (did you mean 'e.skip'?); names here: input, "
+        "e.skip, e",
+        id="unknown-output",
     ),
 ]
 
