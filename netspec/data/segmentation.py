@@ -286,3 +286,39 @@ def class_pixels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Pixels of each class in (N, H, W) masks, ignored pixels left out."""
     flat = labels.flatten()
     return torch.bincount(flat[flat >= 0], minlength=num_classes)
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's colour map (class 0 black, then distinct colours made from the bits of the index), as the
+    768 values of a PIL palette: masks written so look as VOC's do, and read back by index."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_mask(path: Path, mask: torch.Tensor) -> None:
+    """A (h, w) class-index map as a palette PNG (VOC's colours; 16-bit grayscale for more than 256 classes),
+    written atomically."""
+    import io
+
+    from PIL import Image
+
+    from netspec.fileio import atomic_write_bytes
+
+    values = mask.cpu().numpy()
+    if int(values.max(initial=0)) < 256:
+        image = Image.fromarray(values.astype(np.uint8), "P")
+        image.putpalette(voc_palette())
+    else:
+        image = Image.fromarray(values.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
