@@ -129,3 +129,39 @@ def test_the_distributed_example_is_what_the_docs_say():
         6,
         64,
     )
+
+
+def _self_contained(command: str) -> bool:
+    """A command that needs nothing but the repository: every path it names is shipped (no run folder made
+    earlier, no dataset outside the repository, no database server)."""
+    words = _words(command)
+    paths = [word for word in words if "/" in word and "://" not in word]
+    return "--storage" not in words and all(not p.startswith("..") and (ROOT / p).exists() for p in paths)
+
+
+# Commands the docs show being refused: each runs as written and prints exactly the message shown (nothing on
+# stdout, nothing written, a non-zero exit code), so a message that changes must change in the docs too.
+REFUSALS = sorted(
+    {
+        (command, tuple(shown))
+        for command, shown in _console_runs()
+        if command.startswith("netspec ")
+        and not command.startswith("netspec build ")
+        and shown
+        and shown[0].startswith("error: ")
+        and _self_contained(command)
+    }
+)
+
+
+@pytest.mark.parametrize(("command", "shown"), REFUSALS, ids=[" ".join(_words(c)[1:4]) for c, _ in REFUSALS])
+def test_refused_commands_give_the_message_shown(command: str, shown: tuple[str, ...]):
+    runs = ROOT / "runs"  # where a train command would make its run folder
+    before = set(runs.iterdir()) if runs.exists() else set()
+    result = run_cli(*_words(command)[1:], env={"COLUMNS": "200"})
+    assert result.returncode in (1, 2), result.stderr
+    assert result.stdout == ""
+    assert result.stderr.rstrip("\n").splitlines() == [line for line in shown if line.strip()]
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # no run folder
+    outputs = [word for option, word in pairwise(_words(command)) if option == "--out"]
+    assert not any((ROOT / word).exists() for word in outputs)  # nor the file it was asked to write
