@@ -33,6 +33,8 @@ TORCHVISION_ZOO = {
 TIMM_ZOO = {
     "mobilevit_xxs": "mobilevit_xxs",
     "cait_xxs24_224": "cait_xxs24_224",
+    "levit_128s": "levit_128s",
+    "efficientformer_l1": "efficientformer_l1",
 }
 # Real MNIST (full train set, first 3,000 test images), read-only, beside the project.
 SHARED_DATA = Path(os.environ.get("NETSPEC_SHARED_DATA", ROOT.parent / "shared" / "data"))

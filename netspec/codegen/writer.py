@@ -401,8 +401,14 @@ class ClassWriter:
         self.init.append(f"self.{info.attr} = nn.Parameter({init})")
         if layer.view is None:  # type: ignore[union-attr]
             return f"self.{info.attr}"
-        view = self._written_sizes(info, "view", list(layer.view))  # type: ignore[union-attr]
-        return f"self.{info.attr}.view({', '.join(render(d) for d in [1, *view])})"
+        view = [1, *self._written_sizes(info, "view", list(layer.view))]  # type: ignore[union-attr]
+        symbolic = [k for k, d in enumerate(view) if has_sym(d)]
+        if len(symbolic) == 1:  # forward does not see __init__'s arguments: the one size they give is -1 there
+            view[symbolic[0]] = -1
+        elif symbolic:  # several: forward reads the view __init__ computed
+            self.init.append(f"self.{info.attr}_view = ({', '.join(render(d) for d in view)})")
+            return f"self.{info.attr}.view(self.{info.attr}_view)"
+        return f"self.{info.attr}.view({', '.join(render(d) for d in view)})"
 
     def module(self, parallel: list[ShapedNode], sizes: Sizes) -> tuple[str, Sizes]:
         """The constructor expression of a node that is one module (layer, block use, repeat, chain, copy)."""
