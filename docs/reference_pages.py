@@ -127,16 +127,43 @@ def _uses() -> dict[str, tuple[str, Any]]:
 SAMPLE_INPUTS = {1: [16], 2: [8, 16], 3: [16, 8, 8]}
 
 
-def _sample_use(name: str, cls: Any) -> tuple[str, Any] | None:
-    """A kind without required arguments, alone on a small input: its shapes as netspec infers them."""
-    import netspec
-    from netspec.layers import can_be_bare
+# Values tried for the required arguments of a kind no spec uses yet, by type (a size, a count, dimensions).
+SAMPLE_VALUES: dict[str, tuple[Any, ...]] = {"int": (2, 1, -1), "list of int": ([-1], [1])}
 
-    if not can_be_bare(cls):
+
+def _sample_use(name: str, cls: Any) -> tuple[str, Any] | None:
+    """A kind no spec uses, alone on a small input of a rank it takes, with small values for its required
+    arguments (a merge: of two identity branches): its shapes as netspec infers them (None when no such example
+    is valid)."""
+    import itertools
+
+    import netspec
+    from netspec.errors import SpecError
+    from netspec.layers import MERGE_KINDS, argument_names
+
+    if name in MERGE_KINDS:
+        for rank in (3, 2):
+            entry = {name: ["identity", "identity"]}
+            try:
+                net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [entry]})
+            except SpecError:
+                continue
+            return ("an example spec", net.layers[0])
         return None
-    rank = (cls.ranks or (3,))[0]
-    net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [name]})
-    return ("an example spec", net.layers[0])
+    required = [n for n in argument_names(cls) if cls.model_fields[n].is_required()]
+    types = _field_types(cls)
+    kinds = [next((k for k in SAMPLE_VALUES if types.get(n, "").split(" >")[0] == k), None) for n in required]
+    if None in kinds:
+        return None
+    for rank in sorted(cls.ranks or (3, 2, 1), reverse=True):
+        for values in itertools.product(*(SAMPLE_VALUES[k] for k in kinds)):  # type: ignore[index]
+            entry: Any = {name: dict(zip(required, values, strict=True))} if required else name
+            try:
+                net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [entry]})
+            except SpecError:
+                continue
+            return ("an example spec", net.layers[0])
+    return None
 
 
 def _example(kind: str, use: tuple[str, Any] | None) -> list[str]:
@@ -147,6 +174,9 @@ def _example(kind: str, use: tuple[str, Any] | None) -> list[str]:
     path, info = use
     args = info.layer.model_dump(exclude_defaults=True, exclude={"kind"})
     written = f"- {kind}: {json.dumps(args)}" if args else f"- {kind}"
+    if info.is_merge:
+        branches = "[identity, identity]" if path == "an example spec" else "[...]"
+        written = f"- {kind}: {{{json.dumps(args)[1:-1]}{', ' if args else ''}branches: {branches}}}"
     shapes = (
         f"{format_shape(info.input_shape)} → {format_shape(info.output_shape)}"
         if not info.is_merge
@@ -206,7 +236,7 @@ def _layers() -> Iterator[str]:
             sentence = "; ".join(facts)
             yield sentence[0].upper() + sentence[1:] + ".\n"
             yield from _arguments(cls)
-            use = uses.get(name) or (_sample_use(name, cls) if name in LAYER_KINDS else None)
+            use = uses.get(name) or _sample_use(name, cls)
             yield "\n".join(_example(name, use)) + "\n"
 
 

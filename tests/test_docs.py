@@ -71,7 +71,7 @@ def test_every_layer_kind_has_a_reference_entry_with_its_arguments(reference: di
         entry = page.split(f"\n### {kind}\n", 1)[1].split("\n### ", 1)[0]
         for argument in argument_names(cls):
             assert f"| `{argument}` |" in entry, f"{kind}'s argument {argument} is missing from its entry"
-        assert "```yaml" in entry or "uses it yet" in entry
+        assert "```yaml" in entry, f"{kind} has no example: use it in a spec of specs/ or examples/"
 
 
 def test_every_setting_has_a_reference_entry(reference: dict[str, str]):
