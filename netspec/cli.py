@@ -179,19 +179,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError("--set changes a spec: give the spec and --checkpoint, or a run folder alone")
         spec, target = None, args.run
     overrides = {k: v for k, v in _train_overrides(args).items()}
-    result, classes, what = evaluate_run(target, overrides, split=args.split, spec=spec)
-    key = f"{args.split}_accuracy"
+    result, classes, what, task = evaluate_run(target, overrides, split=args.split, spec=spec)
+    metrics = {f"{args.split}_{name}": value for name, value in result.metrics.items()}
     if args.json:
-        _print_json({key: result.accuracy, f"{args.split}_loss": result.loss, "classes": classes,
-                     "confusion": result.confusion.tolist()})  # fmt: skip
+        _print_json({**metrics, f"{args.split}_loss": result.loss, "classes": classes, **result.details,
+                     "task": task.name})  # fmt: skip
         return 0
-    print(f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f} on {what}")
-    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
-    table.add_column("")
-    for name in classes:
-        table.add_column(name[:10], justify="right")
-    for name, row in zip(classes, result.confusion.tolist(), strict=True):
-        table.add_row(name, *map(str, row))
+    figures = ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in result.metrics.items())
+    print(f"{args.split} {figures}, loss {result.loss:.4f} on {what}")
+    title, header, rows = task.table(result, classes)
+    table = Table(title=title, title_justify="left")
+    table.add_column(header[0])
+    for name in header[1:]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
     return 0
 
@@ -201,6 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from netspec.predict import predict
+    from netspec.tasks import task_named
 
     results = predict(
         args.run, args.inputs, top_k=args.top, device=args.device or "cpu", skip_bad_files=args.skip_bad_files,
@@ -209,15 +212,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_dict() for r in results])
         return 0
+    task = task_named(results[0].task if results else None)
     table = Table(title_justify="left")
     table.add_column("input", overflow="fold")
-    table.add_column("class")
-    table.add_column("prob.", justify="right")
-    if args.top > 1:
-        table.add_column("then", overflow="fold")
+    for name in task.prediction_header(args.top):
+        table.add_column(name, justify="right" if name.startswith("prob") else "left", overflow="fold")
     for r in results:
-        then = ", ".join(f"{c} {p:.2f}" for c, p in r.top[1:])
-        table.add_row(r.input, r.top[0][0], f"{r.top[0][1]:.3f}", *([then] if args.top > 1 else []))
+        table.add_row(r.input, *task.prediction_cells(r.output, args.top))
     Console().print(table)
     return 0
 
@@ -379,7 +380,8 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
         add_field_option(g, TrainConfig, name, **kwargs)
 
     option("data", metavar="PATH")
-    option("label", metavar="COLUMN")
+    option("label", metavar="COLUMN[,COLUMN...]")
+    option("task")
     option("skip_bad_files")
     option("dataset", note="default: the spec's train section")
     option("data_root", show_default=True)
@@ -420,6 +422,8 @@ def _add_recipe_options(g: argparse._ArgumentGroup) -> None:
     for name in ("amp", "compile", "channels_last", "patience"):
         option(name)
     option("monitor", show_default=True)
+    option("loss")
+    option("threshold", metavar="P")
     option("init_from", metavar="FILE|torchvision:NAME|timm:NAME")
     option("skip_mismatched")
     option("freeze", metavar="PREFIX", note="repeatable, e.g. --freeze features")

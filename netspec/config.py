@@ -25,6 +25,14 @@ Scheduler = Literal["none", "step", "cosine", "onecycle"]
 Init = Literal["default", "xavier_uniform", "kaiming"]
 Sampler = Literal["grid", "tpe", "random"]
 MemoryDevice = Literal["cpu", "cuda"]  # the devices whose kernels' memory rules netspec models
+# What a network learns (tasks.TASKS holds one Task per name), the losses the tasks offer (each task says which
+# are its own) and what early stopping and best.pt may watch (each task says which are its own, and which way is
+# better).
+TaskName = Literal["classification", "regression", "multilabel"]
+Loss = Literal["cross_entropy", "mse", "l1", "huber", "bce"]
+Monitor = Literal[
+    "val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2", "val_f1", "val_exact_match", "val_label_accuracy"
+]
 
 
 def choices(literal: object) -> tuple[str, ...]:
@@ -65,7 +73,24 @@ class TrainConfig(BaseModel):
     data: str | None = Field(
         None, description="your own data: a folder of class folders (or of train/ val/ test/ folders), or a CSV table"
     )
-    label: str | None = Field(None, description="a table's label column (default: the last column)")
+    label: str | None = Field(
+        None,
+        description="a table's label column (default: the last column); several, as a,b,c, for regression "
+        "targets or multi-label yes/no columns",
+    )
+    task: TaskName | None = Field(
+        None,
+        description="what the network learns: classification (the default, but a table's numeric label column must "
+        "say it), regression (numeric targets) or multilabel (several yes/no labels)",
+    )
+    loss: Loss | None = Field(
+        None,
+        description="the loss (default: the task's): cross_entropy (classification), mse, l1 or huber (regression), "
+        "bce (multilabel)",
+    )
+    threshold: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
+        0.5, description="multilabel: a label is on when its predicted probability is at least this"
+    )
     skip_bad_files: bool = Field(False, description="skip unreadable images (counted) instead of stopping")
     val_split: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
         0.1,
@@ -76,7 +101,11 @@ class TrainConfig(BaseModel):
         0.1, description="share of the examples held out for testing when the data has no test split"
     )
     patience: PositiveInt | None = Field(None, description="early stopping: epochs without improvement of monitor")
-    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what patience watches")
+    monitor: Monitor = Field(
+        "val_loss",
+        description="what patience watches (and, for regression and multilabel, what best.pt is chosen on): "
+        "val_loss, or one of the task's metrics",
+    )
     init_from: str | None = Field(
         None,
         description="start from these weights: a netspec checkpoint, a PyTorch state_dict, or a library's "

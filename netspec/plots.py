@@ -45,9 +45,17 @@ def save_figure(fig: Any, path: Path) -> None:
 # --- a training run ----------------------------------------------------------------------------
 
 
-def plot_curves(path: Path, epochs: list[EpochMetrics], title: str, steps: list[list[float]] | None = None) -> None:
-    """Loss (per training step, and per epoch for val/test) and accuracy on two panels sharing the epoch axis,
-    so that a one-epoch run shows a real curve."""
+def plot_curves(
+    path: Path,
+    epochs: list[EpochMetrics],
+    title: str,
+    steps: list[list[float]] | None = None,
+    metric: tuple[str, str] = ("accuracy", "acc"),
+) -> None:
+    """Loss (per training step, and per epoch for val/test) and a metric (its column's name after split_, and
+    its short label: a classifier's accuracy) on two panels sharing the epoch axis, so that a one-epoch run
+    shows a real curve."""
+    metric, label = metric
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
@@ -64,12 +72,13 @@ def plot_curves(path: Path, epochs: list[EpochMetrics], title: str, steps: list[
         points = [(m.epoch, getattr(m, f"{key}_loss")) for m in epochs if getattr(m, f"{key}_loss") is not None]
         if points:
             loss_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} loss", markersize=size)
-        points = [(m.epoch, getattr(m, f"{key}_accuracy")) for m in epochs if getattr(m, f"{key}_accuracy") is not None]
+        points = [(m.epoch, m.get(f"{key}_{metric}")) for m in epochs if m.get(f"{key}_{metric}") is not None]
         if points:
-            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} acc", markersize=size)
-    acc_ax.plot(xs, [m.train_accuracy for m in epochs], "-o", color="tab:blue", label="train acc", markersize=size)
+            acc_ax.plot(*zip(*points, strict=True), style, color=color, label=f"{key} {label}", markersize=size)
+    acc_ax.plot(xs, [m.get(f"train_{metric}") for m in epochs], "-o", color="tab:blue", label=f"train {label}",
+                markersize=size)  # fmt: skip
     loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylabel(metric.replace("_", " "))
     acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # decimals as the range needs
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
@@ -97,6 +106,38 @@ def plot_confusion(path: Path, confusion: torch.Tensor, classes: list[str], titl
             v = normalized[i, j].item()
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, path)
+
+
+def plot_scatter(path: Path, predicted: torch.Tensor, true: torch.Tensor, names: list[str], title: str) -> None:
+    """Regression: predicted against true values (in the targets' units), one panel per target, with the
+    diagonal where a perfect model's points lie."""
+    plt = pyplot()
+    n = max(len(names), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), dpi=100, squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[0], names, strict=False)):
+        xs, ys = true[:, i].tolist() if len(true) else [], predicted[:, i].tolist() if len(predicted) else []
+        ax.scatter(xs, ys, s=8, alpha=0.6, color="tab:blue")
+        if xs:
+            low, high = min(xs + ys), max(xs + ys)
+            ax.plot([low, high], [low, high], "--", color="gray", linewidth=1)
+        ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_label_bars(path: Path, names: list[str], f1: list[float], accuracy: list[float], title: str) -> None:
+    """Multilabel: each label's F1 and accuracy."""
+    plt = pyplot()
+    xs = list(range(len(names)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.7 * len(names)), 3.6), dpi=100)
+    ax.bar([x - 0.2 for x in xs], f1, 0.4, label="F1")
+    ax.bar([x + 0.2 for x in xs], accuracy, 0.4, label="accuracy")
+    ax.set_xticks(xs, names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     save_figure(fig, path)
 
 

@@ -1,6 +1,7 @@
 """Stage 6: use a finished run. `netspec eval RUN` measures it on its own test split; `netspec predict RUN
-INPUT...` classifies image files, folders of images or the rows of a CSV table, with the run's spec, class
-names and input normalization, so that nothing has to be repeated."""
+INPUT...` classifies image files, folders of images or the rows of a CSV table (or, as the run's task has it,
+gives its numbers or its labels), with the run's spec, class names and input normalization, so that nothing
+has to be repeated."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from netspec.runfolder import RunDir
 from netspec.shapes import infer_shapes
 from netspec.source import SourceMap
 from netspec.spec import Spec, load_spec, validate_spec
+from netspec.tasks import Task, task_named
 from netspec.train import load_data, resolve_config
 
 
@@ -105,30 +107,35 @@ def evaluate_run(
     overrides: dict[str, Any] | None = None,
     split: str = "test",
     spec: Spec | str | Path | None = None,
-) -> tuple[Evaluation, list[str], str]:
-    """A run's model evaluated on its data's test (or val) split, the split the run recorded: (evaluation, class
-    names, what was evaluated)."""
+) -> tuple[Evaluation, list[str], str, Task]:
+    """A run's model evaluated on its data's test (or val) split, the split the run recorded: (evaluation, output
+    names (classes, targets, labels), what was evaluated, the run's task)."""
     trained = load_trained(path, spec)
     cfg, data, part = run_split(trained, overrides, split)
     device = resolve_device(cfg.device)
     loader = DeviceLoader(part, data.info, cfg.test_batch_size, device)
     model = trained.model.to(device)
-    result = evaluate(model, loader, len(data.info.classes), cfg.amp)
-    return result, list(data.info.classes), f"{len(part):,} {split} examples of {data.info.name}"
+    task = task_named(data.info.task)
+    result = evaluate(model, loader, task.meter(data.info, cfg, device), cfg.amp)
+    return result, list(data.info.classes), f"{len(part):,} {split} examples of {data.info.name}", task
 
 
 @dataclass
 class Prediction:
+    """What the model says of one input, as its task says it (tasks.Task.predictions): a classifier's class,
+    probability and top classes; regression's values in the targets' units; multilabel's labels that are on."""
+
     input: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
+    output: dict[str, Any]
+    task: str = "classification"  # the run's (what `output` holds)
+
+    @property
+    def top(self) -> list[tuple[str, float]]:
+        """A classifier's (class, probability), most probable first."""
+        return [(t["class"], t["probability"]) for t in self.output.get("top", [])]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "class": self.top[0][0],
-            "probability": self.top[0][1],
-            "top": [{"class": c, "probability": p} for c, p in self.top],
-        }
+        return {"input": self.input, **self.output}
 
 
 def trained_on(info: DataInfo) -> str:
@@ -149,7 +156,7 @@ def predict(
     resize_policy: str = "crop",
     report: Any = None,
 ) -> list[Prediction]:
-    """The top-k classes of each input: image files, folders of images (every image below them) or CSV tables
+    """The top-k classes of each input (regression: its values; multilabel: the labels on): image files, folders of images (every image below them) or CSV tables
     (every row; a label column, if any, is ignored), prepared as the run prepared its data.
 
     Each input is checked against what the run was trained on first. Images are sized by `resize_policy` (crop,
@@ -170,17 +177,12 @@ def predict(
     x = (x - torch.tensor(info.mean).view(view)) / torch.tensor(info.std).view(view)
     torch_device = resolve_device(device)
     model = trained.model.to(torch_device)
-    probabilities = []
+    outputs = []
     with torch.inference_mode():
         for chunk in x.split(256):
-            probabilities.append(model(chunk.to(torch_device)).float().softmax(1).cpu())
-    probs = torch.cat(probabilities)
-    k = min(top_k, len(info.classes))
-    values, indices = probs.topk(k, dim=1)
-    return [
-        Prediction(name, [(info.classes[i], round(v, 6)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)])
-        for name, vs, ix in zip(names, values, indices, strict=True)
-    ]
+            outputs.append(model(chunk.to(torch_device)).float().cpu())
+    rows = task_named(info.task).predictions(torch.cat(outputs), info, trained.cfg, top_k)
+    return [Prediction(name, row, info.task) for name, row in zip(names, rows, strict=True)]
 
 
 def check_inputs(run: str, info: DataInfo, paths: list[Path]) -> None:

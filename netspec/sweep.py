@@ -43,6 +43,7 @@ from netspec.spec import Spec, closest, load_spec
 from netspec.spec import parse_value as spec_value
 from netspec.storage import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRIES, StorageLost, open_storage, setting
 from netspec.storage import quiet_optuna as _optuna
+from netspec.tasks import task_of
 from netspec.train import (
     load_data,
     resolve_config,
@@ -372,9 +373,12 @@ def prune_reason(trial: Any, epoch: int) -> str | None:
     median = statistics.median(peers)
     if value >= median:
         return None
+    # (the values are scores, higher better: a metric where lower is better, such as a loss, is negated)
+    sign = -1 if frozen.user_attrs.get("lower_is_better") else 1
+    below = "above" if sign < 0 else "below"
     return (
-        f"validation accuracy {value:.3f} after epoch {epoch} is below the median {median:.3f} of the {len(peers)} "
-        f"finished trials of {architecture} at that epoch"
+        f"validation {_metric_words(frozen.user_attrs)} {sign * value:.3f} after epoch {epoch} is {below} the median "
+        f"{sign * median:.3f} of the {len(peers)} finished trials of {architecture} at that epoch"
     )
 
 
@@ -406,7 +410,7 @@ class _Sweeper:
         )
         if plan.prune:
             self.report(
-                f"pruning: a trial stops early when its validation accuracy falls below the median of the finished "
+                f"pruning: a trial stops early when its validation score (accuracy, or its task's metric) falls behind the median of the finished "
                 f"trials of the same architecture (spec and variables) at that epoch, once {PRUNE_AFTER} of them have finished; --no-prune runs "
                 "every trial to the end"
             )
@@ -433,22 +437,32 @@ class _Sweeper:
         self.report(f"trial {trial.number}: {label}" + (" (resumed)" if resume else ""))
 
         def on_epoch(metrics: Any) -> None:
-            trial.set_user_attr("train_accuracy", metrics.train_accuracy)
+            trial.set_user_attr(f"train_{metric}", metrics.get(f"train_{metric}"))
             trial.set_user_attr("train_loss", metrics.train_loss)
             trial.set_user_attr("examples_per_sec", metrics.examples_per_sec)
-            trial.set_user_attr("val_accuracy", metrics.val_accuracy)
-            trial.set_user_attr("test_accuracy", metrics.test_accuracy)
+            trial.set_user_attr(f"val_{metric}", metrics.get(f"val_{metric}"))
+            trial.set_user_attr(f"test_{metric}", metrics.get(f"test_{metric}"))
             trial.set_user_attr("epochs_run", metrics.epoch)
-            trial.report(selection_accuracy(metrics.val_accuracy, metrics.test_accuracy), metrics.epoch)
+            trial.report(_as_score(selection_accuracy(metrics.get(f"val_{metric}"), metrics.get(f"test_{metric}")),
+                                   lower), metrics.epoch)  # fmt: skip
             # Pruning saves the epochs still to come; a trial at its last epoch has finished anyway.
             if plan.prune and metrics.epoch < total_epochs:
                 reason = prune_reason(trial, metrics.epoch)
                 if reason:
                     raise optuna.TrialPruned(reason)
 
+        # What the trial is chosen on: its task's selection metric (a classifier's validation accuracy; the
+        # monitor's for the other tasks), as a score where higher is better (a loss is negated).
+        metric, lower = "accuracy", False
         try:
             spec = load_spec(spec_path, variables=variables)
-            total_epochs = resolve_config(spec, overrides).epochs
+            cfg = resolve_config(spec, overrides)
+            total_epochs = cfg.epochs
+            task = task_of(cfg)
+            metric = task.selection_metric(cfg)
+            lower = task.lower_is_better(metric)
+            trial.set_user_attr("metric", metric)
+            trial.set_user_attr("lower_is_better", lower)
             trial.set_user_attr("spec", spec.name)
             trial.set_user_attr("architecture", spec.name + (f" ({_label(variables)})" if variables else ""))
             trial.set_user_attr("params", infer_shapes(spec).total_params)
@@ -474,10 +488,11 @@ class _Sweeper:
             raise TrialFailed(message) from None
         # The trial's value is its best.pt's validation accuracy; the test accuracy beside it is that same
         # model's, for the report only.
-        trial.set_user_attr("val_accuracy", result.best.val_accuracy)
-        trial.set_user_attr("test_accuracy", result.best.test_accuracy)
+        best_val, best_test = result.best.get(f"val_{metric}"), result.best.get(f"test_{metric}")
+        trial.set_user_attr(f"val_{metric}", best_val)
+        trial.set_user_attr(f"test_{metric}", best_test)
         trial.set_user_attr("selected_on", result.selected_on)
-        return selection_accuracy(result.best.val_accuracy, result.best.test_accuracy)
+        return _as_score(selection_accuracy(best_val, best_test), lower)
 
     def _train(
         self, spec: Spec, overrides: dict[str, Any], run_dir: Path, resume: bool, on_epoch: Callable[[Any], None]
@@ -510,8 +525,8 @@ class _Sweeper:
             )
             args = ["train", str(spec_file), "--out", str(run_dir), "--overwrite"]
         job = TrainingJob([*args, "--no-progress"], {"nproc_per_node": self.plan.nproc_per_node}, report)
-        epochs = job.follow(run_dir, lambda row: on_epoch(EpochMetrics(**row)))
-        return TrainResult([EpochMetrics(**row) for row in epochs], "distributed", str(run_dir))
+        epochs = job.follow(run_dir, lambda row: on_epoch(EpochMetrics.from_row(row)))
+        return TrainResult([EpochMetrics.from_row(row) for row in epochs], "distributed", str(run_dir))
 
     def _is_duplicate(self, trial: Any) -> bool:
         """GridSampler may hand a grid point that another worker is running to a late trial (a race between
@@ -613,6 +628,8 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
         if t.number in retried or t.user_attrs.get("duplicate") or not t.params:
             continue
         attrs = t.user_attrs
+        metric = attrs.get("metric", "accuracy")
+        chosen_on = {"metric": metric, "lower_is_better": bool(attrs.get("lower_is_better"))}
         spec_path, _, _ = plan.split(t.params)
         rows.append(
             {
@@ -620,9 +637,8 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
                 "spec": attrs.get("spec", _spec_name(plan, spec_path)),
                 "overrides": {k: v for k, v in t.params.items() if k != SPEC_KEY},
                 "state": t.state.name.lower(),
-                "val_accuracy": attrs.get("val_accuracy"),
-                "test_accuracy": attrs.get("test_accuracy"),
-                "train_accuracy": attrs.get("train_accuracy"),
+                **{f"{split}_{metric}": attrs.get(f"{split}_{metric}") for split in ("val", "test", "train")},
+                **(chosen_on if metric != "accuracy" else {}),  # (a classifier's rows are as they were)
                 "train_loss": attrs.get("train_loss"),
                 "examples_per_sec": attrs.get("examples_per_sec"),
                 "params": attrs.get("params"),
@@ -632,7 +648,7 @@ def collect(study: Any, plan: SweepPlan, out: Path) -> SweepResult:
                 "error": attrs.get("error"),
             }
         )
-    rows.sort(key=lambda r: (r["state"] != "complete", -(_score(r) or -1.0), r["number"]))
+    rows.sort(key=lambda r: (r["state"] != "complete", -_or_lowest(_score(r)), r["number"]))
     return SweepResult(out, [d.key for d in plan.dimensions if d.key != SPEC_KEY], rows)
 
 
@@ -642,16 +658,40 @@ def selection_accuracy(val: float | None, test: float | None) -> float | None:
     return val if val is not None else test
 
 
+def _as_score(value: float | None, lower_is_better: bool) -> float | None:
+    """A selection value as a score where higher is better (what the study maximizes)."""
+    return None if value is None else (-value if lower_is_better else value)
+
+
+def _or_lowest(score: float | None) -> float:
+    return -math.inf if score is None else score
+
+
+def _metric(row: dict[str, Any]) -> str:
+    """The metric a trial (a results row or its user attributes) is chosen on: accuracy, or its task's."""
+    return row.get("metric", "accuracy")
+
+
+def _metric_words(row: dict[str, Any]) -> str:
+    return _metric(row).replace("_", " ")
+
+
+def _value(row: dict[str, Any], split: str) -> float | None:
+    return row.get(f"{split}_{_metric(row)}")
+
+
 def _score(row: dict[str, Any]) -> float | None:
-    return selection_accuracy(row.get("val_accuracy"), row.get("test_accuracy"))
+    return _as_score(selection_accuracy(_value(row, "val"), _value(row, "test")), bool(row.get("lower_is_better")))
 
 
 def write_results(result: SweepResult, plan: SweepPlan) -> None:
     out = result.sweep_dir
     atomic_write_json(out / "results.json", result.to_dict())
     buffer = io.StringIO()
-    columns = ["number", "spec", *result.keys, "state", "val_accuracy", "test_accuracy", "train_accuracy", "train_loss",
-               "examples_per_sec", "params", "epochs_run", "seconds", "run_dir", "error"]  # fmt: skip
+    metric = _metric(result.trials[0]) if result.trials else "accuracy"
+    columns = ["number", "spec", *result.keys, "state", f"val_{metric}", f"test_{metric}", f"train_{metric}",
+               "train_loss", "examples_per_sec", "params", "epochs_run", "seconds", "run_dir", "error"]  # fmt: skip
+    columns = list(dict.fromkeys(columns))  # (chosen on the loss, train_loss is named twice)
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in result.trials:
@@ -695,20 +735,20 @@ def _plot_curves(result: SweepResult) -> None:
             label=f"#{row['number']} {_trial_label(row, several)}",
             complete=row["state"] == "complete",
             epochs=[m["epoch"] for m in epochs],
-            accuracy=[selection_accuracy(m.get("val_accuracy"), m.get("test_accuracy")) for m in epochs],
+            accuracy=[selection_accuracy(m.get(f"val_{_metric(row)}"), m.get(f"test_{_metric(row)}")) for m in epochs],
             train_loss=[m["train_loss"] for m in epochs],
         ))  # fmt: skip
     plots.plot_trial_curves(result.sweep_dir / "curves.png", curves)
 
 
 def _plot_gap(result: SweepResult) -> None:
-    rows = [r for r in result.trials if _score(r) is not None and r["train_accuracy"] is not None]
+    rows = [r for r in result.trials if _score(r) is not None and _value(r, "train") is not None]
     several = len({r["spec"] for r in result.trials}) > 1
     plots.plot_gap(
         result.sweep_dir / "gap.png",
         [f"#{r['number']} {_trial_label(r, several)}" for r in rows],
-        [r["train_accuracy"] for r in rows],
-        [score for r in rows if (score := _score(r)) is not None],  # (every row here has one)
+        [_value(r, "train") or 0.0 for r in rows],
+        [selection_accuracy(_value(r, "val"), _value(r, "test")) or 0.0 for r in rows],
     )
 
 
@@ -721,8 +761,9 @@ def _plot_heatmap(result: SweepResult, plan: SweepPlan) -> bool:
         params = {**row["overrides"], SPEC_KEY: row["spec"]}
         i, j = vy.index(params[ky]), vx.index(params[kx])
         notes[i][j] = row["state"]
-        if _score(row) is not None and row["state"] == "complete":
-            grid[i][j] = _score(row)
+        value = selection_accuracy(_value(row, "val"), _value(row, "test"))
+        if value is not None and row["state"] == "complete":
+            grid[i][j] = value
     if not any(not math.isnan(v) for line in grid for v in line):
         return False
     plots.plot_heatmap(result.sweep_dir / "heatmap.png", grid, notes, x=(kx, vx), y=(ky, vy))
@@ -737,11 +778,12 @@ def results_table(result: SweepResult) -> Any:
     title = "sweep: no trial completed"
     if best is not None:
         label = f"best: trial {best['number']} ({_trial_label(best, several)})"
-        if best["val_accuracy"] is None:  # val_split 0: the runs said they choose on test
-            title = f"{label}, chosen on test accuracy {best['test_accuracy']:.4f} (no validation split)"
+        words, val, test = _metric_words(best), _value(best, "val"), _value(best, "test")
+        if val is None:  # val_split 0: the runs said they choose on test
+            title = f"{label}, chosen on test {words} {test:.4f} (no validation split)"
         else:
-            title = f"{label}, chosen on validation accuracy {best['val_accuracy']:.4f}" + (
-                f"; its test accuracy {best['test_accuracy']:.4f}" if best["test_accuracy"] is not None else ""
+            title = f"{label}, chosen on validation {words} {val:.4f}" + (
+                f"; its test {words} {test:.4f}" if test is not None else ""
             )
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
@@ -749,7 +791,11 @@ def results_table(result: SweepResult) -> Any:
         table.add_column("spec")
     for key in result.keys:
         table.add_column(key, justify="right")
-    for name in ("val acc", "test acc", "train acc", "train loss", "examples/s", "params", "state", "time s"):
+    short = {"accuracy": "acc"}.get(metric := _metric(best or {}), metric.replace("_", " "))
+    # (chosen on the loss, the train column is the train loss's: shown once)
+    train_metric = [f"train {short}"] if short != "loss" else []
+    names = (f"val {short}", f"test {short}", *train_metric, "train loss", "examples/s", "params", "state", "time s")
+    for name in names:
         table.add_column(name, justify="right" if name != "state" else "left")
 
     def num(value: Any, fmt: str) -> str:
@@ -760,7 +806,8 @@ def results_table(result: SweepResult) -> Any:
         cells += [str(row["overrides"].get(k, "")) for k in result.keys]
         state = row["state"] + (f": {row['error'][:40]}" if row["error"] else "")
         cells += [
-            num(row["val_accuracy"], ".4f"), num(row["test_accuracy"], ".4f"), num(row["train_accuracy"], ".4f"), num(row["train_loss"], ".4f"),
+            num(_value(row, "val"), ".4f"), num(_value(row, "test"), ".4f"),
+            *(num(_value(row, "train"), ".4f") for _ in train_metric), num(row["train_loss"], ".4f"),
             num(row["examples_per_sec"], ",.0f"), num(row["params"], ","), state, num(row["seconds"], ".1f"),
         ]  # fmt: skip
         table.add_row(*cells)

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ from netspec.distributed import ONE_PROCESS, Dist, check_batch_size
 from netspec.engine import TrainStep, make_scheduler, optimizer_for
 from netspec.errors import CheckpointError, DataError, Interrupted, TrainingDiverged, UsageError
 from netspec.layers import format_shape
-from netspec.metrics import METRIC_COLUMNS, EpochMetrics, TrainResult, evaluate
-from netspec.plots import plot_confusion, plot_curves
+from netspec.metrics import EpochMetrics, Evaluation, TrainResult, evaluate
+from netspec.plots import plot_curves
 from netspec.runfolder import RunDir
 from netspec.shapes import NetShape, infer_shapes, rows_of
 from netspec.spec import Spec, load_spec, validate_spec
+from netspec.tasks import Meter, Task, task_of
 from netspec.weights import freeze, init_weights, start_from
 
 # --- settings ----------------------------------------------------------------------------------
@@ -99,9 +100,10 @@ class _Progress:
     """Sums of the current epoch, kept so an interrupted epoch resumes exactly."""
 
     loss_sum: float = 0.0
-    correct: int = 0
+    correct: int = 0  # what checkpoints from before tasks kept of a classifier's running metric (now in `sums`)
     seen: int = 0
     seconds: float = 0.0
+    sums: list[float] = field(default_factory=list)  # the task's running statistics (Task.batch_stats, full=False)
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Selection:
     """How best.pt and early stopping stand: carried over a resume."""
 
     on: str = "val_accuracy"  # the metric best.pt is chosen on (Trainer.selected_on)
-    best_accuracy: float = -1.0
+    best_accuracy: float = -1.0  # the best score of `on` so far (higher is better: a loss is negated)
     best_epoch: int | None = None
     monitor_best: float | None = None  # the best value of cfg.monitor so far (patience)
     stale_epochs: int = 0  # epochs since monitor_best last improved
@@ -146,7 +148,7 @@ class ResumeState:
         return {
             **state,
             "partial": asdict(self.partial),
-            "metrics": [asdict(m) for m in self.metrics],
+            "metrics": [m.state() for m in self.metrics],
             "selection": asdict(self.selection),
         }
 
@@ -164,7 +166,7 @@ class ResumeState:
             epoch=int(ckpt["epoch"]),
             batch=int(ckpt["batch"]),
             partial=_Progress(**ckpt["partial"]),
-            metrics=[EpochMetrics(**m) for m in ckpt["metrics"]],
+            metrics=[EpochMetrics.from_row(m) for m in ckpt["metrics"]],
             steps=[list(map(float, step)) for step in ckpt.get("steps", [])],
             selection=Selection(
                 on=selection.get("on", "val_accuracy"),
@@ -210,6 +212,9 @@ class Trainer:
         self.run_dir = run_dir
         self.folder = RunDir(run_dir)
         self.device = device or resolve_device(cfg.device)
+        self.task: Task = task_of(cfg)
+        self.task.check_settings(cfg)
+        self.columns = self.task.columns()
         check_batch_size(cfg.batch_size, dist)
         net = infer_shapes(spec)
         check_memory(net)  # a width of 1e9 is refused before the data is read
@@ -225,9 +230,10 @@ class Trainer:
         # Selection (best.pt, early stopping, a sweep's pruner) uses validation; only with val_split 0 and no
         # validation split in the data does it fall back on test, and says so.
         # With neither split (too few examples to hold any out), best.pt is simply the last epoch.
+        self.selection_metric = self.task.selection_metric(cfg)
         self.selected_on = (
-            "val_accuracy" if self.val_loader is not None
-            else "test_accuracy" if self.test_loader is not None
+            f"val_{self.selection_metric}" if self.val_loader is not None
+            else f"test_{self.selection_metric}" if self.test_loader is not None
             else "last_epoch"
         )  # fmt: skip
 
@@ -246,7 +252,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.train_loader))
         # One process: the batch's mean loss. Several: this rank's summed loss, weighted by its share of the
         # global batch, so that DDP's average of the ranks' gradients is the global batch's mean.
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum" if dist.active else "mean")
+        loss_fn = self.task.loss_fn(cfg, "sum" if dist.active else "mean")
         self.step = TrainStep(
             self.forward, self.optimizer, loss_fn, self.device, amp=cfg.amp, grad_clip=cfg.grad_clip,
             scheduler=self.scheduler,
@@ -257,11 +263,11 @@ class Trainer:
         self.batch = 0  # completed batches of the current epoch
         self.partial = _Progress()
         self.best: float | None = None  # the best value of cfg.monitor (patience) so far
-        self.best_accuracy = -1.0  # the best selection accuracy so far (best.pt)
+        self.best_accuracy = -math.inf  # the best selection score so far (best.pt; a loss is negated)
         self.best_epoch: int | None = None
         self.stale_epochs = 0  # epochs since `best` last improved
         self.stopped_early = False
-        self.confusion: torch.Tensor | None = None  # of the last evaluation in this call
+        self.reported: Evaluation | None = None  # the report split's last evaluation in this call
         self.board: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
         if resume_from is not None:
             self.load_state(resume_from)
@@ -270,14 +276,16 @@ class Trainer:
         """The run's first line: its data, splits, parameters and where selection looks."""
         total = sum(p.numel() for p in self.model.parameters())
         frozen = f" ({self.trainable:,} trainable)" if self.trainable != total else ""
-        selection = "best.pt chosen on validation accuracy"
-        if self.selected_on == "test_accuracy":
+        metric = self.selection_metric.replace("_", " ")
+        selection = f"best.pt chosen on validation {metric}"
+        if self.selected_on.startswith("test_"):
             why = "val_split 0" if self.cfg.val_split == 0 else "too few examples to hold one out"
-            selection = f"no validation split ({why}): best.pt is chosen on TEST accuracy"
+            selection = f"no validation split ({why}): best.pt is chosen on TEST {metric}"
         elif self.selected_on == "last_epoch":
             selection = "no validation or test split (too few examples to hold any out): best.pt is the last epoch"
         return (
-            f"{self.spec.name} on {self.info.name}: {self.data.counts()} examples, {len(self.info.classes)} classes; "
+            f"{self.spec.name} on {self.info.name}: {self.data.counts()} examples, "
+            f"{self.task.count(len(self.info.classes))}; "
             f"{total:,} parameters{frozen}; {selection}"
         )
 
@@ -363,7 +371,7 @@ class Trainer:
         if self.dist.is_main:
             # The checkpoint is the record: a kill between its rename and the metrics files' leaves those
             # one epoch behind, and a resume (even of a finished run) writes them again from it.
-            self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
+            self.folder.write_metrics([m.row(self.columns) for m in self.epochs], self.columns)
         self.board = _tensorboard(self.run_dir, self.epoch * len(self.train_loader) + self.batch) if (
             self.dist.is_main) else None  # fmt: skip
         try:
@@ -371,7 +379,7 @@ class Trainer:
                 while self.epoch < cfg.epochs and not self.stopped_early:
                     self._train_epoch(stop)
                     metrics = self._finish_epoch()
-                    self.report(_epoch_line(metrics, cfg.epochs, self.device))
+                    self.report(_epoch_line(metrics, cfg.epochs, self.device, self.task))
                     if self.stopped_early:
                         self.report(
                             f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs; best.pt holds "
@@ -381,10 +389,10 @@ class Trainer:
                         on_epoch(metrics)
                 if not self.epochs:
                     raise UsageError("nothing to train: the run has no epochs")
-                if self.confusion is None:  # resumed a finished run: nothing was evaluated in this call
-                    self.confusion = self._report_split_evaluation()
+                if self.reported is None:  # resumed a finished run: nothing was evaluated in this call
+                    self.reported = self._report_split_evaluation()
                 if self.dist.is_main:
-                    self._write_plots(self.confusion)
+                    self._write_plots(self.reported)
         finally:
             if self.board is not None:
                 self.board.close()
@@ -393,9 +401,10 @@ class Trainer:
                 f"stopped by {signal.Signals(stop[0]).name} after the last epoch; the run is complete in "
                 f"{self.run_dir}"
             )
+        details = self.reported.details if self.reported is not None else {}
         return TrainResult(
-            self.epochs, str(self.device), str(self.run_dir), self.confusion.tolist(), list(self.info.classes),
-            self.best_epoch, self.selected_on, self.stopped_early,
+            self.epochs, str(self.device), str(self.run_dir), details.get("confusion", []), list(self.info.classes),
+            self.best_epoch, self.selected_on, self.stopped_early, self.task.name, details,
         )  # fmt: skip
 
     def _train_epoch(self, stop: list[int]) -> None:
@@ -408,7 +417,9 @@ class Trainer:
         # The saved sums are global; in a distributed run rank 0 carries them and the others start at 0.
         carried = p if self.dist.is_main else _Progress()
         loss_sum = torch.tensor(carried.loss_sum, dtype=sum_dtype, device=self.device)
-        correct = torch.tensor(carried.correct, dtype=torch.long, device=self.device)
+        running = self._running_meter()
+        if carried.sums or carried.correct:  # (`correct`: a classifier's checkpoint from before tasks)
+            running.sums += torch.tensor(carried.sums or [carried.correct], dtype=torch.float64, device=self.device)
         seen = carried.seen
         start = time.perf_counter()
         bar = self._progress_bar()
@@ -425,7 +436,7 @@ class Trainer:
                 if weight:  # (0: a stand-in example for a rank the last short batch left nothing)
                     n = len(y)
                     loss_sum += loss.detach() * n if not self.dist.active else loss.detach() / weight
-                    correct += (logits.detach().argmax(1) == y).sum()
+                    running.sums += self.task.batch_stats(logits.detach().float(), y, running)
                     seen += n
                 self.batch += 1
                 stopping = bool(stop)
@@ -448,7 +459,7 @@ class Trainer:
                 elif self.dist.active:
                     stopping = False  # decided together at the next check
                 if stopping:
-                    self._close_partial(loss_sum, correct, seen, start)
+                    self._close_partial(loss_sum, running.sums, seen, start)
                     path = self.save()
                     raise Interrupted(
                         f"interrupted at epoch {self.epoch + 1}, step {self.batch}; saved {path}. "
@@ -456,7 +467,7 @@ class Trainer:
                     )
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self._close_partial(loss_sum, correct, seen, start)
+            self._close_partial(loss_sum, running.sums, seen, start)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """(x, y, weight) of the current epoch from the current batch on; in a distributed run, this rank's
@@ -465,61 +476,67 @@ class Trainer:
             return self.train_loader.shard_batches(self.epoch, self.batch)
         return ((x, y, 1.0) for x, y in self.train_loader.batches(self.epoch, self.batch))
 
-    def _close_partial(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> None:
+    def _running_meter(self) -> Meter:
+        """The training batches' running metric (a classifier's: the correct answers)."""
+        return self.task.meter(self.info, self.cfg, self.device, full=False)
+
+    def _close_partial(self, loss_sum: torch.Tensor, stats: torch.Tensor, seen: int, start: float) -> None:
         """Record the epoch's running sums (over all processes) in self.partial."""
         seconds = torch.tensor([self.partial.seconds + time.perf_counter() - start])
         counts = torch.tensor([seen], dtype=torch.long)
         sums = loss_sum.cpu()
+        stats = stats.cpu()
         if self.dist.active:
             self.dist.sum_(sums, counts)
-            correct = correct.cpu()
-            self.dist.sum_(correct)
+            self.dist.sum_(stats)
             self.dist.max_(seconds)
-        self.partial.loss_sum, self.partial.correct = sums.item(), int(correct.item())
+        self.partial.loss_sum, self.partial.sums, self.partial.correct = sums.item(), stats.tolist(), 0
         self.partial.seen, self.partial.seconds = int(counts.item()), float(seconds.item())
 
-    def _report_split_evaluation(self) -> torch.Tensor:
-        """The confusion matrix of the split the run reports on: test, or validation without a test split."""
+    def _evaluate(self, loader: DeviceLoader) -> Evaluation:
+        meter = self.task.meter(self.info, self.cfg, loader.device)
+        return evaluate(self._evaluated, loader, meter, self.cfg.amp, self.dist)
+
+    def _report_split_evaluation(self) -> Evaluation | None:
+        """The evaluation of the split the run reports on: test, or validation without a test split."""
         loader = self.test_loader or self.val_loader
-        if loader is None:
-            return torch.zeros(len(self.info.classes), len(self.info.classes), dtype=torch.long)
-        return evaluate(self._evaluated, loader, len(self.info.classes), self.cfg.amp, self.dist).confusion
+        return self._evaluate(loader) if loader is not None else None
 
     def _finish_epoch(self) -> EpochMetrics:
         p = self.partial
-        classes = len(self.info.classes)
-        val = evaluate(self._evaluated, self.val_loader, classes, self.cfg.amp, self.dist) if self.val_loader else None
-        test = (
-            evaluate(self._evaluated, self.test_loader, classes, self.cfg.amp, self.dist) if self.test_loader else None
-        )
-        self.confusion = (test or val).confusion if (test or val) else self._report_split_evaluation()
+        val = self._evaluate(self.val_loader) if self.val_loader else None
+        test = self._evaluate(self.test_loader) if self.test_loader else None
+        self.reported = test or val
+        running = self.task.summarize(torch.tensor(p.sums or [p.correct], dtype=torch.float64), max(p.seen, 1),
+                                      self._running_meter()) if p.seen else {}  # fmt: skip
         metrics = EpochMetrics(
             epoch=self.epoch + 1,
             train_loss=p.loss_sum / max(p.seen, 1),
-            train_accuracy=p.correct / max(p.seen, 1),
+            train_accuracy=None,
             examples_per_sec=p.seen / max(p.seconds, 1e-9),
             lr=self.optimizer.param_groups[0]["lr"],
             seconds=p.seconds,
             examples=p.seen,
-            val_loss=val.loss if val else None,
-            val_accuracy=val.accuracy if val else None,
-            test_loss=test.loss if test else None,
-            test_accuracy=test.accuracy if test else None,
         )
+        for split, figures in (("train", running), ("val", val.metrics if val else {}), ("test", test.metrics if test else {})):
+            for name in self.task.metric_names:
+                metrics.set(f"{split}_{name}", figures.get(name))
+        metrics.val_loss, metrics.test_loss = (val.loss if val else None), (test.loss if test else None)
         self.epochs.append(metrics)
         self.epoch += 1
         self.batch = 0
         self.partial = _Progress()
-        # best.pt: the best selection accuracy (validation; test only when there is no validation split).
-        chosen = metrics.train_accuracy if self.selected_on == "last_epoch" else getattr(metrics, self.selected_on)
-        improved = self.selected_on == "last_epoch" or (chosen is not None and chosen > self.best_accuracy)
+        # best.pt: the best selection score (validation; test only when there is no validation split).
+        chosen = None if self.selected_on == "last_epoch" else metrics.get(self.selected_on)
+        score = None if chosen is None else (-chosen if self.task.lower_is_better(self.selection_metric) else chosen)
+        improved = self.selected_on == "last_epoch" or (score is not None and score > self.best_accuracy)
         if improved:
-            self.best_accuracy, self.best_epoch = chosen, metrics.epoch
+            self.best_accuracy, self.best_epoch = (score if score is not None else self.best_accuracy), metrics.epoch
         self._early_stopping(metrics)
         self.save(best=improved)
         if self.dist.is_main:
-            self.folder.write_metrics([asdict(m) for m in self.epochs], METRIC_COLUMNS)
-            _log_epoch(self.board, metrics, self.steps, self.epoch * len(self.train_loader))
+            self.folder.write_metrics([m.row(self.columns) for m in self.epochs], self.columns)
+            _log_epoch(self.board, metrics, self.steps, self.epoch * len(self.train_loader), self.columns)
         return metrics
 
     def _early_stopping(self, metrics: EpochMetrics) -> None:
@@ -527,10 +544,11 @@ class Trainer:
         if self.cfg.patience is None:
             return
         monitor = self.cfg.monitor if self.val_loader is not None else self.cfg.monitor.replace("val_", "test_")
-        value = getattr(metrics, monitor)
+        value = metrics.get(monitor)
         if value is None:
             return
-        if self.best is None or (value < self.best if monitor.endswith("loss") else value > self.best):
+        lower = self.task.lower_is_better(monitor.split("_", 1)[1])
+        if self.best is None or (value < self.best if lower else value > self.best):
             self.best, self.stale_epochs = value, 0
         else:
             self.stale_epochs += 1
@@ -542,11 +560,12 @@ class Trainer:
         # to make the same number of calls.
         return self.model if self.dist.active else self.forward
 
-    def _write_plots(self, confusion: torch.Tensor) -> None:
+    def _write_plots(self, evaluation: Evaluation | None) -> None:
         title = f"{self.spec.name} on {self.info.name}"
-        plot_curves(self.folder.curves, self.epochs, title, self.steps)
+        plot_curves(self.folder.curves, self.epochs, title, self.steps, self.task.shown[0])
         split = "test" if self.test_loader is not None else "validation"
-        plot_confusion(self.folder.confusion, confusion, list(self.info.classes), f"{title} ({split})")
+        picture = self.folder.path / self.task.picture_name()
+        self.task.draw(picture, evaluation, list(self.info.classes), f"{title} ({split})")
 
     def _progress_bar(self) -> Any:
         from rich.console import Console
@@ -582,12 +601,13 @@ class _LossColumn:
         return Column()
 
 
-def _epoch_line(m: EpochMetrics, epochs: int, device: torch.device) -> str:
-    parts = [f"loss {m.train_loss:.3f}", f"train acc {m.train_accuracy:.3f}"]
-    if m.val_accuracy is not None:
-        parts.append(f"val acc {m.val_accuracy:.3f}")
-    if m.test_accuracy is not None:
-        parts.append(f"test acc {m.test_accuracy:.3f}")
+def _epoch_line(m: EpochMetrics, epochs: int, device: torch.device, task: Task) -> str:
+    parts = [f"loss {m.train_loss:.3f}"]
+    for split in ("train", "val", "test"):
+        for metric, label in task.shown:
+            value = m.get(f"{split}_{metric}")
+            if value is not None:
+                parts.append(f"{split} {label} {value:.3f}")
     return f"epoch {m.epoch}/{epochs}: {', '.join(parts)}, {m.examples_per_sec:.1f} examples/sec on {device}"
 
 
@@ -601,11 +621,11 @@ def _tensorboard(run_dir: Path, step: int) -> Any:
     return SummaryWriter(str(run_dir), purge_step=step if step else None)
 
 
-def _log_epoch(board: Any, m: EpochMetrics, steps: list[list[float]], step: int) -> None:
+def _log_epoch(board: Any, m: EpochMetrics, steps: list[list[float]], step: int, columns: tuple[str, ...]) -> None:
     if board is None:
         return
-    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr"):
-        value = getattr(m, name)
+    for name in (*(c for c in columns if c.startswith(("train_", "val_", "test_"))), "lr"):
+        value = m.get(name)
         if value is not None:
             board.add_scalar(name.replace("_", "/", 1), value, m.epoch)
     per_epoch = [s for s in steps if m.epoch - 1 <= s[0] <= m.epoch]
@@ -651,25 +671,21 @@ def load_data(net: NetShape, cfg: TrainConfig, recorded: dict[str, list[int]] | 
             f"augment: crop, flip and cutout apply to images (C×H×W); {info.name} gives "
             f"{'table rows' if info.kind == 'table' else format_shape(wanted)}: remove augment from the train section"
         )
-    check_fits(net, info)
+    check_fits(net, info, task_of(cfg))
     return data
 
 
-def check_fits(net: NetShape, info: DataInfo) -> None:
-    """A classifier outputs one value per class: say so, with the fix, before anything runs."""
-    out, classes = tuple(net.output_shape), len(info.classes)
+def check_fits(net: NetShape, info: DataInfo, task: Task | None = None) -> None:
+    """The network's output fits the task and the data (a classifier: one score per class): say so, with the
+    fix, before anything runs."""
     where = net.spec.source.file or f"spec {net.spec.name}"
-    if len(out) != 1:
-        raise UsageError(
-            f"{where}: the network outputs {format_shape(out)} per example, but netspec train trains classifiers, "
-            f"whose output is one score per class ({classes} for {info.name}); end the network with a flatten "
-            f"(or pooling) and a linear layer of out_features {classes}"
-        )
-    if out[0] != classes:
+
+    def fix(n: int) -> str:
         last = next((r for r in reversed(rows_of(net.root)) if r.kind in ("linear", "conv2d")), None)
         arg = "out_features" if last is None or last.kind == "linear" else "out_channels"
-        fix = f"set the last {last.kind if last else 'linear'}'s {arg} to {classes}"
-        raise UsageError(f"{where}: the network outputs {out[0]} values but {info.name} has {classes} classes ({fix})")
+        return f"set the last {last.kind if last else 'linear'}'s {arg} to {n}"
+
+    (task or task_of(TrainConfig())).check_output(tuple(net.output_shape), info, where, fix)
 
 
 def make_loader(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from netspec.config import TrainConfig
 from netspec.data.base import (
     SPLITS,
@@ -30,6 +32,7 @@ from netspec.data.folders import decode_image, image_extensions, read_folder
 from netspec.data.loader import DeviceLoader
 from netspec.data.tables import read_rows, read_table, table_columns
 from netspec.errors import BadDataError, UsageError
+from netspec.tasks import task_of
 
 __all__ = [
     "DATASET_INFO",
@@ -107,6 +110,12 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
         check_data_path(cfg.data)
     if cfg.label is not None and (cfg.data is None or not is_table(cfg.data)):
         raise UsageError("--label names a table's label column: it goes with --data TABLE.csv")
+    task = task_of(cfg)
+    if task.table_only and (cfg.data is None or not is_table(cfg.data)):
+        raise UsageError(
+            f"--task {task.name} reads its targets from a table's columns: give --data TABLE.csv (and --label "
+            "a,b,c for several)"
+        )
     features: tuple[str, ...] = ()
     if cfg.data is None:
         pool = read_builtin(cfg.dataset, cfg.data_root, cfg.download, input_shape, cfg.synthetic_size)
@@ -114,30 +123,37 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
         kind, shape = "image", known.sample_shape
     elif is_table(cfg.data):
         features = tuple(table_columns(Path(cfg.data), cfg.label)[0])
-        pool = read_table(cfg.data, cfg.label)
+        pool = read_table(cfg.data, cfg.label, cfg.task)
         kind, shape = "table", (len(features),)
     else:
         pool = read_folder(cfg.data, input_shape, cfg.skip_bad_files)
         kind, shape = "image", tuple(input_shape)
-    if len(pool.classes) < 2:
-        only = f" (only {pool.classes[0]!r})" if pool.classes else ""
-        raise BadDataError(
-            f"{cfg.data}: one class{only}; a classifier needs at least 2 classes: add the images (or rows) of "
-            "the other classes"
-        )
-    split = make_splits(pool, cfg.val_split, cfg.test_split, cfg.seed, recorded)
-    notes = list(pool.notes) + _too_few_to_hold_out(cfg, pool, split)
+    task.check_targets(pool.classes, str(cfg.data))
+    strata = task.strata(pool.examples.labels)
+    split = make_splits(pool, cfg.val_split, cfg.test_split, cfg.seed, recorded, strata)
+    notes = list(pool.notes) + _too_few_to_hold_out(cfg, pool, split, strata)
     train, val, test = (pool.examples.subset(_index(split[name])) if split[name] else None for name in SPLITS)
     assert train is not None
     if cfg.data is None:
         mean, std = known.mean, known.std
     else:
         mean, std = channel_stats(train.inputs, 255.0 if kind == "image" else 1.0)
-    info = DataInfo(source_name(cfg), kind, shape, pool.classes, mean, std, features)  # type: ignore[arg-type]
+    # Targets are encoded (regression: standardized) with the training split's statistics.
+    target_mean, target_std = task.target_stats(train.labels)
+    train, val, test = (
+        Examples(part.inputs, task.encode(part.labels, target_mean, target_std)) if part is not None else None
+        for part in (train, val, test)
+    )
+    assert train is not None
+    info = DataInfo(
+        source_name(cfg), kind, shape, pool.classes, mean, std, features, task.name, target_mean, target_std,  # type: ignore[arg-type]
+    )  # fmt: skip
     return Data(info, train, val, test, split, notes)
 
 
-def _too_few_to_hold_out(cfg: TrainConfig, pool: Pool, split: dict[str, list[int]]) -> list[str]:
+def _too_few_to_hold_out(
+    cfg: TrainConfig, pool: Pool, split: dict[str, list[int]], strata: torch.Tensor | None
+) -> list[str]:
     """A note for each split asked for (val_split, test_split > 0) that came out empty: the classes are too small."""
     empty = [
         f"{name}_split {fraction:g}"
@@ -146,7 +162,7 @@ def _too_few_to_hold_out(cfg: TrainConfig, pool: Pool, split: dict[str, list[int
     ]
     if not empty:
         return []
-    most = int(pool.examples.labels.bincount().max()) if len(pool.examples) else 0
+    most = (int(strata.bincount().max()) if strata is not None else len(pool.examples)) if len(pool.examples) else 0
     return [
         f"{source_name(cfg)}: too few examples to hold any out ({' and '.join(empty)} of at most {most} example(s) "
         "a class is none): without validation examples best.pt is chosen on test accuracy, and without test "
@@ -155,7 +171,5 @@ def _too_few_to_hold_out(cfg: TrainConfig, pool: Pool, split: dict[str, list[int
     ]
 
 
-def _index(indices: list[int]):
-    import torch
-
+def _index(indices: list[int]) -> torch.Tensor:
     return torch.tensor(indices, dtype=torch.long)

@@ -31,7 +31,9 @@ UNASSIGNED = -1  # an example of no given split: make_splits assigns it
 
 @dataclass
 class Examples:
-    """Examples of one split: `inputs` uint8 images (N, C, H, W) or float32 rows (N, F); `labels` int64 (N)."""
+    """Examples of one split: `inputs` uint8 images (N, C, H, W) or float32 rows (N, F); `labels` the targets, as
+    the run's task has them: int64 class indices (N), float32 standardized numbers (N, T) for regression, float32
+    0/1 (N, L) for multilabel (netspec.tasks)."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -72,6 +74,11 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     features: tuple[str, ...] = ()  # a table's feature columns, in order
+    # The task (netspec.tasks): `classes` then names the network's outputs (classes, target columns or labels);
+    # regression's targets are standardized with the training split's target_mean and target_std.
+    task: str = "classification"
+    target_mean: tuple[float, ...] = ()
+    target_std: tuple[float, ...] = ()
 
     @property
     def scale(self) -> float:
@@ -86,6 +93,9 @@ class DataInfo:
             "mean": list(self.mean),
             "std": list(self.std),
             "features": list(self.features),
+            "task": self.task,
+            "target_mean": list(self.target_mean),
+            "target_std": list(self.target_std),
         }
 
     @classmethod
@@ -98,6 +108,9 @@ class DataInfo:
             tuple(float(v) for v in data["mean"]),  # type: ignore[attr-defined]
             tuple(float(v) for v in data["std"]),  # type: ignore[attr-defined]
             tuple(str(f) for f in data.get("features") or ()),  # type: ignore[attr-defined]
+            str(data.get("task") or "classification"),  # a run from before tasks classified
+            tuple(float(v) for v in data.get("target_mean") or ()),  # type: ignore[attr-defined]
+            tuple(float(v) for v in data.get("target_std") or ()),  # type: ignore[attr-defined]
         )
 
 
@@ -118,14 +131,20 @@ class Data:
 
 
 def make_splits(
-    pool: Pool, val_split: float, test_split: float, seed: int, recorded: dict[str, list[int]] | None = None
+    pool: Pool,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    recorded: dict[str, list[int]] | None = None,
+    strata: torch.Tensor | None = None,
 ) -> dict[str, list[int]]:
     """Pool indices of train, val and test.
 
     Splits the data came with are kept. Without a test split, `test_split` of the unassigned examples is held out
     for testing; without a validation split, `val_split` of the training examples (given or unassigned) is held
-    out for validation. Both cuts are stratified (the same fraction of each class, at least one example of a
-    class that has one to spare) and seeded. `recorded` (a run's split.json) is used as it is, after checking it
+    out for validation. Both cuts are stratified on `strata` (the same fraction of each class, at least one example
+    of a class that has one to spare) and seeded; with `strata` None (regression, multilabel) they are seeded
+    random cuts. `recorded` (a run's split.json) is used as it is, after checking it
     still fits the data.
     """
     n = len(pool.examples)
@@ -139,7 +158,7 @@ def make_splits(
         return {name: list(recorded.get(name, [])) for name in SPLITS}
     gen = torch.Generator().manual_seed(seed)
     given = pool.given
-    labels = pool.examples.labels
+    labels = strata if strata is not None else torch.zeros(n, dtype=torch.long)
     test = (given == 2).nonzero().flatten()
     val = (given == 1).nonzero().flatten()
     train = (given == 0).nonzero().flatten()

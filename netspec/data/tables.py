@@ -1,5 +1,6 @@
-"""CSV tables: a header row, one example per row, a label column (the last, or --label NAME) and numeric
-features in every other column. Labels may be class names (strings) or numbers (1 and 1.0 are one class).
+"""CSV tables: a header row, one example per row, a label column (the last, or --label NAME; several, --label
+a,b,c, for regression targets or multi-label columns) and numeric features in every other column. Classes may be
+names (strings) or numbers (1 and 1.0 are one class); what the label cells mean is the task's (netspec.tasks).
 A column named `split` with train / val / test values (also valid, validation) assigns rows to splits; without
 it netspec makes the splits.
 
@@ -20,6 +21,7 @@ import torch
 
 from netspec.data.base import SPLIT_NAMES, SPLITS, UNASSIGNED, Examples, Pool
 from netspec.errors import BadDataError, DataError
+from netspec.tasks import task_named
 
 SPLIT_COLUMN = "split"
 DELIMITERS = (",", ";", "\t", "|")
@@ -103,52 +105,55 @@ def read_header(path: Path) -> list[str]:
     return _header(_text(path))
 
 
-def table_columns(path: Path, label: str | None) -> tuple[list[str], str]:
-    """(feature columns, label column) of a table, checked."""
+def table_columns(path: Path, label: str | None) -> tuple[list[str], list[str]]:
+    """(feature columns, label columns) of a table, checked."""
     return _columns(path, read_header(path), label)
 
 
-def _columns(path: Path, header: list[str], label: str | None) -> tuple[list[str], str]:
+def _columns(path: Path, header: list[str], label: str | None) -> tuple[list[str], list[str]]:
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise BadDataError(f"{path}:1: column name {duplicated[0]!r} is used twice")
-    if label is None:
-        label = next(h for h in reversed(header) if h != SPLIT_COLUMN)
-    elif label not in header:
-        from difflib import get_close_matches
+    labels = [name.strip() for name in label.split(",")] if label is not None else []
+    if not labels:
+        labels = [next(h for h in reversed(header) if h != SPLIT_COLUMN)]
+    for name in labels:
+        if name not in header:
+            from difflib import get_close_matches
 
-        close = get_close_matches(label, header, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise BadDataError(f"{path}:1: no column {label!r}{hint}; its columns: {', '.join(header)}")
-    features = [h for h in header if h not in (label, SPLIT_COLUMN)]
+            close = get_close_matches(name, header, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BadDataError(f"{path}:1: no column {name!r}{hint}; its columns: {', '.join(header)}")
+    features = [h for h in header if h not in labels and h != SPLIT_COLUMN]
     if not features:
-        raise BadDataError(f"{path}:1: no feature columns besides the label column {label!r}")
-    return features, label
+        which = f"the label column {labels[0]!r}" if len(labels) == 1 else f"the label columns {', '.join(labels)}"
+        raise BadDataError(f"{path}:1: no feature columns besides {which}")
+    return features, labels
 
 
-def read_table(path: str | Path, label: str | None = None) -> Pool:
-    """Every row of a CSV table: float32 features, the class of its label, and its split if it names one."""
+def read_table(path: str | Path, label: str | None = None, task: str | None = None) -> Pool:
+    """Every row of a CSV table: float32 features, its targets as `task` reads them (netspec.tasks; None:
+    classification, refusing a label column that looks like a measurement), and its split if it names one."""
     path = Path(path)
     if not path.is_file():
         raise BadDataError(f"{path}: no such file")
     text = _text(path)
     header = _header(text)
-    features, label = _columns(path, header, label)
+    features, labels = _columns(path, header, label)
     feature_at = [header.index(f) for f in features]
-    label_at = header.index(label)
+    label_at = [header.index(name) for name in labels]
     split_at = header.index(SPLIT_COLUMN) if SPLIT_COLUMN in header else None
     rows: list[list[float]] = []
-    raw_labels: list[str] = []
+    label_cells: list[list[str]] = []
+    lines: list[int] = []
     given: list[int] = []
     ids: list[str] = []
     for line, row in text.rows():
         if len(row) != len(header):
             raise BadDataError(f"{path}:{line}: {len(row)} cells, but the header names {len(header)} columns")
         rows.append([text.number(line, header[i], row[i]) for i in feature_at])
-        value = row[label_at].strip()
-        if not value:
-            raise BadDataError(f"{path}:{line}: column {label!r} (the label): the cell is empty (row {line - 1})")
-        raw_labels.append(value)
+        label_cells.append([row[i].strip() for i in label_at])
+        lines.append(line)
         given.append(_split_of(path, line, row[split_at]) if split_at is not None else UNASSIGNED)
         ids.append(f"{path.name}:{line}")
     if not rows:
@@ -159,11 +164,11 @@ def read_table(path: str | Path, label: str | None = None) -> Pool:
             f"{path}: column 'split' puts no row in train ({counts}); mark the training rows train, or remove "
             "the column and netspec makes the splits"
         )
-    classes, labels = _classes(raw_labels)
+    classes, targets = task_named(task).read_targets(path, labels, label_cells, lines, explicit=task is not None)
     notes = list(text.notes)
-    if len(set(raw_labels)) > len(classes):
+    if targets.dtype == torch.long and len({cells[0] for cells in label_cells}) > len(classes):
         notes.append(f"{path}: labels written differently but equal as numbers (such as 1 and 1.0) are one class")
-    examples = Examples(torch.tensor(rows, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
+    examples = Examples(torch.tensor(rows, dtype=torch.float32), targets)
     _read_text.cache_clear()  # the rows are read: keep no copy of the file's text
     return Pool(examples, classes, torch.tensor(given, dtype=torch.int8), ids, notes)
 
@@ -197,28 +202,6 @@ def _split_of(path: Path, line: int, cell: str) -> int:
     if name is None:
         raise BadDataError(f"{path}:{line}: column 'split': {cell!r} is not train, val or test")
     return SPLITS.index(name)
-
-
-def _classes(values: list[str]) -> tuple[tuple[str, ...], list[int]]:
-    """Class names in order (numbers numerically, one class per value: 1, 1.0 and 01 are one class; strings
-    alphabetically) and each row's class index."""
-    numbers = [_label_number(v) for v in values]
-    if all(n is not None for n in numbers):
-        names = [str(int(n)) if n == int(n) else repr(n) for n in numbers]  # type: ignore[arg-type]
-        ordered = sorted(set(zip(numbers, names, strict=True)))
-        index = {name: i for i, (_, name) in enumerate(ordered)}
-        return tuple(name for _, name in ordered), [index[name] for name in names]
-    names = sorted(set(values))
-    index = {name: i for i, name in enumerate(names)}
-    return tuple(names), [index[v] for v in values]
-
-
-def _label_number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def read_rows(path: Path, features: list[str], notes: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
