@@ -106,12 +106,14 @@ def _default(model: type[BaseModel], name: str) -> str:
 
 
 def _uses() -> dict[str, tuple[str, Any]]:
-    """The first use of each kind in the zoo (specs/) and examples/, with the file it is in."""
+    """A use of each kind in the zoo (specs/) or examples/, with the file it is in."""
     import netspec
     from netspec.errors import SpecError
 
     uses: dict[str, tuple[str, Any]] = {}
-    for path in sorted((ROOT / "specs").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml")):
+    # The smallest specs first: of the uses at the shallowest path, the one in the plainest network is shown.
+    paths = [*(ROOT / "specs").glob("*.yaml"), *(ROOT / "examples").glob("*.yaml")]
+    for path in sorted(paths, key=lambda p: (p.stat().st_size, p.name)):
         try:
             net = netspec.infer_shapes(path)
         except SpecError:  # the examples of mistakes
@@ -191,6 +193,19 @@ def _example(kind: str, use: tuple[str, Any] | None) -> list[str]:
     ]
 
 
+def _shape_rule(cls: type) -> str:
+    """The shape rule, where the code states it: kinds that keep their input's shape (they do not override
+    LayerSpec.output_shape), and the sliding-window kinds (their rule is convolution.window_out's docstring)."""
+    from netspec.layers import LayerSpec, convolution
+
+    owner = next(klass for klass in cls.__mro__ if "output_shape" in klass.__dict__)
+    if owner is LayerSpec:
+        return "Shape: the output has the input's shape."
+    if "window_shape(" in inspect.getsource(owner.output_shape):
+        return f"Shape: height and width each follow {inspect.getdoc(convolution.window_out)}"
+    return ""
+
+
 def _family(cls: type) -> str:
     return cls.__module__.rsplit(".", 1)[-1]
 
@@ -235,6 +250,9 @@ def _layers() -> Iterator[str]:
                 facts.append("a merge: combines the outputs of its branches (or of `from: [a, b]`)")
             sentence = "; ".join(facts)
             yield sentence[0].upper() + sentence[1:] + ".\n"
+            rule = _shape_rule(cls) if name in LAYER_KINDS else ""
+            if rule:
+                yield rule + "\n"
             yield from _arguments(cls)
             use = uses.get(name) or _sample_use(name, cls)
             yield "\n".join(_example(name, use)) + "\n"
