@@ -11,6 +11,7 @@ Errors name the layer's path and kind, the numbers, and where its input came fro
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -31,6 +32,30 @@ _SPATIAL = {
     "conv2d", "conv_transpose2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "batchnorm", "batchnorm2d",
     "groupnorm", "layernorm2d", "dropout2d", "upsample", "channel_shuffle",
 }  # fmt: skip
+
+
+def _linear_on_image(shape: Shape, out: Shape) -> str:
+    return (
+        f"it acts on the last dimension of {format_shape(shape)}, so the output is {format_shape(out)}; add "
+        "`- flatten` before it if you meant a classifier"
+    )
+
+
+def _attention_on_image(shape: Shape, out: Shape) -> str:
+    c, h, w = shape
+    return (
+        f"it reads {format_shape(shape)} as {c} groups of {h} tokens of {w} features (G×L×D); if the {h}×{w} "
+        "positions are the tokens, make them first (flatten: {start_dim: 2} and transpose: {dim0: 1, dim1: 2})"
+    )
+
+
+# Kinds that are valid on an image (C×H×W) but almost always meant something else when they read one straight
+# from a convolution, pooling or normalization: what they do then. `linear` also from the spec's input; attention
+# not (a spec's G×L×D input is grouped tokens, as MobileViT's).
+_IMAGE_SLIPS: dict[str, tuple[Callable[[Shape, Shape], str], bool]] = {
+    "linear": (_linear_on_image, True),
+    "multihead_attention": (_attention_on_image, False),
+}
 
 
 @dataclass
@@ -230,8 +255,8 @@ class _Walker:
             raise self.error(
                 f"output {format_shape(out)} is empty (input {format_shape(shape)})", node.yaml_path, where
             )
-        if layer.kind == "linear" and len(shape) == 3 and node.yaml_path not in self.warnings:
-            self._flatten_forgotten(node, shape, out)
+        if layer.kind in _IMAGE_SLIPS and len(shape) == 3 and node.yaml_path not in self.warnings:
+            self._image_slip(node, layer.kind, shape, out)
         info = LayerInfo(
             index=len(self.layers),
             path=node.path,
@@ -250,10 +275,11 @@ class _Walker:
         self.last_path, self.last_row = node.path, info.index
         return info, out
 
-    def _flatten_forgotten(self, node: Layer, shape: Shape, out: Shape) -> None:
+    def _image_slip(self, node: Layer, kind: str, shape: Shape, out: Shape) -> None:
         """Warn when a linear reads an image (channels × height × width) straight from a convolution, pooling
         or normalization, or from the spec's input: valid torch (it acts on the last dimension), but almost
-        always a missing flatten."""
+        always a missing flatten; likewise attention (it would attend within each channel's rows)."""
+        what, from_input = _IMAGE_SLIPS[kind]
         row = self.last_row
         while row >= 0 and self.layers[row] is not None and self.layers[row].kind in _KEEPS_LAYOUT:
             before = self.layers[row - 1] if row > 0 else None
@@ -263,15 +289,12 @@ class _Walker:
             row -= 1
         if row >= 0 and (self.layers[row] is None or self.layers[row].kind not in _SPATIAL):
             return
-        if row == -2 or (row == -1 and self.last_path):
+        if row == -2 or (row == -1 and (self.last_path or not from_input)):
             return
         after = f"follows {self.layers[row].kind} at {self.layers[row].path}" if row >= 0 else "reads the spec's input"
         mark = self.spec.source.locate(node.yaml_path)
         at = f" ({self.spec.source.file}:{mark[0]})" if self.spec.source.file and mark else ""
-        self.warnings[node.yaml_path] = (
-            f"linear at {node.path}{at} {after}: it acts on the last dimension of {format_shape(shape)}, so the "
-            f"output is {format_shape(out)}; add `- flatten` before it if you meant a classifier"
-        )
+        self.warnings[node.yaml_path] = f"{kind} at {node.path}{at} {after}: {what(shape, out)}"
 
     def _reserve_row(self) -> int:
         """A merge's row comes before its branches' rows; its numbers are known only after them."""

@@ -366,6 +366,26 @@ def test_the_message_names_the_real_problem_where_it_is(text: str, expected: str
     assert len(err.splitlines()) == 1
 
 
+def test_attention_on_grouped_tokens_is_valid_and_on_a_convolution_s_image_warns(tmp_path: Path, capsys):
+    # 4×64×64 from the spec's input: 4 groups of 64 tokens (MobileViT), no flattening advice.
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("name: t\ninput: [4, 64, 64]\nlayers:\n  - multihead_attention: {num_heads: 4}\n")
+    assert main(["build", str(grouped)]) == 0
+    assert capsys.readouterr().err == ""
+    # Straight after a convolution, 64×8×8 is an image: the warning says how it is read and how to make tokens.
+    image = tmp_path / "image.yaml"
+    image.write_text(
+        "name: t\ninput: [3, 32, 32]\nlayers:\n  - conv2d: {out_channels: 64, kernel_size: 4, stride: 4}\n"
+        "  - multihead_attention: {num_heads: 4}\n"
+    )
+    assert main(["build", str(image)]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: multihead_attention at layers[1] ({image}:5) follows conv2d at layers[0]: it reads 64×8×8 as 64 "
+        "groups of 8 tokens of 8 features (G×L×D); if the 8×8 positions are the tokens, make them first (flatten: "
+        "{start_dim: 2} and transpose: {dim0: 1, dim1: 2})\n"
+    )
+
+
 def test_a_transfer_between_different_networks_names_the_tensors_without_a_counterpart():
     lenet = netspec.build(ROOT / "specs" / "lenet.yaml")
     text = (ROOT / "specs" / "lenet.yaml").read_text()
