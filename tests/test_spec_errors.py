@@ -10,6 +10,7 @@ from netspec.cli import main
 from netspec.layers import LAYER_KINDS, MERGE_KINDS
 
 HEADER = "name: t\ninput: [1, 28, 28]\nlayers:\n"
+TOKENS = "name: t\ninput: [16, 64]\nlayers:\n"
 
 # (spec text, the exact message after "error: ")
 CASES = [
@@ -386,6 +387,102 @@ CASES = [
         HEADER + "  - relux6\n",
         "{f}:4:5: layers[0]: unknown layer kind 'relux6' (did you mean 'relu6'?)",
         id="unknown-kind-near-relu6",
+    ),
+    # Blocks, taps and conditions (issue 29): the real problem first, and where `from:`/`as:`/`if:` go.
+    pytest.param(
+        TOKENS + "  - linear: {out_features: 64}\n    as: q\n  - frobmul: {}\n    from: [input, q]\n",
+        "{f}:6:5: layers[1]: unknown layer kind 'frobmul' (neither a layer kind nor a block); the kinds are: "
+        + ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, "repeat", "residual"]))
+        + "; the spec defines no blocks",
+        id="unknown-kind-before-its-inputs",
+    ),
+    pytest.param(
+        TOKENS + "  - difference: [identity, identity]\n",
+        "{f}:4:5: layers[0]: unknown layer kind 'difference' (neither a layer kind nor a block); the kinds are: "
+        + ", ".join(sorted([*LAYER_KINDS, *MERGE_KINDS, "repeat", "residual"]))
+        + "; the spec defines no blocks",
+        id="unknown-kind-with-a-list",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nblocks:\n  b: {layers: [relu]}\nlayers:\n  - b: [identity, identity]\n",
+        "{f}:6:8: layers[0] b: the parameters of block b are a mapping (name: value), not a list; it takes: none",
+        id="block-parameters-as-a-list",
+    ),
+    pytest.param(
+        TOKENS + "  - linear: {out_features: 64}\n    as: q\n  - concat: {from: [input, q], dim: -1}\n",
+        "{f}:6:14: layers[1] concat: unknown argument 'from': from: goes beside the kind, not among its arguments; "
+        "write '- concat: ...' and under it, indented like concat, 'from: [input, q]'",
+        id="from-among-a-merge's-arguments",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nblocks:\n  b: {layers: [relu]}\nlayers:\n  - b: {as: y}\n",
+        "{f}:6:9: layers[0] b: unknown parameter 'as': as: goes beside the kind, not among its arguments; "
+        "write '- b: ...' and under it, indented like b, 'as: y'; block b takes: none",
+        id="as-among-a-block's-parameters",
+    ),
+    pytest.param(
+        TOKENS + "  - linear: {out_features: 8}\n  - batchnorm\n    as: x\n  - relu\n",
+        "{f}:6:7: invalid YAML: mapping values are not allowed here; '- batchnorm' is a bare name, so 'as:' below it "
+        "cannot belong to it: write '- batchnorm:' (a colon after the kind; its arguments, if any, after the colon) "
+        "and keep 'as:' under it, indented like batchnorm (column 5)",
+        id="bare-name-then-as",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    params: {ch: 4}\n    layers:\n"
+        "      - conv2d: {out_channels: $ch, kernel_size: 3}\n      - $extra: {ch: 4}\nlayers:\n  - b\n",
+        "{f}:8:9: layers[0].b[1]: '$extra' is not a parameter of block b (it takes: ch), so nothing replaces it; "
+        "declare it with the layer it stands for (params: {{extra: {{leaky_relu: {{negative_slope: 0.1}}}}}}) "
+        "and write '- $extra'",
+        id="unknown-parameter-as-a-kind",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    params: {act: relu}\n    layers:\n"
+        "      - $act: {inplace: true}\nlayers:\n  - b\n",
+        "{f}:7:9: layers[0].b[0]: '$act' is written as a kind with arguments, but a $name is replaced only where it "
+        "stands alone; give the layer with its arguments as the value (act: {{leaky_relu: {{negative_slope: 0.1}}}}) "
+        "and write '- $act'",
+        id="parameter-as-a-kind-with-arguments",
+    ),
+    pytest.param(
+        TOKENS + "  - $extra: {ch: 4}\n",
+        "{f}:4:5: layers[0]: '$extra' is not a variable of the spec, so nothing replaces it; a spec variable holds "
+        "a number or a word (vars: {{extra: relu}}, used as '- $extra'), a block parameter may hold a layer with its "
+        "arguments (extra: {{leaky_relu: {{negative_slope: 0.1}}}})",
+        id="unknown-variable-as-a-kind",
+    ),
+    pytest.param(
+        TOKENS + "  - relu:\n    if: relu > 0\n",
+        '{f}:5:9: layers[0]: if: a condition is true or false, e.g. if: "$se > 0" (a $ before each block parameter '
+        "or spec variable), got 'relu > 0'",
+        id="condition-without-dollar",
+    ),
+    pytest.param(
+        "name: t\ninput: [16, 64]\nvars: {big: 1}\nlayers:\n  - linear: {out_features: 64}\n    as: q\n"
+        "  - add: [identity, identity]\n    from: [input, q]\n    if: $big > 2\n    as: s\n",
+        "{f}:9:9: layers[1]: is left out (its if: is false) but reads 2 inputs, so its name 's' has no one input to "
+        "stand for; a named entry that may be left out reads one input",
+        id="left-out-merge-of-two-inputs",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skp\nlayers:\n  - b\n",
+        "{f}:5:14: layers[0] b: block b declares the output 'skip' but no entry of its body is named skip (as: skip) "
+        "(did you mean 'skp'?); names in its body: skp",
+        id="output-not-named-in-the-body",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skip\nlayers:\n  - b\n  - b\n  - relu:\n    from: b.skip\n",
+        "{f}:13:11: layers[2] relu: 'b.skip' is an output of more than one use of block b before it; give each use "
+        "its own name (as: NAME) and read NAME.skip",
+        id="two-unnamed-uses-of-a-block-with-outputs",
+    ),
+    pytest.param(
+        "name: t\ninput: [3, 8, 8]\nblocks:\n  b:\n    outputs: [skip]\n    layers:\n      - relu:\n"
+        "        as: skip\nlayers:\n  - b:\n    as: e\n  - relu:\n    from: e.skp\n",
+        "{f}:13:11: layers[1] relu: unknown name 'e.skp' in from (did you mean 'e.skip'?); names here: input, "
+        "e.skip, e (a name is seen by the later entries of its own sequence)",
+        id="unknown-output",
     ),
 ]
 
