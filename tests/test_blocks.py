@@ -256,6 +256,17 @@ layers:
     assert netspec.build(text)(torch.randn(1, 4, 8, 8)).shape == (1, 16, 8, 8)
 
 
+def test_the_json_schema_accepts_conditions_layer_parameters_and_outputs():
+    import jsonschema
+    import yaml
+
+    from netspec.spec import Spec
+
+    schema = Spec.model_json_schema()
+    for example in ("ghostnet_small", "unet_outputs"):  # `if:`, `- $act`, `outputs:` and `from: d2.skip`
+        jsonschema.validate(yaml.safe_load((ROOT / "examples" / f"{example}.yaml").read_text()), schema)
+
+
 # --- the messages that misled (issue 29); the spec errors themselves are cases of tests/test_spec_errors.py ---
 
 
