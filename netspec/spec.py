@@ -411,7 +411,11 @@ class Spec(BaseModel):
         if self.vars:
             data["vars"] = dict(self.vars)
         if self.blocks:
-            data["blocks"] = {n: b.model_dump(mode="json") for n, b in self.blocks.items()}
+            # (`outputs` only where a block has them: a spec without them reads as it did before they existed)
+            data["blocks"] = {
+                n: b.model_dump(mode="json", exclude=set() if b.outputs else {"outputs"})
+                for n, b in self.blocks.items()
+            }
         data["layers"] = [entry_to_data(e) for e in self.layers]
         data["train"] = self.train.model_dump(mode="json")
         data["bench"] = self.bench.model_dump(mode="json")

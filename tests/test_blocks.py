@@ -256,6 +256,17 @@ layers:
     assert netspec.build(text)(torch.randn(1, 4, 8, 8)).shape == (1, 16, 8, 8)
 
 
+def test_a_spec_with_conditions_and_outputs_round_trips_through_its_data():
+    for example in ("ghostnet_small", "unet_outputs"):
+        spec = netspec.load_spec(ROOT / "examples" / f"{example}.yaml")
+        again = netspec.as_spec(spec.to_data())
+        assert [t.shape for t in netspec.build(again).state_dict().values()] == [
+            t.shape for t in netspec.build(spec).state_dict().values()
+        ]
+    # A block without outputs is written as before they existed.
+    assert "outputs" not in netspec.load_spec(ROOT / "examples" / "ghostnet_small.yaml").to_data()["blocks"]["ghost"]
+
+
 def test_the_json_schema_accepts_conditions_layer_parameters_and_outputs():
     import jsonschema
     import yaml
