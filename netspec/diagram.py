@@ -71,7 +71,7 @@ SIZES = {
     "scale_factor",
 }
 COLORS = {"conv": "#dbe9f6", "pool": "#e5f5e0", "norm": "#fdf0d5", "linear": "#f2e1f5", "merge": "#fde0dd"}
-MERGE_SYMBOLS = {"concat": "concat", "add": "+", "multiply": "×", "residual": "+"}
+MERGE_SYMBOLS = {"concat": "concat", "add": "+", "subtract": "−", "multiply": "×", "matmul": "@", "residual": "+"}
 EPS = 1e-6
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 import netspec
-from tests.conftest import SPECS, ZOO, run_cli
-
-MERGE_SYMBOLS = {"concat": "concat", "add": "+", "multiply": "×", "residual": "+"}
+from netspec.diagram import MERGE_SYMBOLS
+from tests.conftest import SPECS, TIMM_ZOO, ZOO, run_cli
 
 
 def _svg_texts(path: Path) -> list[str]:
@@ -20,7 +19,8 @@ def _svg_texts(path: Path) -> list[str]:
     return ["".join(el.itertext()) for el in root.iter() if el.tag.endswith("text")]
 
 
-@pytest.mark.parametrize("name", ZOO)
+# The timm specs' hundreds of boxes take 40-110 s each to lay out and check on 2 cores: they run under -m slow.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in TIMM_ZOO else n for n in ZOO])
 def test_draw_png_and_detailed_svg(name: str, tmp_path: Path, monkeypatch):
     from PIL import Image
 
