@@ -162,3 +162,14 @@ def test_the_readme_is_short_and_keeps_its_two_set_up_lines():
         "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]' && netspec build specs/lenet.yaml",
         "python -m pytest",
     ]
+
+
+def test_the_module_map_names_every_module():
+    """docs/contributing.md's module map: every module and package of netspec/ has its line."""
+    page = (DOCS / "contributing.md").read_text()
+    module_map = page.split("## The module map", 1)[1].split("```", 2)[1]
+    package = ROOT / "netspec"
+    names = [p.name for p in package.glob("*.py") if not p.name.startswith("__")]
+    names += [f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    for name in names:
+        assert re.search(rf"(^|\s){re.escape(name)}\s", module_map, flags=re.MULTILINE), f"the module map lacks {name}"
