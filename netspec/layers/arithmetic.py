@@ -86,6 +86,7 @@ class _Reduction(LayerSpec):
     dims: Annotated[list[Dim], Field(min_length=1)]
     keepdim: Flag = False
     op: ClassVar[str]
+    float32_under_autocast: ClassVar[bool] = False  # on CUDA's autocast list of ops that run in float32
 
     def _axes(self, shape: Shape) -> list[int]:
         axes = [axis(d, len(shape), "dims") for d in self.dims]
@@ -102,7 +103,8 @@ class _Reduction(LayerSpec):
         return tuple(n for i, n in enumerate(shape) if i not in axes)
 
     def saved_for_backward(self, run: Run) -> Tensor:
-        return run.output()  # the backward needs only the input's shape
+        x = run.upcast(run.input) if self.float32_under_autocast else run.input  # a float32 copy, not saved
+        return run.output(x.dtype)  # the backward needs only the input's shape
 
     def module_call(self, shape: Shape) -> ModuleCall:
         self._axes(shape)
@@ -121,3 +123,4 @@ class Sum(_Reduction):
     kind: Literal["sum"] = "sum"
     attr: ClassVar[str] = "sum"
     op: ClassVar[str] = "sum"
+    float32_under_autocast: ClassVar[bool] = True
