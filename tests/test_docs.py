@@ -173,3 +173,12 @@ def test_the_module_map_names_every_module():
     names += [f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
     for name in names:
         assert re.search(rf"(^|\s){re.escape(name)}\s", module_map, flags=re.MULTILINE), f"the module map lacks {name}"
+
+
+def test_the_export_guide_names_every_onnx_metadata_key():
+    """A key the exporter writes into an ONNX file's metadata is one a user reads: the guide must say what it holds."""
+    keys = set(re.findall(r'"(netspec_\w+)"', (ROOT / "netspec" / "exporter.py").read_text()))
+    assert "netspec_input" in keys
+    guide = (DOCS / "guides" / "export.md").read_text()
+    for key in sorted(keys):
+        assert f"`{key}`" in guide, f"docs/guides/export.md does not say what the ONNX metadata key {key} holds"
