@@ -13,8 +13,10 @@ from torch import nn
 import netspec
 from netspec.cli import main
 from netspec.compiler import transfer_state_dict
-from netspec.errors import CheckpointError, SpecError
+from netspec.config import TrainConfig
+from netspec.errors import CheckpointError, SpecError, UsageError
 from netspec.expr import evaluate
+from netspec.weights import start_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,7 +303,7 @@ def test_attention_on_grouped_tokens_is_valid_and_on_a_convolution_s_image_warns
     )
 
 
-def test_a_transfer_between_different_networks_names_the_tensors_without_a_counterpart():
+def test_a_transfer_between_different_networks_names_the_tensors_without_a_counterpart(tmp_path: Path):
     lenet = netspec.build(ROOT / "specs" / "lenet.yaml")
     text = (ROOT / "specs" / "lenet.yaml").read_text()
     # The same network with a batchnorm after its first convolution: 5 tensors more, all of them named.
@@ -314,3 +316,13 @@ def test_a_transfer_between_different_networks_names_the_tensors_without_a_count
         "the source has 15 tensors but the model has 10: 5 of the source's tensors have no counterpart in the model: "
         "bn.weight (6), bn.bias (6), bn.running_mean (6), bn.running_var (6), ... (1 more)"
     )
+    # --init-from a state_dict file of that network says the same before refusing it.
+    path = tmp_path / "wider.pt"
+    torch.save(wider.state_dict(), path)
+    with pytest.raises(UsageError) as refused:
+        start_from(lenet, TrainConfig(init_from=str(path)))
+    assert (
+        "it holds 15 tensors but the network has 10, so it is another architecture (5 of the file's tensors have no "
+        "counterpart in the network: bn.weight (6), bn.bias (6), bn.running_mean (6), bn.running_var (6), ... (1 more)"
+        "); pass --skip-mismatched"
+    ) in str(refused.value)
