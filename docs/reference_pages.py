@@ -135,37 +135,37 @@ SAMPLE_VALUES: dict[str, tuple[Any, ...]] = {"int": (2, 1, -1), "list of int": (
 
 def _sample_use(name: str, cls: Any) -> tuple[str, Any] | None:
     """A kind no spec uses, alone on a small input of a rank it takes, with small values for its required
-    arguments (a merge: of two identity branches): its shapes as netspec infers them (None when no such example
+    arguments (a merge, of two identity branches): its shapes as netspec infers them (None when no such example
     is valid)."""
-    import itertools
-
     import netspec
     from netspec.errors import SpecError
+
+    for rank, entry in _sample_entries(name, cls):
+        try:
+            net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [entry]})
+        except SpecError:
+            continue
+        return ("an example spec", net.layers[0])
+    return None
+
+
+def _sample_entries(name: str, cls: Any) -> Iterator[tuple[int, Any]]:
+    """(input rank, spec entry) candidates for a kind's example, most natural first."""
+    import itertools
+
     from netspec.layers import MERGE_KINDS, argument_names
 
     if name in MERGE_KINDS:
-        for rank in (3, 2):
-            entry = {name: ["identity", "identity"]}
-            try:
-                net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [entry]})
-            except SpecError:
-                continue
-            return ("an example spec", net.layers[0])
-        return None
+        yield from ((rank, {name: ["identity", "identity"]}) for rank in (3, 2))
+        return
     required = [n for n in argument_names(cls) if cls.model_fields[n].is_required()]
     types = _field_types(cls)
     kinds = [next((k for k in SAMPLE_VALUES if types.get(n, "").split(" >")[0] == k), None) for n in required]
     if None in kinds:
-        return None
+        return
     for rank in sorted(cls.ranks or (3, 2, 1), reverse=True):
         for values in itertools.product(*(SAMPLE_VALUES[k] for k in kinds)):  # type: ignore[index]
-            entry: Any = {name: dict(zip(required, values, strict=True))} if required else name
-            try:
-                net = netspec.infer_shapes({"name": "example", "input": SAMPLE_INPUTS[rank], "layers": [entry]})
-            except SpecError:
-                continue
-            return ("an example spec", net.layers[0])
-    return None
+            yield rank, ({name: dict(zip(required, values, strict=True))} if required else name)
 
 
 def _example(kind: str, use: tuple[str, Any] | None) -> list[str]:
