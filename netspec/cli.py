@@ -208,6 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predict(
         args.run, args.inputs, top_k=args.top, device=args.device or "cpu", skip_bad_files=args.skip_bad_files,
         resize_policy=args.resize_policy, report=lambda line: print(line, file=sys.stderr, flush=True),
+        out=args.out,
     )  # fmt: skip
     if args.json:
         _print_json([r.to_dict() for r in results])
@@ -383,6 +384,7 @@ def _add_data_options(g: argparse._ArgumentGroup, auto_batch: bool = False) -> N
     option("label", metavar="COLUMN[,COLUMN...]")
     option("task")
     option("skip_bad_files")
+    option("ignore_index", metavar="VALUE")
     option("dataset", note="default: the spec's train section")
     option("data_root", show_default=True)
     option("download")
@@ -603,6 +605,8 @@ def _predict_parser(sub: Any) -> None:
                    help="how an image of another shape is fitted to the run's input: crop (default, as training "
                    "does: shorter side scaled, centre cropped), pad (longer side scaled, black borders) or stretch")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--out", metavar="DIR",
+                   help="segmentation: write each input's mask (a palette PNG at the input's size) into DIR")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
 

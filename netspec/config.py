@@ -28,11 +28,12 @@ MemoryDevice = Literal["cpu", "cuda"]  # the devices whose kernels' memory rules
 # What a network learns (tasks.TASKS holds one Task per name), the losses the tasks offer (each task says which
 # are its own) and what early stopping and best.pt may watch (each task says which are its own, and which way is
 # better).
-TaskName = Literal["classification", "regression", "multilabel"]
+TaskName = Literal["classification", "regression", "multilabel", "segmentation"]
 Loss = Literal["cross_entropy", "mse", "l1", "huber", "bce"]
 Monitor = Literal[
-    "val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2", "val_f1", "val_exact_match", "val_label_accuracy"
-]
+    "val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2", "val_f1", "val_exact_match", "val_label_accuracy",
+    "val_pixel_accuracy", "val_mean_iou",
+]  # fmt: skip
 
 
 def choices(literal: object) -> tuple[str, ...]:
@@ -92,6 +93,11 @@ class TrainConfig(BaseModel):
         0.5, description="multilabel: a label is on when its predicted probability is at least this"
     )
     skip_bad_files: bool = Field(False, description="skip unreadable images (counted) instead of stopping")
+    ignore_index: Annotated[int, Strict(), Ge(0)] | None = Field(
+        None,
+        description="segmentation: the mask value of pixels left out of the loss and the metrics (VOC: 255, its "
+        "object borders)",
+    )
     val_split: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
         0.1,
         description="share of the training examples held out for validation when the data has none (stratified, "

@@ -141,6 +141,46 @@ def plot_label_bars(path: Path, names: list[str], f1: list[float], accuracy: lis
     save_figure(fig, path)
 
 
+def plot_masks(
+    path: Path,
+    true: torch.Tensor,
+    predicted: torch.Tensor,
+    classes: list[str],
+    iou: dict[str, float | None],
+    title: str,
+) -> None:
+    """Segmentation: a few masks of the report split, each true mask above the predicted one, in the colours of
+    the mask PNGs `netspec predict` writes (VOC's; pixels left out in gray), and each class's IoU in the legend."""
+    import torch
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from netspec.data.segmentation import voc_palette
+
+    plt = pyplot()
+    palette = voc_palette()
+    colours = [tuple(v / 255 for v in palette[3 * (i % 256) : 3 * (i % 256) + 3]) for i in range(len(classes))]
+    cmap = ListedColormap([(0.6, 0.6, 0.6), *colours])  # index 0: pixels left out
+    n = max(len(true), 1)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.6, 4.6), dpi=100, squeeze=False)
+    for column in range(n):
+        for row, (masks, name) in enumerate(((true, "true"), (predicted, "predicted"))):
+            ax = axes[row][column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column < len(masks):
+                shown = torch.where(masks[column] >= 0, masks[column] + 1, 0)
+                ax.imshow(shown.numpy(), cmap=cmap, vmin=0, vmax=len(classes), interpolation="nearest")
+            if column == 0:
+                ax.set_ylabel(name)
+    labels = [name if iou.get(name) is None else f"{name} (IoU {iou[name]:.2f})" for name in classes]
+    handles = [Patch(facecolor=colour, edgecolor="gray", label=label) for colour, label in zip(colours, labels, strict=True)]
+    # beside the last column: tight_layout (in save_figure) makes room for an axes' legend
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
 # --- a sweep -----------------------------------------------------------------------------------
 
 

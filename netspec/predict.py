@@ -155,6 +155,7 @@ def predict(
     skip_bad_files: bool = False,
     resize_policy: str = "crop",
     report: Any = None,
+    out: str | Path | None = None,
 ) -> list[Prediction]:
     """The top-k classes of each input (regression: its values; multilabel: the labels on): image files, folders of images (every image below them) or CSV tables
     (every row; a label column, if any, is ignored), prepared as the run prepared its data.
@@ -162,7 +163,8 @@ def predict(
     Each input is checked against what the run was trained on first. Images are sized by `resize_policy` (crop,
     as training does; pad; stretch). Every conversion, and each unreadable file skipped with `skip_bad_files`,
     is said once through `report` (a function of one line); without `skip_bad_files` an unreadable file is an
-    error that names every such file."""
+    error that names every such file. `out`: a folder for a file per input, of a task that writes them
+    (segmentation: each input's mask, at its own size); written only once every input was read."""
     if resize_policy not in RESIZE_POLICIES:
         raise UsageError(f"--resize-policy {resize_policy}: not one of {', '.join(RESIZE_POLICIES)}")
     trained = load_trained(path)
@@ -171,7 +173,12 @@ def predict(
         raise UsageError("give the inputs to classify: image files, folders or a CSV table")
     paths = [Path(p) for p in inputs]
     check_inputs(str(path), info, paths)
-    names, batch = _read_inputs(info, paths, skip_bad_files, resize_policy, report or (lambda line: None))
+    task = task_named(info.task)
+    if out is not None and not task.writes_files:
+        raise UsageError(f"--out writes a segmentation run's masks; {path} is a {task.name} run, whose predictions "
+                         "are printed (--json for JSON)")  # fmt: skip
+    policy = task.resize_policy or resize_policy  # (segmentation's masks were stretched: its inputs are too)
+    names, batch, sizes = _read_inputs(info, paths, skip_bad_files, policy, report or (lambda line: None))
     x = batch.float() / info.scale
     view = (-1, *([1] * (x.dim() - 2)))
     x = (x - torch.tensor(info.mean).view(view)) / torch.tensor(info.std).view(view)
@@ -181,7 +188,11 @@ def predict(
     with torch.inference_mode():
         for chunk in x.split(256):
             outputs.append(model(chunk.to(torch_device)).float().cpu())
-    rows = task_named(info.task).predictions(torch.cat(outputs), info, trained.cfg, top_k)
+    rows = task.predictions(torch.cat(outputs), info, trained.cfg, top_k)
+    if out is not None:
+        written = task.write_predictions(Path(out), names, torch.cat(outputs), sizes, info)
+        for row, file in zip(rows, written, strict=True):
+            row["mask"] = str(file)
     return [Prediction(name, row, info.task) for name, row in zip(names, rows, strict=True)]
 
 
@@ -205,7 +216,8 @@ def check_inputs(run: str, info: DataInfo, paths: list[Path]) -> None:
 
 def _read_inputs(
     info: DataInfo, paths: list[Path], skip_bad_files: bool, policy: str, report: Any
-) -> tuple[list[str], torch.Tensor]:
+) -> tuple[list[str], torch.Tensor, list[tuple[int, int]]]:
+    """(names, the inputs as one tensor, each image's own (height, width); none for table rows)."""
     names: list[str] = []
     parts: list[torch.Tensor] = []
     if info.kind == "table":
@@ -216,7 +228,7 @@ def _read_inputs(
             parts.append(rows)
         for note in notes:
             report(note)
-        return names, torch.cat(parts)
+        return names, torch.cat(parts), []
     files: list[Path] = []
     seen: set[str] = set()
     for path in paths:
@@ -243,7 +255,8 @@ def _read_inputs(
     hint = ": --resize-policy pad (or stretch) keeps the whole image"
     for note in conversion_notes(sources, names, info.sample_shape, f"the run's input ({trained_on(info)})", policy, hint):
         report(note)
-    return names, torch.stack([d.image for _, d in good])  # type: ignore[misc]
+    sizes = [(h, w) for _, h, w in sources]  # each image's own (height, width)
+    return names, torch.stack([d.image for _, d in good]), sizes  # type: ignore[misc]
 
 
 def _images_under(folder: Path) -> list[Path]:

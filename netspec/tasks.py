@@ -44,7 +44,7 @@ from netspec.config import Monitor, TaskName, TrainConfig, choices
 from netspec.errors import BadDataError, UsageError
 
 if TYPE_CHECKING:
-    from netspec.data.base import DataInfo
+    from netspec.data.base import DataInfo, Pool
 
 # A numeric label column with more distinct whole numbers than this is taken for a measurement, not for classes.
 MAX_NUMERIC_CLASSES = 50
@@ -106,8 +106,9 @@ class Meter:
         self.loss_sum += self.loss_fn(out, y).double()
         self.sums += self.task.batch_stats(out, y, self)
         self.count += len(y)
-        if self.full and self.task.keeps_samples and self.kept_rows < PICTURE_ROWS:
-            self.kept.append((out[: PICTURE_ROWS - self.kept_rows].cpu(), y[: PICTURE_ROWS - self.kept_rows].cpu()))
+        rows = self.task.sample_rows
+        if self.full and self.task.keeps_samples and self.kept_rows < rows:
+            self.kept.append((out[: rows - self.kept_rows].cpu(), y[: rows - self.kept_rows].cpu()))
             self.kept_rows += len(self.kept[-1][1])
 
     def result(self, dist: Any = None) -> Evaluation:
@@ -141,6 +142,9 @@ class Task:
     outputs_word: str = "outputs"
     keeps_samples = False  # whether the picture needs rows of the split (a scatter)
     table_only = True  # whether its targets come only from a table's columns (not from image folders)
+    sample_rows = PICTURE_ROWS  # rows of the report split its picture needs (with keeps_samples)
+    resize_policy: str | None = None  # how predict sizes images, when the task fixes it (else --resize-policy)
+    writes_files = False  # whether predict --out writes a file per input (segmentation's masks)
 
     # -- data --
 
@@ -161,6 +165,18 @@ class Task:
 
     def encode(self, targets: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         return targets
+
+    def read_folder(self, cfg: TrainConfig, input_shape: tuple[int, ...]) -> Pool:
+        """The examples of the image folder cfg.data with this task's targets: class folders (folders.py)."""
+        from netspec.data.folders import read_folder
+        from netspec.data.segmentation import is_segmentation_folder
+
+        if is_segmentation_folder(cfg.data):  # type: ignore[arg-type]
+            raise UsageError(
+                f"{cfg.data}: holds images/ and masks/ folders, a segmentation folder, but the task is {self.name}: "
+                "pass --task segmentation (or task: segmentation in the spec's train section)"
+            )
+        return read_folder(cfg.data, input_shape, cfg.skip_bad_files)  # type: ignore[arg-type]
 
     # -- model --
 
@@ -256,6 +272,12 @@ class Task:
 
     def prediction_header(self, top_k: int) -> list[str]:
         """The columns `netspec predict` prints after the input's."""
+        raise NotImplementedError
+
+    def write_predictions(
+        self, folder: Path, names: list[str], outputs: torch.Tensor, sizes: list[tuple[int, int]], info: DataInfo
+    ) -> list[Path]:
+        """`netspec predict --out FOLDER`: a file per input (of a task that `writes_files`), at its size."""
         raise NotImplementedError
 
     def prediction_cells(self, output: dict[str, Any], top_k: int) -> list[str]:
@@ -613,9 +635,180 @@ class Multilabel(Task):
         return [", ".join(output["labels"]) or "(none)", probabilities]
 
 
+# --- segmentation ------------------------------------------------------------------------------
+
+
+class Segmentation(Task):
+    """A class per pixel: the network outputs [classes, H, W] (H×W the input's), the targets are masks (N, H, W)
+    of class indices (netspec.data.segmentation; IGNORED pixels count nowhere). The statistics are the pixels'
+    confusion matrix, so pixel accuracy and each class's IoU add up exactly over batches and ranks."""
+
+    name = "segmentation"
+    metric_names = ("pixel_accuracy", "mean_iou")
+    shown = (("mean_iou", "mIoU"), ("pixel_accuracy", "pixel acc"))
+    losses = ("cross_entropy",)
+    output_word, outputs_word = "class", "classes"
+    keeps_samples = True
+    sample_rows = 6  # masks drawn side by side in the picture
+    table_only = False
+    resize_policy = "stretch"  # as the folder was read: every pixel of an input gets a class
+    writes_files = True
+
+    def read_folder(self, cfg: TrainConfig, input_shape: tuple[int, ...]) -> Pool:
+        from netspec.data.segmentation import read_segmentation_folder
+
+        return read_segmentation_folder(cfg.data, input_shape, cfg.skip_bad_files, cfg.ignore_index)  # type: ignore[arg-type]
+
+    def check_settings(self, cfg: TrainConfig) -> None:
+        super().check_settings(cfg)
+        from netspec.data import is_table
+
+        if cfg.data is None or is_table(cfg.data):
+            raise UsageError(
+                f"--task segmentation reads a folder of images/ and masks/ (the same file names; a mask holds each "
+                f"pixel's class), not {'a table' if cfg.data else 'a built-in dataset'}: give --data FOLDER"
+            )
+
+    def check_targets(self, names: tuple[str, ...], where: str) -> None:
+        if len(names) < 2:
+            raise BadDataError(
+                f"{where}: its masks hold one class only ({names[0] if names else 'none'}); segmentation needs at "
+                "least 2 (e.g. background and object)"
+            )
+
+    def check_output(self, out: tuple[int, ...], info: DataInfo, where: str, fix: Callable[[int], str]) -> None:
+        k, size = len(info.classes), tuple(info.sample_shape[1:])
+        if len(out) != 3 or out[0] != k or tuple(out[1:]) != size:
+            wanted = f"[{k}, {size[0]}, {size[1]}] (a score per class for each pixel of the input)"
+            raise UsageError(
+                f"{where}: the network outputs {_shape(out)} but the masks have {k} classes at "
+                f"{size[0]}×{size[1]}; its output must be {wanted}: end it with a conv2d of out_channels {k} at "
+                "the input's size"
+            )
+
+    def loss_fn(self, cfg: TrainConfig, reduction: str = "mean", train: bool = True) -> LossFn:
+        # Each image's mean over its counted pixels, then the mean (or the sum) over the images: a distributed
+        # rank's summed loss and evaluation's sum add up to the same per-image loss.
+        from netspec.data.segmentation import IGNORED
+
+        smoothing = cfg.label_smoothing if train else 0.0
+
+        def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            per_pixel = F.cross_entropy(out, y, ignore_index=IGNORED, label_smoothing=smoothing, reduction="none")
+            counted = (y != IGNORED).flatten(1).sum(1).clamp(min=1)
+            per_image = per_pixel.flatten(1).sum(1) / counted
+            return per_image.mean() if reduction == "mean" else per_image.sum()
+
+        return loss
+
+    def stat_size(self, meter: Meter) -> int:
+        return len(meter.names) ** 2  # the pixels' confusion matrix
+
+    def batch_stats(self, out: torch.Tensor, y: torch.Tensor, meter: Meter) -> torch.Tensor:
+        k = len(meter.names)
+        counted = y >= 0
+        return torch.bincount(y[counted] * k + out.argmax(1)[counted], minlength=k * k).double()
+
+    def _iou(self, stats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(IoU of each class, whether the class is in the truth or the prediction)."""
+        confusion = stats.view(k, k)
+        hits = confusion.diag()
+        union = confusion.sum(0) + confusion.sum(1) - hits
+        return hits / union.clamp(min=1), union > 0
+
+    def summarize(self, stats: torch.Tensor, n: int, meter: Meter) -> dict[str, float]:
+        k = len(meter.names)
+        iou, present = self._iou(stats, k)
+        pixels = stats.sum().item()
+        return {
+            "pixel_accuracy": stats.view(k, k).trace().item() / max(pixels, 1),
+            "mean_iou": iou[present].mean().item() if bool(present.any()) else 0.0,
+        }
+
+    def details(self, stats: torch.Tensor, n: int, meter: Meter) -> dict[str, Any]:
+        k = len(meter.names)
+        iou, present = self._iou(stats, k)
+        confusion = stats.view(k, k)
+        return {
+            "classes": {
+                name: {"iou": iou[i].item() if present[i] else None, "pixels": int(confusion[i].sum().item())}
+                for i, name in enumerate(meter.names)
+            },
+            "confusion": confusion.round().long().tolist(),
+        }
+
+    def picture_name(self) -> str:
+        return "masks.png"
+
+    def draw(self, path: Path, evaluation: Evaluation | None, names: list[str], title: str) -> None:
+        from netspec.plots import plot_masks
+
+        if evaluation is None or evaluation.samples is None:
+            out, true = torch.zeros(0, len(names), 1, 1), torch.zeros(0, 1, 1, dtype=torch.long)
+        else:
+            out, true = evaluation.samples
+        iou = {n: c["iou"] for n, c in (evaluation.details.get("classes", {}) if evaluation else {}).items()}
+        plot_masks(path, true, out.argmax(1), names, iou, title)
+
+    def table(self, evaluation: Evaluation, names: list[str]) -> tuple[str, list[str], list[list[str]]]:
+        classes = evaluation.details.get("classes", {})
+        rows = []
+        for name in names:
+            iou, pixels = classes[name]["iou"], classes[name]["pixels"]
+            rows.append([name, "-" if iou is None else f"{iou:.4f}", f"{pixels:,}"])
+        return "IoU per class", ["class", "IoU", "pixels"], rows  # (-: in neither the masks nor the prediction)
+
+    def export_note(self) -> str:
+        return (
+            " Task segmentation: the output is [classes, H, W], a score per class (CLASSES names them) for each "
+            "pixel; its argmax over dim 1 is the class map."
+        )
+
+    def decode(self, outputs: torch.Tensor, info: DataInfo) -> torch.Tensor:
+        return outputs.float().softmax(1)
+
+    def predictions(self, outputs: torch.Tensor, info: DataInfo, cfg: TrainConfig, top_k: int) -> list[dict[str, Any]]:
+        """Each input's share of pixels of each class (its coverage), most covered first."""
+        predicted = outputs.argmax(1)
+        k = len(info.classes)
+        rows = []
+        for mask in predicted:
+            counts = torch.bincount(mask.flatten(), minlength=k).double() / mask.numel()
+            order = counts.argsort(descending=True).tolist()
+            rows.append({"coverage": {info.classes[i]: round(counts[i].item(), 6) for i in order if counts[i] > 0}})
+        return rows
+
+    def prediction_header(self, top_k: int) -> list[str]:
+        return ["coverage", "mask"]
+
+    def prediction_cells(self, output: dict[str, Any], top_k: int) -> list[str]:
+        shown = list(output["coverage"].items())[: max(top_k, 1)]
+        more = len(output["coverage"]) - len(shown)
+        coverage = ", ".join(f"{name} {share:.1%}" for name, share in shown) + (f", {more} more" if more else "")
+        return [coverage, output.get("mask", "")]
+
+    def write_predictions(
+        self, folder: Path, names: list[str], outputs: torch.Tensor, sizes: list[tuple[int, int]], info: DataInfo
+    ) -> list[Path]:
+        """A mask PNG per input in `folder`, at the input's own size (the argmax, stretched back by nearest
+        neighbour), named after the input (input 2 of the same name: NAME-2.png)."""
+        from netspec.data.segmentation import resize_mask, write_mask
+
+        folder.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        taken: dict[str, int] = {}
+        for name, out, (h, w) in zip(names, outputs, sizes, strict=True):
+            stem = Path(name).stem
+            taken[stem] = taken.get(stem, 0) + 1
+            path = folder / (f"{stem}.png" if taken[stem] == 1 else f"{stem}-{taken[stem]}.png")
+            write_mask(path, resize_mask(out.argmax(0), h, w))
+            written.append(path)
+        return written
+
+
 # --- the registry ------------------------------------------------------------------------------
 
-TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Regression(), Multilabel())}
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Regression(), Multilabel(), Segmentation())}
 assert tuple(TASKS) == choices(TaskName), "tasks.TASKS must hold one Task per config.TaskName"
 assert {f"val_{m}" for task in TASKS.values() for m in task.metric_names} | {"val_loss"} == set(choices(Monitor)), (
     "config.Monitor must name val_loss and every task's metrics"

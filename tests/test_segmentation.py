@@ -3,6 +3,8 @@ together, and (with real MNIST) training a U-Net with --task segmentation end to
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,13 @@ from netspec.data.base import DataInfo, Examples
 from netspec.data.loader import DeviceLoader
 from netspec.data.segmentation import IGNORED, is_segmentation_folder, read_mask, read_segmentation_folder
 from netspec.errors import BadDataError
+from tests.conftest import HAS_MNIST, ROOT, SHARED_DATA, requires_mnist, run_cli
 
+# The end-to-end run: MNIST digits written as a segmentation folder, trained briefly on the CPU.
+# Three digits (0, 1, 2), so that a few epochs on a CPU tell them apart: 4 classes with the background.
+TRAIN_DIGITS = (0, 1, 2)
+TRAIN_COUNT = 1200
+TRAIN_ARGS = ("--set", "classes=4", "--epochs", "2", "--no-progress")
 VOC_COLOURS = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [224, 224, 192] * 252  # 255: VOC's border colour
 
 
@@ -140,3 +148,94 @@ def test_augmentation_crops_and_flips_image_and_mask_together() -> None:
     shown = ~padded & (x[:, 0] != 0)  # (cutout zeroes the image only)
     assert torch.equal(x[:, 0][shown].round().long(), y[shown])
     assert (x[:, 0] == 0).sum() > padded.sum()  # cutout hid pixels whose class the mask still gives
+
+
+# --- end to end, on real MNIST ------------------------------------------------------------------
+
+UNET = ROOT / "examples" / "unet_mnist.yaml"
+
+
+@pytest.fixture(scope="session")
+def mnist_segmentation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real MNIST digits as a segmentation folder (examples/make_mnist_segmentation.py): 32×32 images of 0, 1 and
+    2, masks of 4 classes (background, digit 0, digit 1, digit 2), written once per session."""
+    if not HAS_MNIST:
+        pytest.skip(f"real MNIST not found under {SHARED_DATA}")
+    loaded = importlib.util.spec_from_file_location(
+        "make_mnist_segmentation", ROOT / "examples" / "make_mnist_segmentation.py"
+    )
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("mnist_segmentation")
+    module.write_folder(folder, TRAIN_COUNT, 32, SHARED_DATA, TRAIN_DIGITS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_unet(mnist_segmentation: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("runs") / "unet"
+    result = run_cli("train", str(UNET), "--data", str(mnist_segmentation), "--out", str(run), "--json", *TRAIN_ARGS)
+    assert result.returncode == 0, result.stderr
+    return run, json.loads(result.stdout)
+
+
+@requires_mnist
+def test_a_unet_learns_to_segment_mnist_digits(trained_unet: tuple[Path, dict]) -> None:
+    run, result = trained_unet
+    assert result["task"] == "segmentation"
+    assert result["test_mean_iou"] >= 0.4, result
+    assert result["test_pixel_accuracy"] >= 0.9
+    assert result["selected_on"] == "val_loss"
+    columns = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_mean_iou", "val_pixel_accuracy", "test_mean_iou"} <= set(columns)
+    assert (run / "masks.png").stat().st_size > 0
+    classes = result["details"]["classes"]
+    assert list(classes) == ["background", "digit 0", "digit 1", "digit 2"]
+    assert classes["background"]["iou"] > 0.9
+
+
+@requires_mnist
+def test_predict_writes_a_mask_of_each_inputs_own_size(
+    trained_unet: tuple[Path, dict], mnist_segmentation: Path, tmp_path: Path
+) -> None:
+    run, _ = trained_unet
+    digit = Image.open(mnist_segmentation / "images" / "00001.png")  # MNIST's second training digit: a 0
+    digit.resize((48, 40), Image.BILINEAR).save(tmp_path / "wide.png")
+    out = tmp_path / "masks"
+    result = run_cli("predict", str(run), str(tmp_path / "wide.png"), str(mnist_segmentation / "images" / "00003.png"),
+                     "--out", str(out), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [Path(r["mask"]).name for r in rows] == ["wide.png", "00003.png"]
+    wide = Image.open(out / "wide.png")
+    assert wide.size == (48, 40) and wide.mode == "P"
+    assert Image.open(out / "00003.png").size == (32, 32)
+    coverage = rows[0]["coverage"]
+    assert next(iter(coverage)) == "background" and abs(sum(coverage.values()) - 1) < 1e-3
+    assert max((c for c in coverage if c != "background"), key=coverage.get) == "digit 0"
+
+
+def test_a_segmentation_folder_without_the_task_is_refused_with_the_hint(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data", n=4)
+    result = run_cli("train", "specs/lenet.yaml", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "holds images/ and masks/ folders" in result.stderr and "--task segmentation" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_that_does_not_fit_the_masks_is_refused_before_any_file(tmp_path: Path) -> None:
+    for i in range(10):  # classes 1 to 10 in the masks, and the background: 11
+        write_pair(tmp_path / "data", f"{i}", square_mask(32, i + 1, i))
+    result = run_cli("train", str(UNET), "--data", str(tmp_path / "data"), "--set", "classes=5", "--out",
+                     str(tmp_path / "run"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "the network outputs 5×32×32 but the masks have 11 classes" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_segmentation_needs_a_folder(tmp_path: Path) -> None:
+    result = run_cli("train", str(UNET), "--dataset", "mnist", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--task segmentation reads a folder of images/ and masks/" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,7 @@ from netspec.data.base import (
     make_splits,
 )
 from netspec.data.builtin import DATASET_INFO, dataset_info, load_split, read_builtin
-from netspec.data.folders import decode_image, image_extensions, read_folder
+from netspec.data.folders import decode_image, image_extensions
 from netspec.data.loader import DeviceLoader
 from netspec.data.tables import read_rows, read_table, table_columns
 from netspec.errors import BadDataError, UsageError
@@ -126,7 +126,7 @@ def open_data(cfg: TrainConfig, input_shape: tuple[int, ...], recorded: dict[str
         pool = read_table(cfg.data, cfg.label, cfg.task)
         kind, shape = "table", (len(features),)
     else:
-        pool = read_folder(cfg.data, input_shape, cfg.skip_bad_files)
+        pool = task.read_folder(cfg, input_shape)
         kind, shape = "image", tuple(input_shape)
     task.check_targets(pool.classes, str(cfg.data))
     strata = task.strata(pool.examples.labels)
