@@ -70,7 +70,9 @@ BUILDS = sorted(
 
 def test_the_docs_show_every_example_and_ship_every_spec_they_name():
     shipped = {f"examples/{path.name}" for path in EXAMPLES.glob("*.yaml")}
-    assert shipped == set(re.findall(r"examples/[\w.-]+\.yaml", TEXT))
+    shown = set(re.findall(r"examples/[\w.-]+\.yaml", TEXT))
+    assert not shipped - shown, f"shipped but shown on no page (README.md or docs/): {sorted(shipped - shown)}"
+    assert not shown - shipped, f"shown on a page but not shipped in examples/: {sorted(shown - shipped)}"
     named = {word for command in _commands() for word in _words(command) if word.endswith(".yaml")}
     assert "examples/lenet_typo.yaml" in named and "specs/lenet.yaml" in named
     for name in sorted(named):
