@@ -239,3 +239,24 @@ def test_segmentation_needs_a_folder(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--task segmentation reads a folder of images/ and masks/" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_metrics_count_pixels_and_leave_ignored_ones_out() -> None:
+    from netspec.config import TrainConfig
+    from netspec.tasks import TASKS, Meter
+
+    task = TASKS["segmentation"]
+    loss = task.loss_fn(TrainConfig(task="segmentation"), "sum", train=False)
+    y = torch.tensor([[[0, 1], [1, IGNORED]]])
+    out = torch.zeros(1, 3, 2, 2)
+    out[0, 0] = torch.tensor([[5.0, 0.0], [5.0, 0.0]])  # predicted: [[0, 1], [0, 1]]
+    out[0, 1] = torch.tensor([[0.0, 5.0], [0.0, 5.0]])
+    meter = Meter(task, ["a", "b", "c"], loss, torch.device("cpu"))
+    meter.update(out, y)
+    result = meter.result()
+    assert result.metrics["pixel_accuracy"] == pytest.approx(2 / 3)  # 3 pixels count, 2 right
+    assert result.metrics["mean_iou"] == pytest.approx(0.5)  # a: 1/2, b: 1/2; c in neither: left out
+    assert result.details["classes"]["c"]["iou"] is None
+    changed = out.clone()
+    changed[0, :, 1, 1] = torch.tensor([0.0, 0.0, 9.0])  # the ignored pixel's scores do not matter
+    assert loss(changed, y).item() == pytest.approx(loss(out, y).item())
