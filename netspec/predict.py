@@ -84,6 +84,14 @@ def run_split(
     """A run's settings, its data cut as the run recorded it (split.json), and the `split` part ("test" or
     "val"). `overrides` may point at the data elsewhere (data_root, data) or change the device and batch size."""
     cfg = resolve_config(trained.spec.model_copy(update={"train": trained.cfg}), overrides)
+    if cfg.task not in (None, trained.info.task):
+        raise UsageError(
+            f"--task {cfg.task}: {trained.run_dir or trained.checkpoint} was trained for {trained.info.task}, and is "
+            "evaluated as it was trained (give no --task)"
+        )
+    # The data is read as the run read it: with the run's task (a run from before tasks: classification, even of a
+    # numeric label column that a new run would have to name a task for).
+    cfg = cfg.model_copy(update={"task": trained.info.task})
     if cfg.data is not None and cfg.data != trained.cfg.data:
         from netspec.data import check_data_path
 

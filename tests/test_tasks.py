@@ -100,6 +100,12 @@ def test_diabetes_regression_trains_to_r2_and_predicts_in_units(tmp_path: Path):
     assert len(values) == 442 and 100 < sum(values) / len(values) < 200 and max(values) > 200  # units, not z-scores
     shown = run_cli("predict", str(run), str(table))
     assert "diabetes.csv:2" in shown.stdout and "predicted" in shown.stdout
+    # An exported model says its task and how its outputs come back to units.
+    exported = run_cli("export", str(run), "--format", "python", "--out", str(tmp_path / "diabetes.py"))
+    assert exported.returncode == 0, exported.stderr
+    source = (tmp_path / "diabetes.py").read_text()
+    assert "Task regression" in source and 'TASK = "regression"' in source
+    assert f"TARGET_STD = ({data['target_std'][0]!r},)" in source
 
 
 def test_a_numeric_label_without_a_task_is_refused_before_any_file(tmp_path: Path):
@@ -216,3 +222,14 @@ def test_a_regression_sweep_chooses_on_the_validation_loss(tmp_path: Path):
     assert report["best"]["number"] == trials[0.003]["number"]  # the lowest validation loss, not the highest
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "val_loss,test_loss,train_loss" in header and "accuracy" not in header
+
+
+def test_monitor_val_r2_chooses_best_pt_on_the_highest_validation_r2(tmp_path: Path):
+    table = diabetes_csv(tmp_path / "diabetes.csv")
+    result = train(
+        ROOT / "examples/diabetes_mlp.yaml", {"data": str(table), "monitor": "val_r2", "epochs": 4},
+        out=tmp_path / "run", **QUIET,
+    )  # fmt: skip
+    assert result.selected_on == "val_r2"
+    r2 = {m.epoch: m.get("val_r2") for m in result.epochs}
+    assert result.best_epoch == max(r2, key=lambda e: r2[e])  # higher is better for R² (lower for the loss)
