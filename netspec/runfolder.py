@@ -35,13 +35,17 @@ BEST = "best.pt"  # the checkpoint of the selected epoch
 METRICS_JSON = "metrics.json"  # one row per epoch
 METRICS_CSV = "metrics.csv"  # the same rows, for spreadsheets
 CURVES = "curves.png"
-CONFUSION = "confusion.png"
+# The picture of the report split (test; validation without it), one per task (tasks.Task.picture_name):
+CONFUSION = "confusion.png"  # classification: the normalized confusion matrix
+PREDICTED = "predicted.png"  # regression: predicted against true values, per target
+LABELS = "labels.png"  # multilabel: each label's F1 and accuracy
+MASKS = "masks.png"  # segmentation: a few images with their true and predicted masks
 
 Kind = Literal["run", "sweep"]
 # Every name a run or a sweep writes in its folder (glob patterns): `--overwrite` removes these and nothing else.
 WRITES: dict[str, tuple[str, ...]] = {
-    "run": (SPEC, DATA, SPLIT, METRICS_CSV, METRICS_JSON, LAST, BEST, CURVES, CONFUSION, "events.out.tfevents.*",
-            ".*.tmp"),
+    "run": (SPEC, DATA, SPLIT, METRICS_CSV, METRICS_JSON, LAST, BEST, CURVES, CONFUSION, PREDICTED, LABELS, MASKS,
+            "events.out.tfevents.*", ".*.tmp"),
     "sweep": ("sweep.json", "study.db", "study.db-*", "results.json", "results.csv", "curves.png", "gap.png",
               "heatmap.png", "importance.png", "parallel.png", "trials", ".*.tmp"),
 }  # fmt: skip

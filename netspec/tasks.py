@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from netspec import runfolder
 from netspec.config import Monitor, TaskName, TrainConfig, choices
 from netspec.errors import BadDataError, UsageError
 
@@ -249,7 +250,7 @@ class Task:
         raise NotImplementedError
 
     def picture_name(self) -> str:
-        return "confusion.png"
+        return runfolder.CONFUSION
 
     def predictions(self, outputs: torch.Tensor, info: DataInfo, cfg: TrainConfig, top_k: int) -> list[dict[str, Any]]:
         """What predict says of each row of outputs (JSON-ready dicts)."""
@@ -488,7 +489,7 @@ class Regression(Task):
         }
 
     def picture_name(self) -> str:
-        return "predicted.png"
+        return runfolder.PREDICTED
 
     def export_note(self) -> str:
         return (
@@ -596,7 +597,7 @@ class Multilabel(Task):
         }
 
     def picture_name(self) -> str:
-        return "labels.png"
+        return runfolder.LABELS
 
     def export_note(self) -> str:
         return (
@@ -738,7 +739,7 @@ class Segmentation(Task):
         }
 
     def picture_name(self) -> str:
-        return "masks.png"
+        return runfolder.MASKS
 
     def draw(self, path: Path, evaluation: Evaluation | None, names: list[str], title: str) -> None:
         from netspec.plots import plot_masks
