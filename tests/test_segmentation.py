@@ -260,3 +260,16 @@ def test_the_metrics_count_pixels_and_leave_ignored_ones_out() -> None:
     changed = out.clone()
     changed[0, :, 1, 1] = torch.tensor([0.0, 0.0, 9.0])  # the ignored pixel's scores do not matter
     assert loss(changed, y).item() == pytest.approx(loss(out, y).item())
+
+
+def test_a_segmentation_sweep_chooses_on_the_validation_mean_iou(tmp_path: Path) -> None:
+    for i in range(40):  # squares whose brightness gives their class: learnable in an epoch
+        write_pair(tmp_path / "data", f"{i:02d}", square_mask(32, 1 + i % 2, i))
+    result = run_cli("sweep", str(UNET), "--grid", "lr=0.01,0.0001", "--data", str(tmp_path / "data"), "--set",
+                     "classes=3", "--epochs", "1", "--monitor", "val_mean_iou", "--out", str(tmp_path / "sweep"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    best = results["best"]
+    assert best["metric"] == "mean_iou" and not best["lower_is_better"]
+    assert best["val_mean_iou"] == max(t["val_mean_iou"] for t in results["trials"])
+    assert "chosen on validation mean iou" in result.stdout
