@@ -82,12 +82,13 @@ class TrainConfig(BaseModel):
     task: TaskName | None = Field(
         None,
         description="what the network learns: classification (the default, but a table's numeric label column must "
-        "say it), regression (numeric targets) or multilabel (several yes/no labels)",
+        "say it), regression (numeric targets), multilabel (several yes/no labels) or segmentation (a class per pixel, "
+        "from a folder of images/ and masks/)",
     )
     loss: Loss | None = Field(
         None,
-        description="the loss (default: the task's): cross_entropy (classification), mse, l1 or huber (regression), "
-        "bce (multilabel)",
+        description="the loss (default: the task's): cross_entropy (classification, segmentation), mse, l1 or huber "
+        "(regression), bce (multilabel)",
     )
     threshold: Annotated[float, Ge(0.0), Lt(1.0)] = Field(
         0.5, description="multilabel: a label is on when its predicted probability is at least this"
