@@ -233,3 +233,13 @@ def test_monitor_val_r2_chooses_best_pt_on_the_highest_validation_r2(tmp_path: P
     assert result.selected_on == "val_r2"
     r2 = {m.epoch: m.get("val_r2") for m in result.epochs}
     assert result.best_epoch == max(r2, key=lambda e: r2[e])  # higher is better for R² (lower for the loss)
+
+
+def test_a_resumed_regression_run_continues_as_an_uninterrupted_one(tmp_path: Path):
+    table = diabetes_csv(tmp_path / "diabetes.csv")
+    spec = ROOT / "examples/diabetes_mlp.yaml"
+    whole = train(spec, {"data": str(table), "epochs": 3}, out=tmp_path / "whole", **QUIET)
+    train(spec, {"data": str(table), "epochs": 2}, out=tmp_path / "part", **QUIET)
+    resumed = train(resume=tmp_path / "part", overrides={"epochs": 3}, **QUIET)
+    columns = ("train_loss", "train_r2", "val_loss", "val_r2", "test_mae")
+    assert [m.row(columns) for m in resumed.epochs] == [m.row(columns) for m in whole.epochs]
