@@ -29,7 +29,11 @@ def _model_and_batch(name: str, batch: int = 5) -> tuple[torch.nn.Module, torch.
     return model, torch.randn(batch, *model.net_shape.input_shape)
 
 
-@pytest.mark.parametrize("name", ZOO)
+# The timm specs' Python exports take 20-45 s each on 2 cores (CaiT's 24 blocks): they run under -m slow.
+PYTHON_CASES = [pytest.param(n, id=n, marks=[pytest.mark.slow] if n in TIMM_ZOO else []) for n in ZOO]
+
+
+@pytest.mark.parametrize("name", PYTHON_CASES)
 def test_python_export_is_plain_torch_with_netspec_keys_and_identical_outputs(name: str, tmp_path: Path):
     result = netspec.export(SPECS / f"{name}.yaml", format="python", out=tmp_path / f"{name}.py")
     source = result.path.read_text()
