@@ -273,3 +273,19 @@ def test_a_segmentation_sweep_chooses_on_the_validation_mean_iou(tmp_path: Path)
     assert best["metric"] == "mean_iou" and not best["lower_is_better"]
     assert best["val_mean_iou"] == max(t["val_mean_iou"] for t in results["trials"])
     assert "chosen on validation mean iou" in result.stdout
+
+
+def test_voc_borders_train_with_ignore_index_and_are_refused_without_it(tmp_path: Path) -> None:
+    for i in range(12):
+        mask = square_mask(32, 1 + i % 2, i)
+        mask[0, :] = 255  # a border of pixels to leave out, as VOC marks object outlines
+        write_pair(tmp_path / "data", f"{i:02d}", mask)
+    (tmp_path / "data" / "classes.txt").write_text("background\nsmall\nlarge\n")
+    args = ("train", str(UNET), "--data", str(tmp_path / "data"), "--set", "classes=3", "--epochs", "1")
+    refused = run_cli(*args, "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2
+    assert "has the value 255, but" in refused.stderr and "set ignore_index: 255" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    trained = run_cli(*args, "--ignore-index", "255", "--out", str(tmp_path / "run"), "--json", "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["task"] == "segmentation"
