@@ -253,7 +253,8 @@ def test_generated_specs_draw_cleanly_in_every_style():
 
     drawn = []
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same 150 examples each run, so CI is repeatable; a failure found otherwise is a new case.
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(spec_data())
     def check(data: dict) -> None:
         try:
